@@ -1,0 +1,223 @@
+"""Content-addressed blob store on local disk: checkpoint bytes, named by their SHA-256.
+
+    <store>/
+      sha256/
+        39/
+          3979...(64 hex)        a blob: complete, fsynced, read-only
+      tmp/
+        <random>.part            a write in flight, or left by a killed one
+
+A blob is written to `tmp/`, hashed in the same pass, fsynced, made
+read-only and renamed into place, and its folder is fsynced: a blob path
+that exists always holds the whole of its bytes. The catalog refers to a
+blob only after that (see `Registry.push`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import BinaryIO
+
+from registry.errors import ConfigurationError, IntegrityError, NotFoundError, StorageError
+
+CHUNK_SIZE = 8 << 20
+
+# A progress factory: given a label and a total byte count, a context manager
+# yielding a function that is called with each number of bytes done.
+Progress = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
+
+
+@contextlib.contextmanager
+def no_progress(_label: str, _total: int) -> Iterator[Callable[[int], None]]:
+    yield lambda _n: None
+
+
+class BlobWriter:
+    """A file-like sink that hashes what it is given and becomes a blob on `commit`."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self._store = store
+        fd, name = tempfile.mkstemp(dir=store.tmp_dir, suffix=".part")
+        self.temp_path = Path(name)
+        self._file = os.fdopen(fd, "wb")
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        self._hash.update(data)
+        self.size += len(data)
+        return self._file.write(data)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def finish(self) -> str:
+        """Flush and fsync the temp file; return its digest. The blob is not in place yet."""
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        return self._hash.hexdigest()
+
+    def commit(self) -> str:
+        """Move the finished temp file into place as a read-only blob; return its digest."""
+        digest = self.finish()
+        final = self._store.path(digest)
+        if final.exists():
+            # Same bytes already stored: keep the old blob, refresh its mtime so a
+            # concurrent `gc` sees it as recently used.
+            self.temp_path.unlink()
+            os.utime(final)
+            return digest
+        new_folder = not final.parent.exists()
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.temp_path, 0o444)
+        os.replace(self.temp_path, final)
+        _fsync_dir(final.parent)
+        if new_folder:
+            _fsync_dir(final.parent.parent)
+        return digest
+
+    def discard(self) -> None:
+        self._file.close()
+        self.temp_path.unlink(missing_ok=True)
+
+
+class BlobStore:
+    """Blobs under one folder, addressed by the hex SHA-256 of their bytes."""
+
+    def __init__(self, location: str | os.PathLike[str]) -> None:
+        location = str(location)
+        if location.startswith("file://"):
+            location = location[len("file://") :]
+        elif "://" in location:
+            raise ConfigurationError(f"store {location!r}: only local folders are supported so far")
+        self.root = Path(location).expanduser().absolute()
+        self.tmp_dir = self.root / "tmp"
+
+    def path(self, digest: str) -> Path:
+        return self.root / "sha256" / digest[:2] / digest
+
+    def exists(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator[BlobWriter]:
+        """A BlobWriter whose temp file is removed unless it was committed."""
+        with _storage_errors(self.tmp_dir):
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            writer = BlobWriter(self)
+        try:
+            with _storage_errors(self.root):
+                yield writer
+        finally:
+            writer.discard()
+
+    def copy_out(
+        self,
+        digest: str,
+        destination: Path,
+        ref: str,
+        verify: bool = True,
+        progress: Callable[[int], None] = lambda _n: None,
+    ) -> None:
+        """Copy a blob to `destination` via a temp file beside it, checking its digest.
+
+        On any failure nothing is left at `destination`.
+        """
+        source = self.open(digest, ref)
+        destination = destination.absolute()
+        try:
+            with _storage_errors(destination.parent):
+                fd, name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.")
+        except BaseException:
+            source.close()
+            raise
+        temp = Path(name)
+        try:
+            actual = hashlib.sha256()
+            with os.fdopen(fd, "wb") as out:
+                _copy(source, out, progress, actual)
+                out.flush()
+                os.fsync(out.fileno())
+            if verify and actual.hexdigest() != digest:
+                raise IntegrityError(ref, digest, actual.hexdigest())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(temp, 0o666 & ~umask)
+            with _storage_errors(destination):
+                os.replace(temp, destination)
+            _fsync_dir(destination.parent)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+
+    def open(self, digest: str, ref: str) -> BinaryIO:
+        """Open a blob for reading; a missing blob is an IntegrityError for `ref`."""
+        try:
+            return open(self.path(digest), "rb")
+        except FileNotFoundError:
+            raise IntegrityError(ref, digest, None) from None
+        except OSError as exc:
+            raise StorageError(f"cannot read blob {self.path(digest)}: {exc.strerror}") from None
+
+    def hash(self, digest: str, ref: str) -> str:
+        """Re-hash a stored blob and return the digest of its actual bytes."""
+        with self.open(digest, ref) as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+
+    def verify(self, digest: str, ref: str) -> None:
+        """Raise IntegrityError unless the blob is present and its bytes match `digest`."""
+        actual = self.hash(digest, ref)
+        if actual != digest:
+            raise IntegrityError(ref, digest, actual)
+
+
+def copy_into(source: BinaryIO, writer: BlobWriter, progress: Callable[[int], None]) -> None:
+    """Stream `source` into a blob writer in large chunks."""
+    _copy(source, writer, progress)
+
+
+def _copy(
+    source: BinaryIO,
+    sink: BinaryIO | BlobWriter,
+    progress: Callable[[int], None],
+    digest: hashlib._Hash | None = None,
+) -> None:
+    """Copy `source` to `sink` in large chunks, closing `source`; update `digest` on the way."""
+    buffer = bytearray(CHUNK_SIZE)
+    view = memoryview(buffer)
+    with source:
+        while n := source.readinto(buffer):
+            chunk = view[:n]
+            if digest is not None:
+                digest.update(chunk)
+            sink.write(chunk)
+            progress(n)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _storage_errors(path: Path) -> Iterator[None]:
+    """Report an OSError as a one-line StorageError naming the path involved."""
+    try:
+        yield
+    except FileNotFoundError as exc:
+        raise NotFoundError(f"folder {exc.filename or path}") from None
+    except OSError as exc:
+        if isinstance(exc, StorageError):
+            raise
+        raise StorageError(f"cannot write {exc.filename or path}: {exc.strerror or exc}") from None

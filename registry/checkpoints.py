@@ -1,0 +1,197 @@
+"""Read checkpoint files. The only module that calls `torch.load`.
+
+A file's kind is told from its first bytes, never from its extension:
+
+| kind         | how it is recognised                         | read with                        |
+|--------------|----------------------------------------------|----------------------------------|
+| torch zip    | a zip holding `<dir>/data.pkl`               | torch.load(weights_only, mmap)   |
+| torch legacy | the pickled magic number of old torch.save   | torch.load(weights_only)         |
+| safetensors  | a little-endian header length, then `{`      | safetensors (memory-mapped)      |
+| TorchScript  | a zip holding `<dir>/code/`                  | refused                          |
+
+Unpickling runs code, so every read here is `weights_only=True`: a pickle
+naming anything but tensors and plain containers is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from registry.errors import CheckpointError, UnsafeCheckpointError
+
+if TYPE_CHECKING:
+    import torch
+
+TORCH_ZIP = "torch-zip"
+TORCH_LEGACY = "torch-legacy"
+SAFETENSORS = "safetensors"
+
+# How the pickle of a legacy (non-zip) torch.save begins: protocol 2, then its magic number.
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+# Where training checkpoints usually keep the model's weights.
+STATE_DICT_KEYS = ("model_state_dict", "state_dict", "model", "net", "network", "ema", "module")
+PREFIXES = ("module.", "_orig_mod.")
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A state_dict found in a checkpoint, and where in the file it was."""
+
+    state_dict: dict[str, torch.Tensor]
+    format: str  # "state_dict", "checkpoint" or "safetensors"
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def sniff(path: Path) -> str:
+    """Tell what kind of file `path` is from its content."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+            size = f.seek(0, 2)
+    except IsADirectoryError:
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror}") from None
+    if not head:
+        raise CheckpointError(f"{path} is empty")
+    if head.startswith(b"PK\x03\x04"):
+        return _sniff_zip(path)
+    if head.startswith(_LEGACY_MAGIC):
+        return TORCH_LEGACY
+    if len(head) >= 9:
+        (header_size,) = struct.unpack("<Q", head[:8])
+        if head[8:9] == b"{" and header_size <= size - 8:
+            return SAFETENSORS
+    if head[:1] == b"\x80":
+        raise UnsafeCheckpointError(
+            f"{path} is a plain pickle, not a torch.save file; unpickling runs code, "
+            "so it is not read. Save model.state_dict() with torch.save instead"
+        )
+    raise CheckpointError(
+        f"{path} is not a checkpoint: expected a torch.save file or .safetensors, "
+        f"found bytes {head[:8].hex()}"
+    )
+
+
+def _sniff_zip(path: Path) -> str:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(f"{path} is a damaged zip archive: {exc}") from None
+    if any("/code/" in name for name in names) or any(n.endswith("/constants.pkl") for n in names):
+        raise CheckpointError(
+            f"{path} is a TorchScript archive (torch.jit.save); push the model's "
+            "state_dict saved with torch.save instead"
+        )
+    if not any(name.endswith("data.pkl") for name in names):
+        raise CheckpointError(f"{path} is a zip archive but not a torch.save checkpoint")
+    return TORCH_ZIP
+
+
+def read(path: Path) -> Iterator[Weights]:
+    """Every state_dict `path` could hold, most likely first; the caller picks one that fits."""
+    kind = sniff(path)
+    if kind == SAFETENSORS:
+        yield from _with_prefixes(Weights(_read_safetensors(path), "safetensors"))
+        return
+    obj = _torch_load(path, mmap=kind == TORCH_ZIP)
+    details = {"serialization": "zip" if kind == TORCH_ZIP else "legacy"}
+    if _is_state_dict(obj):
+        yield from _with_prefixes(Weights(dict(obj), "state_dict", details))
+        return
+    if isinstance(obj, Mapping):
+        nested = [k for k in STATE_DICT_KEYS if _is_state_dict(obj.get(k))]
+        nested += [k for k, v in obj.items() if k not in nested and _is_state_dict(v)]
+        for key in nested:
+            found = Weights(dict(obj[key]), "checkpoint", {**details, "key": key})
+            yield from _with_prefixes(found)
+        if nested:
+            return
+    raise CheckpointError(
+        f"{path} holds no state_dict: found {type(obj).__name__}"
+        + (f" with keys {', '.join(map(str, list(obj)[:8]))}" if isinstance(obj, Mapping) else "")
+    )
+
+
+def load(path: Path, format: str, details: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Read back the state_dict a version recorded, memory-mapped where the format allows."""
+    if format == "safetensors":
+        state = _read_safetensors(path)
+    else:
+        state = _torch_load(path, mmap=details.get("serialization", "zip") == "zip")
+        if "key" in details:
+            state = state[details["key"]]
+    prefix = details.get("stripped_prefix")
+    return _strip(state, prefix) if prefix else dict(state)
+
+
+def save(state_dict: Mapping[str, torch.Tensor], sink: Any) -> None:
+    """Write a state_dict in torch.save's zip format to a file-like `sink`."""
+    import torch
+
+    torch.save(dict(state_dict), sink)
+
+
+def _torch_load(path: Path, mmap: bool) -> Any:
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        raise _unsafe(path, str(exc)) from None
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} is damaged or truncated: {first_line}") from None
+
+
+def _unsafe(path: Path, message: str) -> UnsafeCheckpointError:
+    import re
+
+    found = re.search(r"GLOBAL ([\w.]+)", message) or re.search(r"global ([\w.]+)", message)
+    what = f"a pickled {found.group(1)}" if found else "pickled objects"
+    return UnsafeCheckpointError(
+        f"{path} holds {what}; unpickling it would run code, so it was not read. "
+        "Save model.state_dict() with torch.save, or pass --trust-pickle for a file you trust"
+    )
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not a valid safetensors file: {exc}") from None
+
+
+def _is_state_dict(obj: Any) -> bool:
+    import torch
+
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
+
+
+def _with_prefixes(weights: Weights) -> Iterator[Weights]:
+    """The weights as found, then with a DataParallel/torch.compile prefix stripped."""
+    yield weights
+    for prefix in PREFIXES:
+        if all(k.startswith(prefix) for k in weights.state_dict):
+            details = {**weights.details, "stripped_prefix": prefix}
+            yield Weights(_strip(weights.state_dict, prefix), weights.format, details)
+
+
+def _strip(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    return {k.removeprefix(prefix): v for k, v in state.items()}

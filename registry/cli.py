@@ -1,0 +1,323 @@
+"""The `registry` command: click commands, each a thin skin over one `Registry` method."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import click
+
+from registry import refs
+from registry.api import Registry
+from registry.errors import RegistryError
+from registry.records import ModelSummary, ModelVersion
+
+PROGRESS_THRESHOLD = 50_000_000  # bytes; smaller files are done before a bar is worth drawing
+
+
+class RegistryGroup(click.Group):
+    """Turns a RegistryError into `Error: <message>` on stderr and exit 1, in one place."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RegistryError as exc:
+            if os.environ.get("REGISTRY_DEBUG"):
+                raise
+            raise click.ClickException(str(exc)) from exc
+
+
+@contextlib.contextmanager
+def terminal_progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr for large transfers, only when stderr is a terminal."""
+    if total < PROGRESS_THRESHOLD or not sys.stderr.isatty():
+        yield lambda _n: None
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+        yield bar.update
+
+
+@click.group(cls=RegistryGroup)
+@click.option("--home", type=click.Path(file_okay=False), help="Home folder [env REGISTRY_HOME].")
+@click.option(
+    "--database-url",
+    help="Catalog URL, sqlite:///... or postgresql://... [env REGISTRY_DATABASE_URL].",
+)
+@click.option("--store", help="Blob store folder [env REGISTRY_STORE].")
+@click.version_option(package_name="registry")
+@click.pass_context
+def cli(ctx: click.Context, home: str | None, database_url: str | None, store: str | None) -> None:
+    """A model registry for PyTorch: versioned, verified checkpoints, rebuilt in eval mode."""
+    ctx.obj = Registry(
+        home=home, database_url=database_url, store=store, progress=terminal_progress
+    )
+
+
+def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")(command)
+
+
+def key_values(what: str) -> Callable[[click.Context, click.Parameter, Sequence[str]], dict]:
+    """A click callback turning repeated K=V options into a dict."""
+
+    def parse(_ctx: click.Context, _param: click.Parameter, values: Sequence[str]) -> dict:
+        pairs = {}
+        for text in values:
+            try:
+                key, value = refs.parse_key_value(text, what)
+            except RegistryError as exc:
+                raise click.BadParameter(str(exc)) from None
+            pairs[key] = _json_or_string(value) if what == "--arg" else value
+        return pairs
+
+    return parse
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=True))
+@click.option(
+    "--arch",
+    required=True,
+    help="torchvision model name (vgg16, resnet50, ...) or package.module:callable.",
+)
+@click.option("--name", help="Model name [default: the arch name].")
+@click.option(
+    "--arg",
+    "arch_args",
+    multiple=True,
+    callback=key_values("--arg"),
+    metavar="K=V",
+    help="Keyword argument for the arch builder, e.g. num_classes=10 (JSON values).",
+)
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    callback=key_values("--tag"),
+    metavar="K=V",
+    help="Tag to set on the version.",
+)
+@click.option("--alias", "aliases", multiple=True, help="Alias to point at the version.")
+@click.option("--description", default="", help="Free text stored with the version.")
+@json_option
+@click.pass_obj
+def push(
+    reg: Registry,
+    file: str,
+    arch: str,
+    name: str | None,
+    arch_args: dict,
+    tags: dict,
+    aliases: tuple[str, ...],
+    description: str,
+    as_json: bool,
+) -> None:
+    """Register checkpoint FILE (a torch.save'd state_dict) as the model's next version."""
+    version = reg.push(
+        file,
+        arch=arch,
+        name=name,
+        arch_args=arch_args,
+        tags=tags,
+        aliases=aliases,
+        description=description,
+    )
+    _print(version.to_json() if as_json else f"{version.ref} sha256:{version.sha256}", as_json)
+
+
+@cli.command()
+@click.argument("ref")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(),
+    help="Destination file or folder [default: ./NAME-vN.<ext>].",
+)
+@click.option("--no-verify", is_flag=True, help="Skip checking the bytes against their SHA-256.")
+@click.pass_obj
+def pull(reg: Registry, ref: str, output: str | None, no_verify: bool) -> None:
+    """Write REF's checkpoint file, bit-exact and verified; print its path."""
+    click.echo(reg.pull(ref, output, verify=not no_verify))
+
+
+@cli.command()
+@click.argument("ref")
+@click.option(
+    "--input-shape", help="Run one forward pass on zeros of this shape, e.g. 1,3,224,224."
+)
+@click.option("--device", help="Device to load onto, e.g. cpu or cuda [default: cpu].")
+@click.option("--no-verify", is_flag=True, help="Skip checking the bytes against their SHA-256.")
+@json_option
+@click.pass_obj
+def load(
+    reg: Registry,
+    ref: str,
+    input_shape: str | None,
+    device: str | None,
+    no_verify: bool,
+    as_json: bool,
+) -> None:
+    """Rebuild REF's model with its weights in eval mode and report on it."""
+    shape = _parse_shape(input_shape) if input_shape else None
+    version = reg.get(ref)
+    model = reg.load(version.ref, device=device, verify=not no_verify)
+    result: dict[str, Any] = {
+        "ref": version.ref,
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "num_params": sum(p.numel() for p in model.parameters()),
+        "training": model.training,
+    }
+    if shape is not None:
+        result["output_shape"] = _forward_shape(model, shape, device)
+    if as_json:
+        _print(result, True)
+        return
+    click.echo(f"{version.ref}: {result['class']}, {result['num_params']:,} parameters, eval mode")
+    if shape is not None:
+        click.echo(f"output shape: {result['output_shape']}")
+
+
+@cli.command(name="ls")
+@click.argument("name", required=False)
+@json_option
+@click.pass_obj
+def ls(reg: Registry, name: str | None, as_json: bool) -> None:
+    """List models, or with NAME the versions of one model, newest first."""
+    if name is None:
+        summaries = reg.models()
+        if as_json:
+            _print([m.to_json() for m in summaries], True)
+        else:
+            _table(["NAME", "VERSIONS", "LATEST", "UPDATED"], [_summary_row(m) for m in summaries])
+        return
+    versions = reg.versions(name)
+    if as_json:
+        _print([v.to_json() for v in versions], True)
+    else:
+        _table(
+            ["REF", "SHA256", "SIZE", "ARCH", "CREATED", "ALIASES"],
+            [_version_row(v) for v in versions],
+        )
+
+
+@cli.command()
+@click.argument("ref")
+@json_option
+@click.pass_obj
+def show(reg: Registry, ref: str, as_json: bool) -> None:
+    """Print every recorded field of REF."""
+    data = reg.get(ref).to_json()
+    if as_json:
+        _print(data, True)
+        return
+    width = max(map(len, data))
+    for key, value in data.items():
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        click.echo(f"{key + ':':<{width + 1}} {text}")
+
+
+@cli.group()
+def db() -> None:
+    """Catalog schema: run migrations, print the revision."""
+
+
+@db.command()
+@click.pass_obj
+def upgrade(reg: Registry) -> None:
+    """Migrate the catalog to the newest schema."""
+    click.echo(f"catalog {reg.safe_database_url} at revision {reg.upgrade()}")
+
+
+@db.command()
+@click.pass_obj
+def current(reg: Registry) -> None:
+    """Print the catalog's schema revision ("none" for an empty database)."""
+    click.echo(reg.schema_revision() or "none")
+
+
+def main() -> None:
+    cli(prog_name="registry")
+
+
+def _print(data: Any, as_json: bool) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False) if as_json else data)
+
+
+def _json_or_string(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r}: expected comma-separated sizes such as 1,3,224,224",
+            param_hint="--input-shape",
+        ) from None
+    if not shape or any(n < 1 for n in shape):
+        raise click.BadParameter(f"{text!r}: sizes must be positive", param_hint="--input-shape")
+    return shape
+
+
+def _forward_shape(model: Any, shape: tuple[int, ...], device: str | None) -> Any:
+    import torch
+
+    try:
+        with torch.inference_mode():
+            output = model(torch.zeros(shape, device=device or "cpu"))
+    except Exception as exc:
+        raise click.ClickException(
+            f"forward pass on input of shape {list(shape)} failed: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
+    if isinstance(output, torch.Tensor):
+        return list(output.shape)
+    if isinstance(output, (tuple, list)):
+        return [list(o.shape) for o in output if isinstance(o, torch.Tensor)]
+    if isinstance(output, dict):
+        return {k: list(v.shape) for k, v in output.items() if isinstance(v, torch.Tensor)}
+    return type(output).__name__
+
+
+def _summary_row(m: ModelSummary) -> list[str]:
+    latest = f"v{m.latest_version}" if m.latest_version else "-"
+    return [m.name, str(m.num_versions), latest, _when(m.updated_at)]
+
+
+def _version_row(v: ModelVersion) -> list[str]:
+    return [
+        v.ref,
+        v.sha256[:12],
+        _human_size(v.size),
+        v.arch,
+        _when(v.created_at),
+        ",".join(v.aliases),
+    ]
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows, strict=True)]
+    for row in [headers, *rows]:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M") if moment else "-"
+
+
+def _human_size(size: int) -> str:
+    if size < 1000:
+        return f"{size} B"
+    scaled, units = size / 1000, ["kB", "MB", "GB"]
+    while scaled >= 1000 and len(units) > 1:
+        scaled, units = scaled / 1000, units[1:]
+    return f"{scaled:.1f} {units[0]}"

@@ -1,0 +1,134 @@
+"""The exception hierarchy: every failure a user can cause is a `RegistryError`.
+
+Each error carries its fields and builds a one-line message from them that
+says what was wrong and, where there is one, what to do about it. The CLI
+prints that message as `Error: <message>`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class RegistryError(Exception):
+    """Root of every error the registry raises on purpose."""
+
+
+class ConfigurationError(RegistryError, ValueError):
+    """A setting (home, database URL, store) is unusable."""
+
+
+class InvalidReferenceError(RegistryError, ValueError):
+    """A model name, reference, alias or tag breaks the naming rules."""
+
+    def __init__(self, value: str, kind: str, rule: str) -> None:
+        self.value = value
+        self.kind = kind
+        self.rule = rule
+        super().__init__(f"invalid {kind} {value!r}: {rule}")
+
+
+class NotFoundError(RegistryError, LookupError):
+    """A model, version, alias or file does not exist."""
+
+    def __init__(self, what: str, hint: str = "") -> None:
+        self.what = what
+        super().__init__(f"{what} not found" + (f"; {hint}" if hint else ""))
+
+
+class AmbiguousReferenceError(InvalidReferenceError):
+    """A digest prefix matches more than one version."""
+
+    def __init__(self, value: str, candidates: Sequence[str]) -> None:
+        self.candidates = list(candidates)
+        super().__init__(
+            value,
+            "reference",
+            f"its digest prefix matches {len(candidates)} versions "
+            f"({', '.join(candidates)}); give more hex digits",
+        )
+
+
+class IntegrityError(RegistryError):
+    """A blob's bytes do not match the digest the catalog recorded."""
+
+    def __init__(self, ref: str, expected: str, actual: str | None) -> None:
+        self.ref = ref
+        self.expected = expected
+        self.actual = actual
+        found = "the blob is missing" if actual is None else f"its bytes hash to sha256:{actual}"
+        super().__init__(
+            f"{ref} failed verification: expected sha256:{expected} but {found}; "
+            "the store is corrupt (run `registry verify`)"
+        )
+
+
+class CheckpointError(RegistryError, ValueError):
+    """A file is not a checkpoint the registry can read."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """Reading the checkpoint would run pickled code the user has not trusted."""
+
+
+class ArchitectureError(RegistryError, ValueError):
+    """An `--arch` cannot be resolved or its builder fails."""
+
+
+class ArchitectureMismatchError(RegistryError, ValueError):
+    """The weights do not fit the architecture: keys or shapes differ."""
+
+    def __init__(
+        self,
+        arch: str,
+        missing: Sequence[str],
+        unexpected: Sequence[str],
+        mis_shaped: Sequence[tuple[str, tuple[int, ...], tuple[int, ...]]],
+        hint: str = "",
+    ) -> None:
+        self.arch = arch
+        self.missing = list(missing)
+        self.unexpected = list(unexpected)
+        self.mis_shaped = list(mis_shaped)
+        parts = []
+        if missing:
+            parts.append(_listing(len(missing), "missing key", missing))
+        if unexpected:
+            parts.append(_listing(len(unexpected), "unexpected key", unexpected))
+        if mis_shaped:
+            shapes = [f"{k} {list(got)} vs {list(want)}" for k, got, want in mis_shaped]
+            parts.append(_listing(len(mis_shaped), "mis-shaped key", shapes))
+        message = f"weights do not fit arch {arch!r}: " + "; ".join(parts)
+        super().__init__(message + (f"; {hint}" if hint else ""))
+
+
+class SchemaOutOfDateError(RegistryError):
+    """The catalog's schema revision is not the one this registry needs."""
+
+    def __init__(self, current: str | None, head: str, newer: bool = False) -> None:
+        self.current = current
+        self.head = head
+        if newer:
+            message = (
+                f"catalog is at schema revision {current}, newer than this registry "
+                f"knows ({head}); upgrade the registry package"
+            )
+        else:
+            message = (
+                f"catalog is at schema revision {current or 'none'}, behind {head}; "
+                "run `registry db upgrade`"
+            )
+        super().__init__(message)
+
+
+class DatabaseError(RegistryError):
+    """The catalog database cannot be reached or used."""
+
+
+class StorageError(RegistryError, OSError):
+    """The blob store or a destination path cannot be read or written."""
+
+
+def _listing(count: int, noun: str, items: Sequence[str], shown: int = 5) -> str:
+    head = ", ".join(items[:shown]) + (", ..." if count > shown else "")
+    return f"{count} {noun}{'s' if count != 1 else ''} ({head})"

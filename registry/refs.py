@@ -1,0 +1,118 @@
+"""Parse and validate model names, references, aliases and tags. No I/O.
+
+vgg16                 latest version of model "vgg16"
+vgg16@latest          same
+vgg16@v3  vgg16@3     version 3
+vgg16@production      the version the alias "production" points to
+vgg16@sha256:397923af the version whose digest starts with that hex (>= 8 chars)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from registry.errors import InvalidReferenceError
+
+MAX_NAME_LENGTH = 128
+MIN_DIGEST_PREFIX = 8
+
+_PART = r"[a-z0-9][a-z0-9._-]*"
+_NAME = re.compile(rf"{_PART}(/{_PART})?")
+_ALIAS = re.compile(r"[a-z][a-z0-9._-]*")
+_VERSION = re.compile(r"v?([0-9]+)")
+_DIGEST = re.compile(r"sha256:([0-9a-f]+)")
+_TAG_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]*")
+
+NAME_RULE = (
+    "use lowercase letters, digits, '.', '_', '-', optionally one '/' after a namespace, "
+    f"starting with a letter or digit, at most {MAX_NAME_LENGTH} characters"
+)
+ALIAS_RULE = (
+    "use lowercase letters, digits, '.', '_', '-', starting with a letter; "
+    "not 'latest' and not a version such as 'v12'"
+)
+TAG_KEY_RULE = "use letters, digits, '.', '_', '-', '/', at most 128 characters"
+
+Selector = Literal["latest", "version", "alias", "digest"]
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A parsed reference: a model name and which of its versions."""
+
+    name: str
+    selector: Selector = "latest"
+    value: str | int | None = None
+
+    def __str__(self) -> str:
+        if self.selector == "latest":
+            return self.name
+        if self.selector == "version":
+            return f"{self.name}@v{self.value}"
+        if self.selector == "digest":
+            return f"{self.name}@sha256:{self.value}"
+        return f"{self.name}@{self.value}"
+
+
+def validate_name(name: str) -> str:
+    """Return `name` if it is a valid model name, else raise InvalidReferenceError."""
+    if len(name) > MAX_NAME_LENGTH or not _NAME.fullmatch(name):
+        raise InvalidReferenceError(name, "model name", NAME_RULE)
+    return name
+
+
+def validate_alias(alias: str) -> str:
+    """Return `alias` if it can name an alias, else raise InvalidReferenceError."""
+    if (
+        len(alias) > MAX_NAME_LENGTH
+        or not _ALIAS.fullmatch(alias)
+        or alias == "latest"
+        or _VERSION.fullmatch(alias)
+    ):
+        raise InvalidReferenceError(alias, "alias", ALIAS_RULE)
+    return alias
+
+
+def validate_tag_key(key: str) -> str:
+    """Return `key` if it can name a tag, else raise InvalidReferenceError."""
+    if len(key) > MAX_NAME_LENGTH or not _TAG_KEY.fullmatch(key):
+        raise InvalidReferenceError(key, "tag key", TAG_KEY_RULE)
+    return key
+
+
+def parse_ref(text: str) -> Ref:
+    """Parse `NAME[@SELECTOR]` into a Ref, raising InvalidReferenceError on bad input."""
+    name, at, selector = text.partition("@")
+    validate_name(name)
+    if not at or selector == "latest":
+        if at and not selector:
+            raise InvalidReferenceError(text, "reference", "nothing follows '@'")
+        return Ref(name)
+    if match := _VERSION.fullmatch(selector):
+        number = int(match.group(1))
+        if number < 1:
+            raise InvalidReferenceError(text, "reference", "versions start at v1")
+        return Ref(name, "version", number)
+    if selector.startswith("sha256:"):
+        match = _DIGEST.fullmatch(selector)
+        if not match or not MIN_DIGEST_PREFIX <= len(match.group(1)) <= 64:
+            raise InvalidReferenceError(
+                text,
+                "reference",
+                f"a digest is 'sha256:' and {MIN_DIGEST_PREFIX} to 64 lowercase hex digits",
+            )
+        return Ref(name, "digest", match.group(1))
+    if not selector:
+        raise InvalidReferenceError(text, "reference", "nothing follows '@'")
+    validate_alias(selector)
+    return Ref(name, "alias", selector)
+
+
+def parse_key_value(text: str, what: str = "tag") -> tuple[str, str]:
+    """Split `K=V` (as given to --tag and --arg) into its key and value."""
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise InvalidReferenceError(text, what, "expected KEY=VALUE")
+    return key, value
