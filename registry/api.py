@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from registry import db, refs
@@ -22,6 +24,7 @@ from registry.errors import (
     CheckpointError,
     InvalidReferenceError,
     NotFoundError,
+    StorageError,
 )
 from registry.models import Alias, Blob, Model, Tag, Version
 from registry.records import ModelSummary, ModelVersion
@@ -172,11 +175,7 @@ class Registry:
     ) -> ModelVersion:
         """Insert the version, its blob row, tags and aliases in the caller's transaction."""
         now = version.created_at
-        model = s.scalar(select(Model).where(Model.name == name))
-        if model is None:
-            model = Model(name=name, last_version=0, created_at=now)
-            s.add(model)
-            s.flush()
+        model = _lock_model(s, name, now)
         existing = s.scalars(
             select(Version).where(
                 Version.model_id == model.id,
@@ -188,8 +187,6 @@ class Registry:
         if same is None:
             if s.get(Blob, version.blob_sha256) is None:
                 s.add(Blob(sha256=version.blob_sha256, size=size, created_at=now))
-            # The write lock (BEGIN IMMEDIATE on SQLite, the row lock of this UPDATE
-            # on PostgreSQL) makes the read-increment atomic across processes.
             model.last_version += 1
             s.flush()
             version.model_id = model.id
@@ -252,8 +249,12 @@ class Registry:
         version = self.get(ref)
         filename = f"{version.name.rsplit('/', 1)[-1]}-v{version.version}{version.extension}"
         target = Path(destination) if destination is not None else Path(filename)
-        if target.is_dir():
+        if target.is_dir() or str(destination).endswith(os.sep):
             target = target / filename
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create folder {target.parent}: {exc.strerror}") from None
         with self._progress(f"pull {version.ref}", version.size) as advance:
             self.store.copy_out(version.sha256, target, version.ref, verify, advance)
         return target
@@ -349,6 +350,20 @@ def _resolve(s: Session, ref: refs.Ref) -> tuple[str, Version]:
     if row is None:
         raise NotFoundError(str(ref), f"see `registry ls {ref.name}` for its versions")
     return ref.name, row
+
+
+def _lock_model(s: Session, name: str, now: datetime) -> Model:
+    """Get or create a model's row, locked until commit, so its counter can be bumped safely.
+
+    SQLite holds the database write lock already (BEGIN IMMEDIATE); PostgreSQL
+    takes the row lock of SELECT ... FOR UPDATE, and a concurrent first push
+    of the same name is absorbed by ON CONFLICT DO NOTHING.
+    """
+    dialect = s.get_bind().dialect.name
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    new_model = insert(Model).values(name=name, last_version=0, created_at=now)
+    s.execute(new_model.on_conflict_do_nothing(index_elements=["name"]))
+    return s.scalars(select(Model).where(Model.name == name).with_for_update()).one()
 
 
 def _model(s: Session, name: str) -> Model:

@@ -30,16 +30,21 @@ class Settings:
         store: str | os.PathLike[str] | None = None,
     ) -> Settings:
         """Settle each setting from the argument, else its env var, else the default."""
-        home_path = Path(home or os.environ.get("REGISTRY_HOME") or _default_home()).expanduser()
+        home_path = Path(home or os.environ.get("REGISTRY_HOME") or _default_home())
+        home_path = home_path.expanduser().absolute()
         url = (
             database_url
             or os.environ.get("REGISTRY_DATABASE_URL")
-            or f"sqlite:///{(home_path / 'registry.db').absolute()}"
+            or f"sqlite:///{home_path / 'registry.db'}"
         )
         store_location = str(store or os.environ.get("REGISTRY_STORE") or home_path / "blobs")
+        if "://" not in store_location:
+            store_location = str(Path(store_location).expanduser().absolute())
         return cls(home=home_path, database_url=url, store=store_location)
 
 
 def _default_home() -> Path:
-    data_home = os.environ.get("XDG_DATA_HOME")
-    return Path(data_home) / "registry" if data_home else Path.home() / ".local/share/registry"
+    data_home = os.environ.get("XDG_DATA_HOME", "")
+    if os.path.isabs(data_home):  # the XDG spec says to ignore a relative path
+        return Path(data_home) / "registry"
+    return Path.home() / ".local/share/registry"

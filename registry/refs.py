@@ -17,6 +17,7 @@ from registry.errors import InvalidReferenceError
 
 MAX_NAME_LENGTH = 128
 MIN_DIGEST_PREFIX = 8
+MAX_VERSION_DIGITS = 9  # fits the catalog's 32-bit version column
 
 _PART = r"[a-z0-9][a-z0-9._-]*"
 _NAME = re.compile(rf"{_PART}(/{_PART})?")
@@ -91,6 +92,10 @@ def parse_ref(text: str) -> Ref:
             raise InvalidReferenceError(text, "reference", "nothing follows '@'")
         return Ref(name)
     if match := _VERSION.fullmatch(selector):
+        if len(match.group(1)) > MAX_VERSION_DIGITS:
+            raise InvalidReferenceError(
+                text, "reference", f"a version has at most {MAX_VERSION_DIGITS} digits"
+            )
         number = int(match.group(1))
         if number < 1:
             raise InvalidReferenceError(text, "reference", "versions start at v1")

@@ -1,0 +1,121 @@
+"""Shared fixtures: an isolated home per test, both catalog backends, small real models.
+
+PostgreSQL tests run when REGISTRY_TEST_DATABASE_URL is set. Under CI=true a
+missing PostgreSQL is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from sqlalchemy import create_engine, text
+
+from registry import Registry
+from registry.db import parse_url
+
+PG_URL = os.environ.get("REGISTRY_TEST_DATABASE_URL")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+SMALL_ARCH = "shufflenet_v2_x0_5"  # a torchvision model of 1.5 MB at num_classes=10
+
+# A user's own model module, importable as `tiny_models:TinyNet`.
+TINY_MODELS = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    class TinyNet(nn.Module):
+        def __init__(self, width=8, num_classes=3):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, width, 3), nn.BatchNorm2d(width), nn.ReLU())
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.head = nn.Linear(width, num_classes)
+
+        def forward(self, x):
+            return self.head(torch.flatten(self.pool(self.features(x)), 1))
+
+    def tiny(width=8, num_classes=3):
+        return TinyNet(width, num_classes)
+
+    not_callable = 42
+
+    def broken(**kwargs):
+        raise RuntimeError("the builder broke")
+    """
+)
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("user_models")
+    (folder / "tiny_models.py").write_text(TINY_MODELS)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, models_dir: Path) -> Iterator[None]:
+    """No test touches the real home; each runs in its own folder with the user's models."""
+    for name in ("REGISTRY_DATABASE_URL", "REGISTRY_STORE", "REGISTRY_DEBUG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("REGISTRY_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(models_dir))
+    monkeypatch.setenv("PYTHONPATH", str(models_dir))
+    yield
+
+
+def reset_postgres(url: str) -> None:
+    engine = create_engine(parse_url(url))
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A brand-new, empty catalog URL on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.db'}"
+    if not PG_URL:
+        if IN_CI:
+            pytest.fail("REGISTRY_TEST_DATABASE_URL is not set: CI must test PostgreSQL")
+        pytest.skip("set REGISTRY_TEST_DATABASE_URL to run the PostgreSQL tests")
+    reset_postgres(PG_URL)
+    return PG_URL
+
+
+@pytest.fixture
+def reg(database_url: str, tmp_path: Path) -> Iterator[Registry]:
+    registry = Registry(database_url=database_url, store=tmp_path / "blobs")
+    yield registry
+    if registry._engine is not None:
+        registry._engine.dispose()
+
+
+@pytest.fixture
+def small_model() -> torch.nn.Module:
+    from torchvision import models
+
+    torch.manual_seed(0)
+    return getattr(models, SMALL_ARCH)(weights=None, num_classes=10).eval()
+
+
+@pytest.fixture
+def small_file(tmp_path: Path, small_model: torch.nn.Module) -> Path:
+    """The tutorial's `torch.save(model.state_dict(), ...)` of the small torchvision model."""
+    path = tmp_path / "model_weights.pth"
+    torch.save(small_model.state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def tiny_model() -> torch.nn.Module:
+    import tiny_models
+
+    torch.manual_seed(0)
+    return tiny_models.TinyNet(width=4, num_classes=5).eval()

@@ -1,0 +1,69 @@
+"""Migrations: one head, in step with the models, reversible, and checked on open."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
+
+from registry import Registry, SchemaOutOfDateError, db
+from registry.models import Base
+
+
+def script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(db.alembic_config())
+
+
+def test_single_head_matching_the_code() -> None:
+    heads = script().get_heads()
+    assert heads == [db.SCHEMA_HEAD]
+
+
+def test_upgrade_head_matches_the_models(database_url: str) -> None:
+    engine = db.open_engine(database_url)
+    db.upgrade(engine)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
+    assert diff == []
+
+
+def test_stairway_every_revision_up_down_up(database_url: str) -> None:
+    engine = db.open_engine(database_url)
+    revisions = list(reversed(list(script().walk_revisions())))
+    for revision in revisions:
+        db.upgrade(engine, revision.revision)
+        db.downgrade(engine, revision.down_revision or "base")
+        db.upgrade(engine, revision.revision)
+        assert db.current_revision(engine) == revision.revision
+    db.downgrade(engine, "base")
+    with engine.connect() as conn:
+        assert set(inspect(conn).get_table_names()) <= {"alembic_version"}
+    engine.dispose()
+
+
+def test_new_catalog_is_created_on_first_use(database_url: str) -> None:
+    reg = Registry(database_url=database_url)
+    assert reg.schema_revision() is None
+    assert reg.models() == []
+    assert reg.schema_revision() == db.SCHEMA_HEAD
+
+
+def test_catalog_behind_head_is_refused(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    Registry(database_url=database_url).models()
+    # Until a second revision exists, pretend the code is one revision ahead of the catalog.
+    monkeypatch.setattr(db, "SCHEMA_HEAD", "0002")
+    with pytest.raises(SchemaOutOfDateError, match=r"behind 0002; run `registry db upgrade`$"):
+        Registry(database_url=database_url).models()
+
+
+def test_catalog_from_a_newer_registry_is_refused(database_url: str) -> None:
+    Registry(database_url=database_url).models()
+    engine = db.open_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'f00dcafe'"))
+    engine.dispose()
+    with pytest.raises(SchemaOutOfDateError, match="revision f00dcafe, newer than this registry"):
+        Registry(database_url=database_url).models()
