@@ -76,6 +76,7 @@ def _resolve_import_path(arch: str) -> Arch:
         raise ArchitectureError(f"arch {arch!r}: expected 'package.module:callable'")
     if "" not in sys.path:  # the user's own models live in the current folder
         sys.path.insert(0, "")
+    importlib.invalidate_caches()
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -111,20 +112,32 @@ def mismatch(
     if not (missing or unexpected or mis_shaped):
         return None
     return ArchitectureMismatchError(
-        arch, missing, unexpected, mis_shaped, hint=_head_hint(missing, unexpected, mis_shaped)
+        arch,
+        missing,
+        unexpected,
+        mis_shaped,
+        hint=_head_hint(model, missing, unexpected, mis_shaped),
     )
 
 
 def _head_hint(
+    model: nn.Module,
     missing: list[str],
     unexpected: list[str],
     mis_shaped: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
 ) -> str:
-    """Suggest num_classes when only a classifier head's output size differs."""
+    """Suggest num_classes when the only difference is the output size of the last layer."""
     if missing or unexpected or not mis_shaped:
         return ""
-    sizes = {got[0] for _, got, want in mis_shaped if got[1:] == want[1:] and got[0] != want[0]}
-    if len(sizes) != 1 or any(got[1:] != want[1:] for _, got, want in mis_shaped):
+    parameter_names = [name for name, _ in model.named_parameters()]
+    last_layer = parameter_names[-1].rpartition(".")[0] if parameter_names else ""
+    sizes = set()
+    for key, got, want in mis_shaped:
+        same_layer = key.rpartition(".")[0] == last_layer
+        if not same_layer or not got or len(got) != len(want) or got[1:] != want[1:]:
+            return ""
+        sizes.add(got[0])
+    if len(sizes) != 1:
         return ""
     return f"pass the builder's arguments with --arg num_classes={sizes.pop()}"
 

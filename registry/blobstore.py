@@ -215,9 +215,9 @@ def _storage_errors(path: Path) -> Iterator[None]:
     """Report an OSError as a one-line StorageError naming the path involved."""
     try:
         yield
-    except FileNotFoundError as exc:
-        raise NotFoundError(f"folder {exc.filename or path}") from None
+    except FileNotFoundError:
+        raise NotFoundError(f"folder {path}") from None
     except OSError as exc:
         if isinstance(exc, StorageError):
             raise
-        raise StorageError(f"cannot write {exc.filename or path}: {exc.strerror or exc}") from None
+        raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from None

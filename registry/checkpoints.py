@@ -70,8 +70,9 @@ def sniff(path: Path) -> str:
             return SAFETENSORS
     if head[:1] == b"\x80":
         raise UnsafeCheckpointError(
-            f"{path} is a plain pickle, not a torch.save file; unpickling runs code, "
-            "so it is not read. Save model.state_dict() with torch.save instead"
+            f"{path} is a raw pickle (or a legacy torch.save with pickle_protocol > 2), "
+            "which cannot be read without running code; save model.state_dict() with "
+            "torch.save instead"
         )
     raise CheckpointError(
         f"{path} is not a checkpoint: expected a torch.save file or .safetensors, "
@@ -99,7 +100,10 @@ def read(path: Path) -> Iterator[Weights]:
     """Every state_dict `path` could hold, most likely first; the caller picks one that fits."""
     kind = sniff(path)
     if kind == SAFETENSORS:
-        yield from _with_prefixes(Weights(_read_safetensors(path), "safetensors"))
+        tensors = _read_safetensors(path)
+        if not tensors:
+            raise CheckpointError(f"{path} holds no tensors")
+        yield from _with_prefixes(Weights(tensors, "safetensors"))
         return
     obj = _torch_load(path, mmap=kind == TORCH_ZIP)
     details = {"serialization": "zip" if kind == TORCH_ZIP else "legacy"}
@@ -114,10 +118,11 @@ def read(path: Path) -> Iterator[Weights]:
             yield from _with_prefixes(found)
         if nested:
             return
-    raise CheckpointError(
-        f"{path} holds no state_dict: found {type(obj).__name__}"
-        + (f" with keys {', '.join(map(str, list(obj)[:8]))}" if isinstance(obj, Mapping) else "")
-    )
+    if isinstance(obj, Mapping):
+        found = f"a dict with keys {', '.join(map(str, list(obj)[:8]))}" if obj else "an empty dict"
+    else:
+        found = f"a {type(obj).__name__}"
+    raise CheckpointError(f"{path} holds no state_dict: found {found}")
 
 
 def load(path: Path, format: str, details: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -147,10 +152,40 @@ def _torch_load(path: Path, mmap: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        raise _unsafe(path, str(exc)) from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is damaged or truncated: {first_line}") from None
+        if _pickle_is_intact(path, zipped=mmap):
+            raise _unsafe(path, str(exc)) from None
+        raise _damaged(path, exc) from None
+    except Exception as exc:  # a damaged file fails in many ways inside torch
+        raise _damaged(path, exc) from None
+
+
+def _pickle_is_intact(path: Path, zipped: bool) -> bool:
+    """Whether the checkpoint's pickles parse to their end (parsing runs nothing).
+
+    Tells a refused global in a sound file (unsafe) from a truncated one (damaged).
+    """
+    import pickletools
+
+    try:
+        if zipped:
+            with zipfile.ZipFile(path) as archive:
+                name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+                for _ in pickletools.genops(archive.read(name)):
+                    pass
+        else:
+            with open(path, "rb") as f:
+                for _ in range(4):  # magic number, protocol, sys info, then the object
+                    for _ in pickletools.genops(f):
+                        pass
+    except Exception:
+        return False
+    return True
+
+
+def _damaged(path: Path, exc: Exception) -> CheckpointError:
+    text = str(exc).strip()
+    first_line = text.splitlines()[0] if text else type(exc).__name__
+    return CheckpointError(f"{path} is damaged or truncated: {first_line}")
 
 
 def _unsafe(path: Path, message: str) -> UnsafeCheckpointError:

@@ -1,0 +1,325 @@
+"""architectures: resolve --arch, build on the meta device, check weights fit, instantiate."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import SMALL_ARCH
+from helpers import outputs_equal
+from torch import nn
+
+from registry import architectures
+from registry.architectures import Arch
+from registry.errors import ArchitectureError, ArchitectureMismatchError
+
+
+@pytest.fixture
+def write_module(tmp_path: Path) -> Iterator:
+    """Write a module into the current folder; forget it from sys.modules afterwards."""
+    names: list[str] = []
+
+    def write(name: str, source: str) -> None:
+        (tmp_path / f"{name}.py").write_text(source)
+        importlib.invalidate_caches()
+        names.append(name)
+
+    yield write
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+# --- resolve --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("given", ["resnet18", "ResNet18", "RESNET18"])
+def test_resolve_torchvision_name_case_insensitively(given: str) -> None:
+    from torchvision import models
+
+    arch = architectures.resolve(given)
+    assert arch.name == "resnet18"
+    assert arch.torchvision is True
+    assert arch.builder is models.resnet18
+
+
+def test_resolve_unknown_name_suggests_close_ones() -> None:
+    with pytest.raises(ArchitectureError) as caught:
+        architectures.resolve("resnt18")
+    message = str(caught.value)
+    assert message.startswith(
+        "unknown arch 'resnt18': not a torchvision model and not a "
+        "'package.module:callable' path; did you mean resnet18"
+    )
+    assert message.endswith("?")
+
+
+def test_resolve_unknown_name_without_close_match() -> None:
+    with pytest.raises(ArchitectureError) as caught:
+        architectures.resolve("qqqqzzzz")
+    assert str(caught.value) == (
+        "unknown arch 'qqqqzzzz': not a torchvision model and not a 'package.module:callable' path"
+    )
+
+
+def test_resolve_import_path() -> None:
+    import tiny_models
+
+    arch = architectures.resolve("tiny_models:TinyNet")
+    assert arch == Arch("tiny_models:TinyNet", tiny_models.TinyNet, torchvision=False)
+
+
+def test_resolve_dotted_attribute(write_module) -> None:
+    write_module("zoo_dotted", "class Zoo:\n    @staticmethod\n    def make():\n        return 1\n")
+    assert architectures.resolve("zoo_dotted:Zoo.make").builder() == 1
+
+
+def test_resolve_module_in_current_folder(write_module, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".")])
+    write_module("zoo_here", "from torch import nn\n\ndef net():\n    return nn.Linear(2, 2)\n")
+    arch = architectures.resolve("zoo_here:net")
+    assert isinstance(arch.build({}, device="cpu"), nn.Linear)
+
+
+def test_resolve_missing_module() -> None:
+    with pytest.raises(ArchitectureError) as caught:
+        architectures.resolve("no_such_models_xyz:Net")
+    assert str(caught.value) == (
+        "arch 'no_such_models_xyz:Net': module 'no_such_models_xyz' not found "
+        "on PYTHONPATH or in the current folder"
+    )
+
+
+def test_resolve_missing_parent_package() -> None:
+    with pytest.raises(ArchitectureError, match=r"module 'no_such_pkg_xyz' not found"):
+        architectures.resolve("no_such_pkg_xyz.nets:Net")
+
+
+def test_resolve_module_that_fails_to_import(write_module) -> None:
+    write_module("zoo_broken", "raise ValueError('bad config')\n")
+    with pytest.raises(ArchitectureError) as caught:
+        architectures.resolve("zoo_broken:Net")
+    assert str(caught.value) == (
+        "arch 'zoo_broken:Net': importing zoo_broken failed: ValueError: bad config"
+    )
+
+
+def test_resolve_missing_attribute() -> None:
+    with pytest.raises(ArchitectureError) as caught:
+        architectures.resolve("tiny_models:HugeNet")
+    assert str(caught.value) == "arch 'tiny_models:HugeNet': tiny_models has no attribute 'HugeNet'"
+
+
+def test_resolve_not_callable() -> None:
+    with pytest.raises(ArchitectureError) as caught:
+        architectures.resolve("tiny_models:not_callable")
+    assert str(caught.value) == "arch 'tiny_models:not_callable': not_callable is not callable"
+
+
+@pytest.mark.parametrize("given", ["tiny_models:", ":TinyNet", ":"])
+def test_resolve_incomplete_import_path(given: str) -> None:
+    with pytest.raises(ArchitectureError) as caught:
+        architectures.resolve(given)
+    assert str(caught.value) == f"arch {given!r}: expected 'package.module:callable'"
+
+
+# --- build ----------------------------------------------------------------------------
+
+
+def test_build_torchvision_on_meta_without_weights() -> None:
+    model = architectures.resolve(SMALL_ARCH).build({"num_classes": 10})
+    assert all(t.is_meta for t in model.state_dict().values())
+    assert model.fc.out_features == 10
+
+
+def test_build_import_path_on_cpu() -> None:
+    model = architectures.resolve("tiny_models:tiny").build({"width": 6}, device="cpu")
+    assert model.head.in_features == 6
+    assert model.head.weight.device == torch.device("cpu")
+
+
+def test_build_failing_builder_names_the_arguments() -> None:
+    arch = architectures.resolve("tiny_models:broken")
+    with pytest.raises(ArchitectureError) as caught:
+        arch.build({"width": 3, "kind": "wide"})
+    assert str(caught.value) == (
+        "building arch 'tiny_models:broken' with width=3, kind='wide' failed: "
+        "RuntimeError: the builder broke"
+    )
+
+
+def test_build_failing_builder_without_arguments() -> None:
+    with pytest.raises(ArchitectureError) as caught:
+        architectures.resolve("tiny_models:broken").build({})
+    assert str(caught.value) == (
+        "building arch 'tiny_models:broken' with no arguments failed: "
+        "RuntimeError: the builder broke"
+    )
+
+
+def test_build_torchvision_with_unknown_argument() -> None:
+    with pytest.raises(ArchitectureError) as caught:
+        architectures.resolve(SMALL_ARCH).build({"bogus": 1})
+    message = str(caught.value)
+    assert message.startswith(f"building arch {SMALL_ARCH!r} with bogus=1 failed: TypeError: ")
+    assert "bogus" in message.split("TypeError: ")[1]
+
+
+def test_build_builder_returning_a_non_module() -> None:
+    with pytest.raises(ArchitectureError) as caught:
+        architectures.resolve("builtins:dict").build({})
+    assert str(caught.value) == "arch 'builtins:dict' returned dict, not a torch.nn.Module"
+
+
+# --- mismatch -------------------------------------------------------------------------
+
+
+def test_mismatch_none_when_weights_fit(tiny_model: nn.Module) -> None:
+    model = architectures.resolve("tiny_models:TinyNet").build({"width": 4, "num_classes": 5})
+    assert architectures.mismatch("tiny_models:TinyNet", model, tiny_model.state_dict()) is None
+
+
+def test_mismatch_head_only_suggests_num_classes(small_model: nn.Module) -> None:
+    model = architectures.resolve(SMALL_ARCH).build({})  # torchvision's default: 1000 classes
+    error = architectures.mismatch(SMALL_ARCH, model, small_model.state_dict())
+    assert isinstance(error, ArchitectureMismatchError)
+    assert error.arch == SMALL_ARCH
+    assert (error.missing, error.unexpected) == ([], [])
+    assert error.mis_shaped == [
+        ("fc.weight", (10, 1024), (1000, 1024)),
+        ("fc.bias", (10,), (1000,)),
+    ]
+    assert str(error) == (
+        f"weights do not fit arch {SMALL_ARCH!r}: 2 mis-shaped keys "
+        "(fc.weight [10, 1024] vs [1000, 1024], fc.bias [10] vs [1000]); "
+        "pass the builder's arguments with --arg num_classes=10"
+    )
+
+
+def test_mismatch_missing_and_unexpected_keys(tiny_model: nn.Module) -> None:
+    model = architectures.resolve("tiny_models:TinyNet").build({"width": 4, "num_classes": 5})
+    state = dict(tiny_model.state_dict())
+    state["classifier.weight"] = state.pop("head.weight")
+    del state["head.bias"]
+    error = architectures.mismatch("tiny_models:TinyNet", model, state)
+    assert isinstance(error, ArchitectureMismatchError)
+    assert error.missing == ["head.weight", "head.bias"]
+    assert error.unexpected == ["classifier.weight"]
+    assert error.mis_shaped == []
+    assert str(error) == (
+        "weights do not fit arch 'tiny_models:TinyNet': "
+        "2 missing keys (head.weight, head.bias); 1 unexpected key (classifier.weight)"
+    )
+
+
+def test_mismatch_lists_at_most_five_keys(tiny_model: nn.Module) -> None:
+    model = architectures.resolve("tiny_models:TinyNet").build({"width": 4, "num_classes": 5})
+    error = architectures.mismatch("tiny_models:TinyNet", model, {})
+    assert isinstance(error, ArchitectureMismatchError)
+    assert len(error.missing) == len(tiny_model.state_dict()) == 9
+    assert str(error) == (
+        "weights do not fit arch 'tiny_models:TinyNet': 9 missing keys (features.0.weight, "
+        "features.0.bias, features.1.weight, features.1.bias, features.1.running_mean, ...)"
+    )
+
+
+def test_mismatch_other_shapes_get_no_num_classes_hint(tiny_model: nn.Module) -> None:
+    """A different width changes more than the head's first dimension: no hint."""
+    model = architectures.resolve("tiny_models:TinyNet").build({"width": 8, "num_classes": 5})
+    error = architectures.mismatch("tiny_models:TinyNet", model, tiny_model.state_dict())
+    assert isinstance(error, ArchitectureMismatchError)
+    assert ("head.weight", (5, 4), (5, 8)) in error.mis_shaped
+    assert "num_classes" not in str(error)
+
+
+def test_mismatch_hint_needs_head_only_difference(tiny_model: nn.Module) -> None:
+    """A missing key besides a mis-shaped head: no hint, the user must look closer."""
+    model = architectures.resolve("tiny_models:TinyNet").build({"width": 4, "num_classes": 7})
+    state = dict(tiny_model.state_dict())
+    del state["features.0.bias"]
+    error = architectures.mismatch("tiny_models:TinyNet", model, state)
+    assert isinstance(error, ArchitectureMismatchError)
+    assert error.missing == ["features.0.bias"]
+    assert "num_classes" not in str(error)
+
+
+def test_mismatch_scalar_against_one_element(tiny_model: nn.Module) -> None:
+    model = architectures.resolve("tiny_models:TinyNet").build({"width": 4, "num_classes": 5})
+    state = dict(tiny_model.state_dict())
+    state["features.1.num_batches_tracked"] = torch.tensor([3])
+    error = architectures.mismatch("tiny_models:TinyNet", model, state)
+    assert isinstance(error, ArchitectureMismatchError)
+    assert error.mis_shaped == [("features.1.num_batches_tracked", (1,), ())]
+
+
+def test_mismatch_no_num_classes_hint_for_a_non_head_key(tiny_model: nn.Module) -> None:
+    model = architectures.resolve("tiny_models:TinyNet").build({"width": 4, "num_classes": 5})
+    state = dict(tiny_model.state_dict())
+    state["features.1.weight"] = torch.ones(6)
+    error = architectures.mismatch("tiny_models:TinyNet", model, state)
+    assert isinstance(error, ArchitectureMismatchError)
+    assert error.mis_shaped == [("features.1.weight", (6,), (4,))]
+    assert "num_classes" not in str(error)
+
+
+# --- count_params and instantiate ---------------------------------------------------------
+
+
+def test_count_params(tiny_model: nn.Module) -> None:
+    # conv 3*4*3*3 + 4, batch norm 4 + 4, head 4*5 + 5
+    assert architectures.count_params(tiny_model) == 145
+    meta = architectures.resolve("tiny_models:TinyNet").build({"width": 4, "num_classes": 5})
+    assert architectures.count_params(meta) == 145
+
+
+def test_count_params_counts_tied_weights_once() -> None:
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+            self.out = nn.Linear(4, 10, bias=False)
+            self.out.weight = self.embed.weight
+
+    assert architectures.count_params(Tied()) == 40
+
+
+def test_instantiate_tiny_model(tiny_model: nn.Module) -> None:
+    state = tiny_model.state_dict()
+    arch = architectures.resolve("tiny_models:TinyNet")
+    model = architectures.instantiate(arch, {"width": 4, "num_classes": 5}, state)
+    assert not any(t.is_meta for t in model.state_dict().values())
+    # Assigned, not copied: the model holds the checkpoint's own tensors.
+    assert model.head.weight.data_ptr() == state["head.weight"].data_ptr()
+    assert outputs_equal(model, tiny_model)
+
+
+def test_instantiate_torchvision_model(small_model: nn.Module) -> None:
+    arch = architectures.resolve(SMALL_ARCH)
+    model = architectures.instantiate(arch, {"num_classes": 10}, small_model.state_dict())
+    assert type(model) is type(small_model)
+    assert outputs_equal(model, small_model, shape=(1, 3, 64, 64))
+
+
+class Scaled(nn.Module):
+    """A model with a non-persistent buffer, which no state_dict carries."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+        self.register_buffer("scale", torch.full((2,), 3.0), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.mean(dim=(2, 3))) * self.scale
+
+
+def test_instantiate_model_with_non_persistent_buffer() -> None:
+    torch.manual_seed(0)
+    source = Scaled().eval()
+    arch = Arch("test:Scaled", Scaled, torchvision=False)
+    model = architectures.instantiate(arch, {}, source.state_dict())
+    assert not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    assert torch.equal(model.scale, torch.full((2,), 3.0))
+    assert outputs_equal(model, source)
