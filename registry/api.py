@@ -2,39 +2,47 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import socket
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
-
-from registry import db, refs
-from registry.blobstore import BlobStore, BlobWriter, Progress, copy_into, no_progress
+from registry import catalog, db, refs
+from registry.blobstore import (
+    BlobStore,
+    BlobWriter,
+    Progress,
+    atomic_file,
+    copy_into,
+    no_progress,
+)
 from registry.config import Settings
 from registry.errors import (
-    AmbiguousReferenceError,
     ArchitectureError,
     CheckpointError,
+    IntegrityError,
     InvalidReferenceError,
     NotFoundError,
     StorageError,
 )
-from registry.models import Alias, Blob, Model, Tag, Version
-from registry.records import ModelSummary, ModelVersion
+from registry.models import Version
+from registry.records import ModelSummary, ModelVersion, Problem, Reclaimed
 
 if TYPE_CHECKING:
     import torch
     from sqlalchemy import Engine
     from torch import nn
 
+    from registry.architectures import Arch
+    from registry.checkpoints import Weights
+
 IN_MEMORY_EXTENSION = ".pt"
+FORMATS = ("original", "safetensors")
 
 
 class Registry:
@@ -84,7 +92,7 @@ class Registry:
         db.upgrade(engine)
         return db.current_revision(engine) or "none"
 
-    # -- writing -------------------------------------------------------------
+    # -- push ----------------------------------------------------------------
 
     def push(
         self,
@@ -95,12 +103,16 @@ class Registry:
         tags: Mapping[str, str] | None = None,
         aliases: Sequence[str] = (),
         description: str = "",
+        trust_pickle: bool = False,
+        key: str | None = None,
     ) -> ModelVersion:
         """Register a checkpoint file, an nn.Module or a state_dict as the next version.
 
         The weights are checked against `arch` before anything is stored. Bytes
         identical to an existing version with the same arch and arguments give
         back that version, with any new tags and aliases added to it.
+        `trust_pickle` reads a whole-model pickle (it runs the file's code);
+        `key` picks the entry of a training checkpoint that holds the weights.
         """
         from registry import architectures
 
@@ -111,41 +123,41 @@ class Registry:
         name = refs.validate_name(name) if name is not None else _default_name(resolved.name)
         model = resolved.build(arch_args)
 
-        with self.store.writer() as writer:
+        with contextlib.ExitStack() as stack:
+            original = stack.enter_context(self.store.writer())
             if isinstance(source, (str, os.PathLike)):
-                extension, weights = self._write_file(Path(source), writer, resolved.name, model)
+                path = Path(source)
+                weights = self._write_file(path, original, resolved, model, trust_pickle, key)
+                extension = path.suffix or IN_MEMORY_EXTENSION
             else:
-                extension, weights = (
-                    IN_MEMORY_EXTENSION,
-                    _write_object(source, writer, resolved.name, model),
-                )
-            digest = writer.commit()
-        details = _describe(weights)
-        if resolved.torchvision:
-            import torchvision
+                weights = _write_object(source, original, resolved, model)
+                extension = IN_MEMORY_EXTENSION
+            version = self._new_version(resolved, model, arch_args, weights, description)
+            version.blob_sha256, version.extension = original.finish(), extension
+            writers = [original]
+            if weights.format == "pickle":  # so that loads never unpickle it again
+                from registry import checkpoints
 
-            details["torchvision_version"] = torchvision.__version__
-        import torch
-
-        version = Version(
-            blob_sha256=digest,
-            format=weights.format,
-            extension=extension,
-            arch=resolved.name,
-            arch_args=arch_args,
-            description=description,
-            created_at=datetime.now(timezone.utc),
-            created_by=_user_at_host(),
-            num_params=architectures.count_params(model),
-            torch_version=torch.__version__,
-            details=details,
-        )
-        with db.session(self.engine, write=True) as s:
-            return self._record(s, name, version, writer.size, tags, aliases)
+                safe_copy = stack.enter_context(self.store.writer())
+                checkpoints.save_safetensors(weights.state_dict, safe_copy)
+                version.weights_sha256 = safe_copy.finish()
+                writers.append(safe_copy)
+            with db.session(self.engine, write=True) as s:
+                for writer in writers:
+                    catalog.claim_blob(s, writer.finish(), writer.size, version.created_at)
+                    writer.commit()  # in place before any version refers to it
+                record, is_new = catalog.add_version(s, name, version, tags, aliases)
+        return replace(record, is_new=is_new)
 
     def _write_file(
-        self, path: Path, writer: BlobWriter, arch: str, model: nn.Module
-    ) -> tuple[str, Any]:
+        self,
+        path: Path,
+        writer: BlobWriter,
+        arch: Arch,
+        model: nn.Module,
+        trust_pickle: bool,
+        key: str | None,
+    ) -> Weights:
         """Copy a checkpoint file into the writer, then find weights in it that fit."""
         from registry import checkpoints
 
@@ -161,93 +173,102 @@ class Registry:
             copy_into(source, writer, advance)
         writer.finish()
         # Read the copy, not the original: what is checked is exactly what is stored.
-        candidates = list(checkpoints.read(writer.temp_path))
-        return path.suffix or IN_MEMORY_EXTENSION, _fitting(arch, model, candidates, path)
-
-    def _record(
-        self,
-        s: Session,
-        name: str,
-        version: Version,
-        size: int,
-        tags: Mapping[str, str],
-        aliases: Sequence[str],
-    ) -> ModelVersion:
-        """Insert the version, its blob row, tags and aliases in the caller's transaction."""
-        now = version.created_at
-        model = _lock_model(s, name, now)
-        existing = s.scalars(
-            select(Version).where(
-                Version.model_id == model.id,
-                Version.blob_sha256 == version.blob_sha256,
-                Version.arch == version.arch,
+        candidates = checkpoints.read(writer.temp_path, trust_pickle=trust_pickle, key=key)
+        weights = _fitting(arch.name, model, candidates, path)
+        pickled_class = weights.details.get("class")
+        built_class = f"{type(model).__module__}:{type(model).__qualname__}"
+        if pickled_class and pickled_class != built_class:
+            raise ArchitectureError(
+                f"{path} holds a pickled {pickled_class}, but arch {arch.name!r} "
+                f"builds a {built_class}"
             )
-        ).all()
-        same = next((v for v in existing if v.arch_args == version.arch_args), None)
-        if same is None:
-            if s.get(Blob, version.blob_sha256) is None:
-                s.add(Blob(sha256=version.blob_sha256, size=size, created_at=now))
-            model.last_version += 1
-            s.flush()
-            version.model_id = model.id
-            version.version = model.last_version
-            s.add(version)
-            s.flush()
-            same = version
-        for key, value in tags.items():
-            s.merge(Tag(version_id=same.id, key=key, value=value))
-        for alias in aliases:
-            s.merge(Alias(model_id=model.id, name=alias, version_id=same.id))
-        s.flush()
-        return _records(s, [(name, same)])[0]
+        return weights
+
+    def _new_version(
+        self,
+        arch: Arch,
+        model: nn.Module,
+        arch_args: dict[str, Any],
+        weights: Weights,
+        description: str,
+    ) -> Version:
+        """The catalog row for a push, less its blobs and number."""
+        import torch
+
+        from registry import architectures
+
+        details = _describe(weights)
+        if arch.torchvision:
+            import torchvision
+
+            details["torchvision_version"] = torchvision.__version__
+        return Version(
+            format=weights.format,
+            arch=arch.name,
+            arch_args=arch_args,
+            description=description,
+            created_at=datetime.now(timezone.utc),
+            created_by=_user_at_host(),
+            num_params=architectures.count_params(model),
+            torch_version=torch.__version__,
+            details=details,
+        )
 
     # -- reading -------------------------------------------------------------
 
     def get(self, ref: str) -> ModelVersion:
         """The version a reference names (`vgg16`, `vgg16@v3`, `vgg16@production`, ...)."""
         with db.session(self.engine) as s:
-            row = _resolve(s, refs.parse_ref(ref))
-            return _records(s, [(row[0], row[1])])[0]
+            model, row = catalog.resolve(s, refs.parse_ref(ref))
+            return catalog.records(s, [(model.name, row)])[0]
 
-    def versions(self, name: str) -> list[ModelVersion]:
-        """Every version of a model, newest first."""
+    def versions(
+        self,
+        name: str,
+        arch: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        limit: int | None = None,
+    ) -> list[ModelVersion]:
+        """A model's versions, newest first, optionally filtered by arch and tags."""
         refs.validate_name(name)
         with db.session(self.engine) as s:
-            model = _model(s, name)
-            rows = s.scalars(
-                select(Version).where(Version.model_id == model.id).order_by(Version.version.desc())
-            ).all()
-            return _records(s, [(name, v) for v in rows])
+            catalog.model_row(s, name)
+            return catalog.search(s, name=name, arch=arch, tags=tags, limit=limit)
+
+    def search(
+        self,
+        name: str | None = None,
+        arch: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        limit: int | None = None,
+    ) -> list[ModelVersion]:
+        """Versions matching every filter given, by model name then newest first."""
+        with db.session(self.engine) as s:
+            return catalog.search(s, name=name, arch=arch, tags=tags, limit=limit)
 
     def models(self) -> list[ModelSummary]:
-        """Every model with its version count and newest version, by name."""
-        query = (
-            select(
-                Model.name,
-                func.count(Version.id),
-                func.max(Version.version),
-                func.max(Version.created_at),
-            )
-            .outerjoin(Version, Version.model_id == Model.id)
-            .group_by(Model.id, Model.name)
-            .order_by(Model.name)
-        )
+        """Every model with its version count, newest version, size and aliases, by name."""
         with db.session(self.engine) as s:
-            return [
-                ModelSummary(name, count, latest, _utc(updated) if updated else None)
-                for name, count, latest, updated in s.execute(query)
-            ]
+            return catalog.summaries(s)
 
     def pull(
-        self, ref: str, destination: str | os.PathLike[str] | None = None, verify: bool = True
+        self,
+        ref: str,
+        destination: str | os.PathLike[str] | None = None,
+        verify: bool = True,
+        format: str = "original",
     ) -> Path:
-        """Write a version's original checkpoint file, bit-exact and verified; return its path.
+        """Write a version's checkpoint file, verified, and return its path.
 
-        The default destination is `./NAME-vN.<ext>` in the current folder; a
-        folder as destination gets that file name inside it.
+        `format="original"` gives back the pushed file bit-exact;
+        `format="safetensors"` converts the weights. The default destination is
+        `./NAME-vN.<ext>`; a folder as destination gets that file name inside it.
         """
+        if format not in FORMATS:
+            raise InvalidReferenceError(format, "format", f"choose one of {', '.join(FORMATS)}")
         version = self.get(ref)
-        filename = f"{version.name.rsplit('/', 1)[-1]}-v{version.version}{version.extension}"
+        extension = version.extension if format == "original" else ".safetensors"
+        filename = f"{version.name.rsplit('/', 1)[-1]}-v{version.version}{extension}"
         target = Path(destination) if destination is not None else Path(filename)
         if target.is_dir() or str(destination).endswith(os.sep):
             target = target / filename
@@ -255,6 +276,13 @@ class Registry:
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create folder {target.parent}: {exc.strerror}") from None
+        if format == "safetensors":
+            from registry import checkpoints
+
+            state = self._state_dict(version, verify)
+            with atomic_file(target) as out:
+                checkpoints.save_safetensors(state, out)
+            return target
         with self._progress(f"pull {version.ref}", version.size) as advance:
             self.store.copy_out(version.sha256, target, version.ref, verify, advance)
         return target
@@ -279,101 +307,112 @@ class Registry:
         return model.eval()
 
     def _state_dict(self, version: ModelVersion, verify: bool) -> dict[str, torch.Tensor]:
+        """The weights of a version: from its safe copy when the original is a pickle."""
         from registry import checkpoints
 
+        if version.weights_sha256:
+            digest, format, details = version.weights_sha256, "safetensors", {}
+        else:
+            digest, format, details = version.sha256, version.format, version.details
         if verify:
-            self.store.verify(version.sha256, version.ref)
-        path = self.store.path(version.sha256)
-        if not path.is_file():
-            self.store.verify(version.sha256, version.ref)  # raises: the blob is missing
-        return checkpoints.load(path, version.format, version.details)
+            self.store.verify(digest, version.ref)
+        elif not self.store.exists(digest):
+            raise IntegrityError(version.ref, digest, None)
+        return checkpoints.load(self.store.path(digest), format, details)
+
+    # -- aliases, tags, deletion ----------------------------------------------
+
+    def set_alias(self, ref: str, alias: str) -> ModelVersion:
+        """Point `alias` at the version `ref` names, creating or moving it atomically."""
+        refs.validate_alias(alias)
+        with db.session(self.engine, write=True) as s:
+            model, row = catalog.resolve(s, refs.parse_ref(ref))
+            catalog.set_alias(s, model, alias, row)
+            return catalog.records(s, [(model.name, row)])[0]
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        """Remove an alias from a model."""
+        refs.validate_name(name)
+        refs.validate_alias(alias)
+        with db.session(self.engine, write=True) as s:
+            catalog.delete_alias(s, catalog.model_row(s, name), alias)
+
+    def set_tags(self, ref: str, tags: Mapping[str, str]) -> ModelVersion:
+        """Set (add or overwrite) tags on a version."""
+        tags = {refs.validate_tag_key(k): str(v) for k, v in tags.items()}
+        with db.session(self.engine, write=True) as s:
+            model, row = catalog.resolve(s, refs.parse_ref(ref))
+            catalog.set_tags(s, row, tags)
+            return catalog.records(s, [(model.name, row)])[0]
+
+    def delete_tag(self, ref: str, key: str) -> ModelVersion:
+        """Remove one tag from a version."""
+        with db.session(self.engine, write=True) as s:
+            model, row = catalog.resolve(s, refs.parse_ref(ref))
+            catalog.delete_tag(s, row, f"{model.name}@v{row.version}", key)
+            return catalog.records(s, [(model.name, row)])[0]
+
+    def delete(self, ref: str) -> ModelVersion:
+        """Delete a version and its aliases; its number is never reused, its blob waits for gc."""
+        with db.session(self.engine, write=True) as s:
+            model, row = catalog.resolve(s, refs.parse_ref(ref))
+            record = catalog.records(s, [(model.name, row)])[0]
+            catalog.delete_version(s, row)
+            return record
+
+    # -- store maintenance -----------------------------------------------------
+
+    def verify(self, ref: str | None = None) -> list[Problem]:
+        """Re-hash the blobs of one version (or all); report each missing or damaged one."""
+        versions = [self.get(ref)] if ref is not None else self.search()
+        problems = []
+        for version in versions:
+            digests = [(version.sha256, version.size)]
+            if version.weights_sha256:
+                digests.append((version.weights_sha256, None))
+            for digest, size in digests:
+                problem = self._check_blob(version.ref, digest, size)
+                if problem is not None:
+                    problems.append(problem)
+        return problems
+
+    def _check_blob(self, ref: str, digest: str, size: int | None) -> Problem | None:
+        try:
+            actual = self.store.hash(digest, ref)
+        except IntegrityError:
+            return Problem(ref, digest, None, "missing")
+        if actual == digest:
+            return None
+        truncated = size is not None and self.store.size(digest) < size
+        return Problem(ref, digest, actual, "truncated" if truncated else "corrupt")
+
+    def gc(self, dry_run: bool = False) -> Reclaimed:
+        """Delete blobs no version references, and temp files of writers that are gone.
+
+        Each blob is deleted while its catalog row is locked, so a push that is
+        about to reference the same bytes waits, then writes them again.
+        """
+        on_disk = self.store.digests()  # listed before the catalog is read: see push
+        with db.session(self.engine) as s:
+            unreferenced = (set(on_disk) | catalog.blob_digests(s)) - catalog.referenced_digests(s)
+        blobs = freed = 0
+        for digest in sorted(unreferenced):
+            if dry_run:
+                blobs += int(self.store.exists(digest))
+                freed += self.store.size(digest)
+                continue
+            with db.session(self.engine, write=True) as s:
+                if catalog.lock_unreferenced_blob(s, digest) and self.store.exists(digest):
+                    blobs, freed = blobs + 1, freed + self.store.remove(digest)
+        temps = self.store.abandoned_temp_files()
+        for temp in temps:
+            freed += temp.stat().st_size
+            if not dry_run:
+                temp.unlink(missing_ok=True)
+        return Reclaimed(blobs=blobs, bytes=freed, temp_files=len(temps))
 
 
-def _records(s: Session, rows: Sequence[tuple[str, Version]]) -> list[ModelVersion]:
-    """Turn version rows into ModelVersion records, fetching tags, aliases and sizes in bulk."""
-    ids = [v.id for _, v in rows]
-    tags: dict[int, dict[str, str]] = {i: {} for i in ids}
-    aliases: dict[int, list[str]] = {i: [] for i in ids}
-    for tag in s.scalars(select(Tag).where(Tag.version_id.in_(ids)).order_by(Tag.key)):
-        tags[tag.version_id][tag.key] = tag.value
-    for alias in s.scalars(select(Alias).where(Alias.version_id.in_(ids)).order_by(Alias.name)):
-        aliases[alias.version_id].append(alias.name)
-    digests = {v.blob_sha256 for _, v in rows}
-    blobs = s.execute(select(Blob.sha256, Blob.size).where(Blob.sha256.in_(digests)))
-    sizes = {digest: size for digest, size in blobs}
-    return [
-        ModelVersion(
-            name=name,
-            version=v.version,
-            sha256=v.blob_sha256,
-            size=sizes[v.blob_sha256],
-            format=v.format,
-            arch=v.arch,
-            arch_args=dict(v.arch_args),
-            description=v.description,
-            created_at=_utc(v.created_at),
-            created_by=v.created_by,
-            num_params=v.num_params,
-            torch_version=v.torch_version,
-            extension=v.extension,
-            tags=tags[v.id],
-            aliases=tuple(aliases[v.id]),
-            details=dict(v.details),
-        )
-        for name, v in rows
-    ]
-
-
-def _resolve(s: Session, ref: refs.Ref) -> tuple[str, Version]:
-    """Find the version row a parsed reference names."""
-    model = _model(s, ref.name)
-    query = select(Version).where(Version.model_id == model.id)
-    if ref.selector == "latest":
-        row = s.scalar(query.order_by(Version.version.desc()).limit(1))
-    elif ref.selector == "version":
-        row = s.scalar(query.where(Version.version == ref.value))
-    elif ref.selector == "alias":
-        row = s.scalar(
-            query.join(Alias, Alias.version_id == Version.id).where(
-                Alias.model_id == model.id, Alias.name == ref.value
-            )
-        )
-    else:
-        matches = s.scalars(
-            query.where(Version.blob_sha256.startswith(str(ref.value)))
-            .order_by(Version.version)
-            .limit(10)
-        ).all()
-        if len(matches) > 1:
-            raise AmbiguousReferenceError(str(ref), [f"{ref.name}@v{v.version}" for v in matches])
-        row = matches[0] if matches else None
-    if row is None:
-        raise NotFoundError(str(ref), f"see `registry ls {ref.name}` for its versions")
-    return ref.name, row
-
-
-def _lock_model(s: Session, name: str, now: datetime) -> Model:
-    """Get or create a model's row, locked until commit, so its counter can be bumped safely.
-
-    SQLite holds the database write lock already (BEGIN IMMEDIATE); PostgreSQL
-    takes the row lock of SELECT ... FOR UPDATE, and a concurrent first push
-    of the same name is absorbed by ON CONFLICT DO NOTHING.
-    """
-    dialect = s.get_bind().dialect.name
-    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    new_model = insert(Model).values(name=name, last_version=0, created_at=now)
-    s.execute(new_model.on_conflict_do_nothing(index_elements=["name"]))
-    return s.scalars(select(Model).where(Model.name == name).with_for_update()).one()
-
-
-def _model(s: Session, name: str) -> Model:
-    model = s.scalar(select(Model).where(Model.name == name))
-    if model is None:
-        raise NotFoundError(f"model {name!r}", "see `registry ls` for the models there are")
-    return model
-
-
-def _fitting(arch: str, model: nn.Module, candidates: Iterable[Any], origin: Any) -> Any:
+def _fitting(arch: str, model: nn.Module, candidates: Iterable[Weights], origin: Any) -> Weights:
     """The first candidate state_dict that fits the model; else the first one's mismatch."""
     from registry import architectures
 
@@ -388,7 +427,7 @@ def _fitting(arch: str, model: nn.Module, candidates: Iterable[Any], origin: Any
     raise first_error
 
 
-def _write_object(source: Any, writer: BlobWriter, arch: str, model: nn.Module) -> Any:
+def _write_object(source: Any, writer: BlobWriter, arch: Arch, model: nn.Module) -> Weights:
     """Save an nn.Module's or a state_dict's weights into the writer, after checking they fit."""
     from torch import nn
 
@@ -403,13 +442,12 @@ def _write_object(source: Any, writer: BlobWriter, arch: str, model: nn.Module) 
             f"cannot push a {type(source).__name__}: give a file path, an nn.Module or a state_dict"
         )
     weights = checkpoints.Weights(state, "state_dict", {"serialization": "zip"})
-    _fitting(arch, model, [weights], f"the {type(source).__name__}")
+    _fitting(arch.name, model, [weights], f"the {type(source).__name__}")
     checkpoints.save(state, writer)
-    writer.finish()
     return weights
 
 
-def _describe(weights: Any) -> dict[str, Any]:
+def _describe(weights: Weights) -> dict[str, Any]:
     """What `show` reports about the tensors: their count and a dtype summary."""
     dtypes: dict[str, int] = {}
     for tensor in weights.state_dict.values():
@@ -435,10 +473,3 @@ def _user_at_host() -> str:
     except (KeyError, OSError):
         user = "unknown"
     return f"{user}@{socket.gethostname()}"
-
-
-def _utc(moment: datetime) -> datetime:
-    """Every time stored is UTC; SQLite hands it back naive, PostgreSQL in the session's zone."""
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)

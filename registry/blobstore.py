@@ -5,12 +5,13 @@
         39/
           3979...(64 hex)        a blob: complete, fsynced, read-only
       tmp/
-        <random>.part            a write in flight, or left by a killed one
+        <pid>@<host>@<random>.part   a write in flight, or left by a killed one
 
 A blob is written to `tmp/`, hashed in the same pass, fsynced, made
 read-only and renamed into place, and its folder is fsynced: a blob path
 that exists always holds the whole of its bytes. The catalog refers to a
-blob only after that (see `Registry.push`).
+blob only after that, and only `gc` deletes blobs; both hold the blob's
+catalog row locked while they touch its file (see `Registry.push`, `Registry.gc`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -27,6 +30,8 @@ from typing import BinaryIO
 from registry.errors import ConfigurationError, IntegrityError, NotFoundError, StorageError
 
 CHUNK_SIZE = 8 << 20
+# A temp file whose writer runs on another host is left alone for this long.
+FOREIGN_TEMP_TIMEOUT_S = 24 * 3600
 
 # A progress factory: given a label and a total byte count, a context manager
 # yielding a function that is called with each number of bytes done.
@@ -43,7 +48,8 @@ class BlobWriter:
 
     def __init__(self, store: BlobStore) -> None:
         self._store = store
-        fd, name = tempfile.mkstemp(dir=store.tmp_dir, suffix=".part")
+        owner = f"{os.getpid()}@{socket.gethostname()}@"
+        fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix=owner, suffix=".part")
         self.temp_path = Path(name)
         self._file = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256()
@@ -66,14 +72,14 @@ class BlobWriter:
         return self._hash.hexdigest()
 
     def commit(self) -> str:
-        """Move the finished temp file into place as a read-only blob; return its digest."""
+        """Move the finished temp file into place as a read-only blob; return its digest.
+
+        The caller holds the blob's catalog row locked, so `gc` cannot be deleting it.
+        """
         digest = self.finish()
         final = self._store.path(digest)
-        if final.exists():
-            # Same bytes already stored: keep the old blob, refresh its mtime so a
-            # concurrent `gc` sees it as recently used.
+        if final.is_file():  # the same bytes are stored already
             self.temp_path.unlink()
-            os.utime(final)
             return digest
         new_folder = not final.parent.exists()
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -107,6 +113,33 @@ class BlobStore:
     def exists(self, digest: str) -> bool:
         return self.path(digest).is_file()
 
+    def digests(self) -> list[str]:
+        """Every blob on disk."""
+        folder = self.root / "sha256"
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.glob("??/*") if len(p.name) == 64)
+
+    def size(self, digest: str) -> int:
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def remove(self, digest: str) -> int:
+        """Delete a blob (the caller holds its catalog row locked); return the bytes freed."""
+        path = self.path(digest)
+        size = self.size(digest)
+        with _storage_errors(path):
+            path.unlink(missing_ok=True)
+        return size
+
+    def abandoned_temp_files(self) -> list[Path]:
+        """Temp files whose writer is gone: a dead process here, or a day old elsewhere."""
+        if not self.tmp_dir.is_dir():
+            return []
+        return [p for p in self.tmp_dir.iterdir() if p.is_file() and _abandoned(p)]
+
     @contextlib.contextmanager
     def writer(self) -> Iterator[BlobWriter]:
         """A BlobWriter whose temp file is removed unless it was committed."""
@@ -127,36 +160,15 @@ class BlobStore:
         verify: bool = True,
         progress: Callable[[int], None] = lambda _n: None,
     ) -> None:
-        """Copy a blob to `destination` via a temp file beside it, checking its digest.
+        """Copy a blob to `destination`, checking its digest on the way.
 
         On any failure nothing is left at `destination`.
         """
-        source = self.open(digest, ref)
-        destination = destination.absolute()
-        try:
-            with _storage_errors(destination.parent):
-                fd, name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.")
-        except BaseException:
-            source.close()
-            raise
-        temp = Path(name)
-        try:
-            actual = hashlib.sha256()
-            with os.fdopen(fd, "wb") as out:
-                _copy(source, out, progress, actual)
-                out.flush()
-                os.fsync(out.fileno())
+        actual = hashlib.sha256()
+        with self.open(digest, ref) as source, atomic_file(destination) as out:
+            _copy(source, out, progress, actual)
             if verify and actual.hexdigest() != digest:
                 raise IntegrityError(ref, digest, actual.hexdigest())
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(temp, 0o666 & ~umask)
-            with _storage_errors(destination):
-                os.replace(temp, destination)
-            _fsync_dir(destination.parent)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
 
     def open(self, digest: str, ref: str) -> BinaryIO:
         """Open a blob for reading; a missing blob is an IntegrityError for `ref`."""
@@ -177,6 +189,32 @@ class BlobStore:
         actual = self.hash(digest, ref)
         if actual != digest:
             raise IntegrityError(ref, digest, actual)
+
+
+@contextlib.contextmanager
+def atomic_file(destination: Path) -> Iterator[BinaryIO]:
+    """A file that appears at `destination` complete and fsynced, or not at all.
+
+    It is written as a temp file beside the destination and renamed over it.
+    """
+    destination = destination.absolute()
+    with _storage_errors(destination.parent):
+        fd, name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.")
+    temp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)
+        with _storage_errors(destination):
+            os.replace(temp, destination)
+        _fsync_dir(destination.parent)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
 
 
 def copy_into(source: BinaryIO, writer: BlobWriter, progress: Callable[[int], None]) -> None:
@@ -200,6 +238,23 @@ def _copy(
                 digest.update(chunk)
             sink.write(chunk)
             progress(n)
+
+
+def _abandoned(temp: Path) -> bool:
+    pid, _, rest = temp.name.partition("@")
+    host = rest.partition("@")[0]
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    try:
+        return time.time() - temp.stat().st_mtime > FOREIGN_TEMP_TIMEOUT_S
+    except FileNotFoundError:
+        return False
 
 
 def _fsync_dir(path: Path) -> None:

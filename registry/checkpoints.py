@@ -83,9 +83,17 @@ def sniff(path: Path) -> str:
 def _sniff_zip(path: Path) -> str:
     try:
         with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
+            entries = archive.infolist()
     except (zipfile.BadZipFile, OSError) as exc:
         raise CheckpointError(f"{path} is a damaged zip archive: {exc}") from None
+    names = [entry.filename for entry in entries]
+    archive_size = path.stat().st_size
+    if any(entry.file_size > archive_size for entry in entries):
+        # torch.save stores entries uncompressed; one that inflates past the
+        # file's own size is a zip bomb or a lie.
+        raise CheckpointError(
+            f"{path} is a zip archive whose entries claim more bytes than the file holds"
+        )
     if any("/code/" in name for name in names) or any(n.endswith("/constants.pkl") for n in names):
         raise CheckpointError(
             f"{path} is a TorchScript archive (torch.jit.save); push the model's "
@@ -96,8 +104,12 @@ def _sniff_zip(path: Path) -> str:
     return TORCH_ZIP
 
 
-def read(path: Path) -> Iterator[Weights]:
-    """Every state_dict `path` could hold, most likely first; the caller picks one that fits."""
+def read(path: Path, trust_pickle: bool = False, key: str | None = None) -> Iterator[Weights]:
+    """Every state_dict `path` could hold, most likely first; the caller picks one that fits.
+
+    `trust_pickle` unpickles whatever the file holds (a whole `torch.save(model)`);
+    `key` names the entry of a training checkpoint to take.
+    """
     kind = sniff(path)
     if kind == SAFETENSORS:
         tensors = _read_safetensors(path)
@@ -105,24 +117,57 @@ def read(path: Path) -> Iterator[Weights]:
             raise CheckpointError(f"{path} holds no tensors")
         yield from _with_prefixes(Weights(tensors, "safetensors"))
         return
-    obj = _torch_load(path, mmap=kind == TORCH_ZIP)
-    details = {"serialization": "zip" if kind == TORCH_ZIP else "legacy"}
-    if _is_state_dict(obj):
-        yield from _with_prefixes(Weights(dict(obj), "state_dict", details))
-        return
-    if isinstance(obj, Mapping):
+    details: dict[str, Any] = {"serialization": "zip" if kind == TORCH_ZIP else "legacy"}
+    obj = _torch_load(path, mmap=kind == TORCH_ZIP, trust_pickle=trust_pickle)
+    if trust_pickle:
+        obj, details = _unwrap_module(obj, details)
+    candidates = _candidates(obj, details, key, path)
+    if not candidates:
+        if isinstance(obj, Mapping):
+            keys = ", ".join(map(str, list(obj)[:8]))
+            found = f"a dict with keys {keys}" if obj else "an empty dict"
+        else:
+            kind_of = type(obj)
+            module = "" if kind_of.__module__ == "builtins" else f"{kind_of.__module__}."
+            found = f"a {module}{kind_of.__qualname__}"
+        raise CheckpointError(f"{path} holds no state_dict: found {found}")
+    for weights in candidates:
+        yield from _with_prefixes(weights)
+
+
+def _candidates(obj: Any, details: dict[str, Any], key: str | None, path: Path) -> list[Weights]:
+    """The state_dicts in a loaded object: itself, or entries of a training checkpoint."""
+    format = "pickle" if "class" in details else "state_dict"
+    if key is None and _is_state_dict(obj):
+        return [Weights(dict(obj), format, details)]
+    if not isinstance(obj, Mapping):
+        return []
+    if key is not None:
+        if not _is_state_dict(obj.get(key)):
+            keys = ", ".join(map(str, obj))
+            raise CheckpointError(f"{path} has no state_dict under key {key!r}; its keys: {keys}")
+        nested = [key]
+    else:
         nested = [k for k in STATE_DICT_KEYS if _is_state_dict(obj.get(k))]
         nested += [k for k, v in obj.items() if k not in nested and _is_state_dict(v)]
-        for key in nested:
-            found = Weights(dict(obj[key]), "checkpoint", {**details, "key": key})
-            yield from _with_prefixes(found)
-        if nested:
-            return
+    format = "pickle" if "class" in details else "checkpoint"
+    return [Weights(dict(obj[k]), format, {**details, "key": k}) for k in nested]
+
+
+def _unwrap_module(obj: Any, details: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """A trusted pickle of a whole model, alone or in a dict: take its state_dict."""
+    from torch import nn
+
+    def describe(module: nn.Module) -> str:
+        return f"{type(module).__module__}:{type(module).__qualname__}"
+
+    if isinstance(obj, nn.Module):
+        return obj.state_dict(), {**details, "class": describe(obj)}
     if isinstance(obj, Mapping):
-        found = f"a dict with keys {', '.join(map(str, list(obj)[:8]))}" if obj else "an empty dict"
-    else:
-        found = f"a {type(obj).__name__}"
-    raise CheckpointError(f"{path} holds no state_dict: found {found}")
+        for k, v in obj.items():
+            if isinstance(v, nn.Module):
+                return {**obj, k: v.state_dict()}, {**details, "class": describe(v)}
+    return obj, {**details, "class": type(obj).__qualname__}
 
 
 def load(path: Path, format: str, details: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -144,18 +189,40 @@ def save(state_dict: Mapping[str, torch.Tensor], sink: Any) -> None:
     torch.save(dict(state_dict), sink)
 
 
-def _torch_load(path: Path, mmap: bool) -> Any:
+def save_safetensors(state_dict: Mapping[str, torch.Tensor], sink: Any) -> None:
+    """Write a state_dict as safetensors to a file-like `sink`.
+
+    safetensors refuses tensors that share memory (tied weights), so a tensor
+    whose storage was already written is saved as a copy.
+    """
+    from safetensors.torch import save
+
+    seen: set[int] = set()
+    tensors = {}
+    for name, tensor in state_dict.items():
+        storage = tensor.untyped_storage().data_ptr() if tensor.numel() else id(tensor)
+        shared = storage in seen
+        seen.add(storage)
+        tensors[name] = tensor.clone() if shared else tensor.contiguous()
+    sink.write(save(tensors))
+
+
+def _torch_load(path: Path, mmap: bool, trust_pickle: bool = False) -> Any:
     import pickle
 
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=mmap)
     except pickle.UnpicklingError as exc:
         if _pickle_is_intact(path, zipped=mmap):
             raise _unsafe(path, str(exc)) from None
         raise _damaged(path, exc) from None
     except Exception as exc:  # a damaged file fails in many ways inside torch
+        if trust_pickle and isinstance(exc, (AttributeError, ImportError)):
+            raise CheckpointError(
+                f"{path}: unpickling needs code that is not importable here: {exc}"
+            ) from None
         raise _damaged(path, exc) from None
 
 

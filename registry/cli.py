@@ -104,6 +104,12 @@ def key_values(what: str) -> Callable[[click.Context, click.Parameter, Sequence[
 )
 @click.option("--alias", "aliases", multiple=True, help="Alias to point at the version.")
 @click.option("--description", default="", help="Free text stored with the version.")
+@click.option("--key", help="Entry of a training checkpoint dict that holds the state_dict.")
+@click.option(
+    "--trust-pickle",
+    is_flag=True,
+    help="Read a whole-model pickle (torch.save(model)); this runs code from the file.",
+)
 @json_option
 @click.pass_obj
 def push(
@@ -115,9 +121,14 @@ def push(
     tags: dict,
     aliases: tuple[str, ...],
     description: str,
+    key: str | None,
+    trust_pickle: bool,
     as_json: bool,
 ) -> None:
-    """Register checkpoint FILE (a torch.save'd state_dict) as the model's next version."""
+    """Register checkpoint FILE as the model's next version; print NAME@vN sha256:<hex>.
+
+    FILE is a torch.save'd state_dict or training checkpoint, or a .safetensors file.
+    """
     version = reg.push(
         file,
         arch=arch,
@@ -126,7 +137,11 @@ def push(
         tags=tags,
         aliases=aliases,
         description=description,
+        trust_pickle=trust_pickle,
+        key=key,
     )
+    if not version.is_new:
+        click.echo(f"{version.ref} already holds these bytes; no new version made", err=True)
     _print(version.to_json() if as_json else f"{version.ref} sha256:{version.sha256}", as_json)
 
 
@@ -139,10 +154,18 @@ def push(
     help="Destination file or folder [default: ./NAME-vN.<ext>].",
 )
 @click.option("--no-verify", is_flag=True, help="Skip checking the bytes against their SHA-256.")
+@click.option(
+    "--format",
+    "format_",
+    type=click.Choice(["original", "safetensors"]),
+    default="original",
+    show_default=True,
+    help="original: the pushed file, bit-exact; safetensors: the weights converted.",
+)
 @click.pass_obj
-def pull(reg: Registry, ref: str, output: str | None, no_verify: bool) -> None:
+def pull(reg: Registry, ref: str, output: str | None, no_verify: bool, format_: str) -> None:
     """Write REF's checkpoint file, bit-exact and verified; print its path."""
-    click.echo(reg.pull(ref, output, verify=not no_verify))
+    click.echo(reg.pull(ref, output, verify=not no_verify, format=format_))
 
 
 @cli.command()
@@ -184,23 +207,40 @@ def load(
 
 @cli.command(name="ls")
 @click.argument("name", required=False)
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    callback=key_values("--tag"),
+    metavar="K=V",
+    help="Only versions with this tag (with NAME).",
+)
+@click.option("--arch", help="Only versions of this arch (with NAME).")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many versions (with NAME).")
 @json_option
 @click.pass_obj
-def ls(reg: Registry, name: str | None, as_json: bool) -> None:
+def ls(
+    reg: Registry, name: str | None, tags: dict, arch: str | None, limit: int | None, as_json: bool
+) -> None:
     """List models, or with NAME the versions of one model, newest first."""
     if name is None:
+        if tags or arch or limit:
+            raise click.UsageError("--tag, --arch and --limit filter the versions of one NAME")
         summaries = reg.models()
         if as_json:
             _print([m.to_json() for m in summaries], True)
         else:
-            _table(["NAME", "VERSIONS", "LATEST", "UPDATED"], [_summary_row(m) for m in summaries])
+            _table(
+                ["NAME", "VERSIONS", "LATEST", "SIZE", "UPDATED", "ALIASES"],
+                [_summary_row(m) for m in summaries],
+            )
         return
-    versions = reg.versions(name)
+    versions = reg.versions(name, arch=arch, tags=tags, limit=limit)
     if as_json:
         _print([v.to_json() for v in versions], True)
     else:
         _table(
-            ["REF", "SHA256", "SIZE", "ARCH", "CREATED", "ALIASES"],
+            ["REF", "SHA256", "SIZE", "ARCH", "CREATED", "ALIASES", "TAGS"],
             [_version_row(v) for v in versions],
         )
 
@@ -219,6 +259,81 @@ def show(reg: Registry, ref: str, as_json: bool) -> None:
     for key, value in data.items():
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
         click.echo(f"{key + ':':<{width + 1}} {text}")
+
+
+@cli.command()
+@click.argument("ref_or_name")
+@click.argument("alias")
+@click.option("--delete", is_flag=True, help="Remove ALIAS from model REF_OR_NAME instead.")
+@click.pass_obj
+def alias(reg: Registry, ref_or_name: str, alias: str, delete: bool) -> None:
+    """Point ALIAS at version REF (creating or moving it), or remove it with --delete NAME ALIAS."""
+    if delete:
+        reg.delete_alias(ref_or_name, alias)
+        click.echo(f"removed {ref_or_name}@{alias}")
+        return
+    version = reg.set_alias(ref_or_name, alias)
+    click.echo(f"{version.name}@{alias} -> {version.ref}")
+
+
+@cli.command()
+@click.argument("ref")
+@click.argument("tags", nargs=-1, callback=key_values("tag"), metavar="K=V...")
+@click.option("--delete", "delete_keys", multiple=True, metavar="K", help="Remove tag K.")
+@click.pass_obj
+def tag(reg: Registry, ref: str, tags: dict, delete_keys: tuple[str, ...]) -> None:
+    """Set tags K=V on version REF, or remove them with --delete K."""
+    if not tags and not delete_keys:
+        raise click.UsageError("give K=V tags to set or --delete K")
+    version = reg.set_tags(ref, tags) if tags else reg.get(ref)
+    for key in delete_keys:
+        version = reg.delete_tag(version.ref, key)
+    shown = " ".join(f"{k}={v}" for k, v in version.tags.items()) or "(no tags)"
+    click.echo(f"{version.ref} {shown}")
+
+
+@cli.command()
+@click.argument("ref")
+@click.pass_obj
+def rm(reg: Registry, ref: str) -> None:
+    """Delete version REF (its number is never reused; `registry gc` reclaims the blob)."""
+    click.echo(f"deleted {reg.delete(ref).ref}")
+
+
+@cli.command()
+@click.argument("ref", required=False)
+@json_option
+@click.pass_obj
+def verify(reg: Registry, ref: str | None, as_json: bool) -> None:
+    """Re-hash the blobs of REF (or of every version); exit 1 if any is missing or corrupt."""
+    problems = reg.verify(ref)
+    if as_json:
+        _print([p.to_json() for p in problems], True)
+    else:
+        for p in problems:
+            actual = f"sha256:{p.actual}" if p.actual else "nothing"
+            click.echo(f"{p.ref}: {p.status}: expected sha256:{p.expected}, found {actual}")
+        if not problems:
+            click.echo(f"{'all blobs' if ref is None else ref} verified")
+    if problems:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
+@json_option
+@click.pass_obj
+def gc(reg: Registry, dry_run: bool, as_json: bool) -> None:
+    """Delete blobs that no version references, and temp files of interrupted writes."""
+    result = reg.gc(dry_run=dry_run)
+    if as_json:
+        _print({**result.to_json(), "dry_run": dry_run}, True)
+        return
+    verb = "would reclaim" if dry_run else "reclaimed"
+    click.echo(
+        f"{verb} {result.blobs} blobs and {result.temp_files} temp files, "
+        f"{_human_size(result.bytes)}"
+    )
 
 
 @cli.group()
@@ -290,7 +405,14 @@ def _forward_shape(model: Any, shape: tuple[int, ...], device: str | None) -> An
 
 def _summary_row(m: ModelSummary) -> list[str]:
     latest = f"v{m.latest_version}" if m.latest_version else "-"
-    return [m.name, str(m.num_versions), latest, _when(m.updated_at)]
+    return [
+        m.name,
+        str(m.num_versions),
+        latest,
+        _human_size(m.size),
+        _when(m.updated_at),
+        ",".join(m.aliases),
+    ]
 
 
 def _version_row(v: ModelVersion) -> list[str]:
@@ -301,6 +423,7 @@ def _version_row(v: ModelVersion) -> list[str]:
         v.arch,
         _when(v.created_at),
         ",".join(v.aliases),
+        ",".join(f"{k}={value}" for k, value in v.tags.items()),
     ]
 
 

@@ -51,6 +51,8 @@ class Model(Base):
 
 
 class Blob(Base):
+    """A stored file; its row is the lock that `push` and `gc` take before touching it."""
+
     __tablename__ = "blobs"
 
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -63,12 +65,16 @@ class Version(Base):
     __table_args__ = (
         UniqueConstraint("model_id", "version", name="uq_versions_model_id_version"),
         Index("ix_versions_blob_sha256", "blob_sha256"),
+        Index("ix_versions_weights_sha256", "weights_sha256"),
+        Index("ix_versions_arch", "arch"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
     version: Mapped[int] = mapped_column(Integer)
     blob_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    # A safe copy of the weights (safetensors) when the original needs unpickling.
+    weights_sha256: Mapped[str | None] = mapped_column(ForeignKey("blobs.sha256"))
     format: Mapped[str] = mapped_column(String(32))
     extension: Mapped[str] = mapped_column(String(32))
     arch: Mapped[str] = mapped_column(String(256))

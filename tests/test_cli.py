@@ -101,8 +101,8 @@ def test_ls_and_show(run, small_file: Path) -> None:
     day = data["created_at"][:10]
     _, out, _ = run("ls")
     lines = out.splitlines()
-    assert lines[0].split() == ["NAME", "VERSIONS", "LATEST", "UPDATED"]
-    assert lines[1].split()[:4] == [SMALL_ARCH, "1", "v1", day]
+    assert lines[0].split() == ["NAME", "VERSIONS", "LATEST", "SIZE", "UPDATED", "ALIASES"]
+    assert lines[1].split()[:6] == [SMALL_ARCH, "1", "v1", f"{data['size'] / 1e6:.1f}", "MB", day]
     _, out, _ = run("ls", SMALL_ARCH)
     assert out.splitlines()[1].split()[:6] == [
         f"{SMALL_ARCH}@v1",
@@ -118,19 +118,21 @@ def test_ls_and_show(run, small_file: Path) -> None:
             "num_versions": 1,
             "latest_version": 1,
             "updated_at": data["created_at"],
+            "size": data["size"],
+            "aliases": [],
         }
     ]
     assert json.loads(run("ls", SMALL_ARCH, "--json")[1]) == [data]
     assert json.loads(run("show", f"{SMALL_ARCH}@v1", "--json")[1]) == data
     _, out, _ = run("show", SMALL_ARCH)
-    assert (
-        f"sha256:        {data['sha256']}\n" in out
-        and 'arch_args:     {"num_classes": 10}\n' in out
-    )
+    fields = dict(line.split(":", 1) for line in out.splitlines())
+    assert fields["sha256"].strip() == data["sha256"]
+    assert fields["arch_args"].strip() == '{"num_classes": 10}'
+    assert fields["weights_sha256"].strip() == "null"
 
 
 def test_empty_catalog_lists_nothing(run) -> None:
-    assert run("ls") == (0, "NAME  VERSIONS  LATEST  UPDATED\n", "")
+    assert run("ls") == (0, "NAME  VERSIONS  LATEST  SIZE  UPDATED  ALIASES\n", "")
     assert run("ls", "--json") == (0, "[]\n", "")
 
 
@@ -169,7 +171,7 @@ def test_wrong_arch_garbage_and_missing_file(run, small_file: Path, tmp_path: Pa
     )
     code, _, err = run("push", str(tmp_path / "missing.pth"), "--arch", SMALL_ARCH)
     assert (code, err) == (1, f"Error: file '{tmp_path / 'missing.pth'}' not found\n")
-    assert run("ls") == (0, "NAME  VERSIONS  LATEST  UPDATED\n", "")
+    assert run("ls") == (0, "NAME  VERSIONS  LATEST  SIZE  UPDATED  ALIASES\n", "")
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,7 @@ def upgrade() -> None:
         sa.Column("model_id", sa.Integer(), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("blob_sha256", sa.String(length=64), nullable=False),
+        sa.Column("weights_sha256", sa.String(length=64), nullable=True),
         sa.Column("format", sa.String(length=32), nullable=False),
         sa.Column("extension", sa.String(length=32), nullable=False),
         sa.Column("arch", sa.String(length=256), nullable=False),
@@ -55,10 +56,15 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["blob_sha256"], ["blobs.sha256"], name="fk_versions_blob_sha256_blobs"
         ),
+        sa.ForeignKeyConstraint(
+            ["weights_sha256"], ["blobs.sha256"], name="fk_versions_weights_sha256_blobs"
+        ),
         sa.PrimaryKeyConstraint("id", name="pk_versions"),
         sa.UniqueConstraint("model_id", "version", name="uq_versions_model_id_version"),
     )
     op.create_index("ix_versions_blob_sha256", "versions", ["blob_sha256"])
+    op.create_index("ix_versions_weights_sha256", "versions", ["weights_sha256"])
+    op.create_index("ix_versions_arch", "versions", ["arch"])
     op.create_table(
         "tags",
         sa.Column("version_id", sa.Integer(), nullable=False),
@@ -94,6 +100,8 @@ def downgrade() -> None:
     op.drop_table("aliases")
     op.drop_index("ix_tags_key_value", table_name="tags")
     op.drop_table("tags")
+    op.drop_index("ix_versions_arch", table_name="versions")
+    op.drop_index("ix_versions_weights_sha256", table_name="versions")
     op.drop_index("ix_versions_blob_sha256", table_name="versions")
     op.drop_table("versions")
     op.drop_table("blobs")

@@ -1,0 +1,286 @@
+"""Catalog queries and writes, each inside the caller's session and transaction.
+
+Every listing is one or a few indexed SQL queries; nothing loads every
+version into Python. Rows never leave this module: callers get the frozen
+records of `registry.records`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Select, delete, exists, func, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from registry import refs
+from registry.errors import AmbiguousReferenceError, NotFoundError
+from registry.models import Alias, Blob, Model, Tag, Version
+from registry.records import ModelSummary, ModelVersion
+
+
+def resolve(s: Session, ref: refs.Ref) -> tuple[Model, Version]:
+    """The model and version row a parsed reference names."""
+    model = model_row(s, ref.name)
+    query = select(Version).where(Version.model_id == model.id)
+    if ref.selector == "latest":
+        row = s.scalar(query.order_by(Version.version.desc()).limit(1))
+    elif ref.selector == "version":
+        row = s.scalar(query.where(Version.version == ref.value))
+    elif ref.selector == "alias":
+        row = s.scalar(
+            query.join(Alias, Alias.version_id == Version.id).where(
+                Alias.model_id == model.id, Alias.name == ref.value
+            )
+        )
+    else:
+        prefix = str(ref.value)
+        matches = s.scalars(
+            query.where(Version.blob_sha256.startswith(prefix, autoescape=True))
+            .order_by(Version.version)
+            .limit(10)
+        ).all()
+        if len(matches) > 1:
+            raise AmbiguousReferenceError(str(ref), [f"{ref.name}@v{v.version}" for v in matches])
+        row = matches[0] if matches else None
+    if row is None:
+        raise NotFoundError(str(ref), f"see `registry ls {ref.name}` for its versions")
+    return model, row
+
+
+def model_row(s: Session, name: str) -> Model:
+    model = s.scalar(select(Model).where(Model.name == name))
+    if model is None:
+        raise NotFoundError(f"model {name!r}", "see `registry ls` for the models there are")
+    return model
+
+
+def lock_model(s: Session, name: str, now: datetime) -> Model:
+    """Get or create a model's row, locked until commit, so its counter can move safely.
+
+    SQLite already holds the database write lock (BEGIN IMMEDIATE); PostgreSQL
+    takes the row lock of SELECT ... FOR UPDATE, and a concurrent first push
+    of the same name is absorbed by ON CONFLICT DO NOTHING.
+    """
+    new_model = _insert(s, Model).values(name=name, last_version=0, created_at=now)
+    s.execute(new_model.on_conflict_do_nothing(index_elements=["name"]))
+    return s.scalars(select(Model).where(Model.name == name).with_for_update()).one()
+
+
+def claim_blob(s: Session, digest: str, size: int, now: datetime) -> None:
+    """Create or lock a blob's row until commit: `gc` cannot delete the blob meanwhile."""
+    blob = _insert(s, Blob).values(sha256=digest, size=size, created_at=now)
+    s.execute(blob.on_conflict_do_update(index_elements=["sha256"], set_={"size": size}))
+
+
+def lock_unreferenced_blob(s: Session, digest: str) -> bool:
+    """Lock a blob's row and delete it if no version refers to the blob.
+
+    Returns whether it was unreferenced; the caller deletes the file before committing.
+    """
+    claim = _insert(s, Blob).values(sha256=digest, size=0, created_at=datetime.now(timezone.utc))
+    s.execute(claim.on_conflict_do_nothing(index_elements=["sha256"]))
+    s.execute(select(Blob.sha256).where(Blob.sha256 == digest).with_for_update())
+    used = s.scalar(
+        select(exists().where((Version.blob_sha256 == digest) | (Version.weights_sha256 == digest)))
+    )
+    if used:
+        return False
+    s.execute(delete(Blob).where(Blob.sha256 == digest))
+    return True
+
+
+def blob_digests(s: Session) -> set[str]:
+    return set(s.scalars(select(Blob.sha256)))
+
+
+def add_version(
+    s: Session,
+    name: str,
+    version: Version,
+    tags: Mapping[str, str],
+    aliases: Sequence[str],
+) -> tuple[ModelVersion, bool]:
+    """Record a pushed version, or find the identical one already there.
+
+    Returns the version and whether it is new. Identical means the same
+    bytes, arch and arguments under the same model name. The caller has
+    claimed the version's blobs already.
+    """
+    now = version.created_at
+    model = lock_model(s, name, now)
+    candidates = s.scalars(
+        select(Version).where(
+            Version.model_id == model.id,
+            Version.blob_sha256 == version.blob_sha256,
+            Version.arch == version.arch,
+        )
+    ).all()
+    row = next((v for v in candidates if v.arch_args == version.arch_args), None)
+    is_new = row is None
+    if row is None:
+        model.last_version += 1
+        version.model_id = model.id
+        version.version = model.last_version
+        s.add(version)
+        s.flush()
+        row = version
+    set_tags(s, row, tags)
+    for alias in aliases:
+        set_alias(s, model, alias, row)
+    return records(s, [(name, row)])[0], is_new
+
+
+def set_tags(s: Session, version: Version, tags: Mapping[str, str]) -> None:
+    for key, value in tags.items():
+        statement = _insert(s, Tag).values(version_id=version.id, key=key, value=value)
+        s.execute(
+            statement.on_conflict_do_update(
+                index_elements=["version_id", "key"], set_={"value": value}
+            )
+        )
+
+
+def set_alias(s: Session, model: Model, alias: str, version: Version) -> None:
+    """Create or move an alias in one statement, so a reader sees the old target or the new."""
+    statement = _insert(s, Alias).values(model_id=model.id, name=alias, version_id=version.id)
+    s.execute(
+        statement.on_conflict_do_update(
+            index_elements=["model_id", "name"], set_={"version_id": version.id}
+        )
+    )
+
+
+def delete_alias(s: Session, model: Model, alias: str) -> None:
+    gone = s.execute(delete(Alias).where(Alias.model_id == model.id, Alias.name == alias))
+    if gone.rowcount == 0:
+        raise NotFoundError(f"alias {model.name}@{alias}")
+
+
+def delete_tag(s: Session, version: Version, ref: str, key: str) -> None:
+    gone = s.execute(delete(Tag).where(Tag.version_id == version.id, Tag.key == key))
+    if gone.rowcount == 0:
+        raise NotFoundError(f"tag {key!r} on {ref}")
+
+
+def delete_version(s: Session, version: Version) -> None:
+    """Remove a version; its tags and aliases go with it (ON DELETE CASCADE)."""
+    s.execute(delete(Version).where(Version.id == version.id))
+
+
+def search(
+    s: Session,
+    name: str | None = None,
+    arch: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    limit: int | None = None,
+) -> list[ModelVersion]:
+    """Versions matching every given filter, newest first (by model name, then version)."""
+    query: Select[Any] = select(Model.name, Version).join(Model, Model.id == Version.model_id)
+    if name is not None:
+        query = query.where(Model.name == name)
+    if arch is not None:
+        query = query.where(Version.arch == arch)
+    for key, value in (tags or {}).items():
+        query = query.where(
+            exists().where(Tag.version_id == Version.id, Tag.key == key, Tag.value == value)
+        )
+    query = query.order_by(Model.name, Version.version.desc())
+    if limit is not None:
+        query = query.limit(limit)
+    return records(s, [(n, v) for n, v in s.execute(query)])
+
+
+def summaries(s: Session) -> list[ModelSummary]:
+    """Every model with its version count, newest version, total size and aliases."""
+    query = (
+        select(
+            Model.id,
+            Model.name,
+            func.count(Version.id),
+            func.max(Version.version),
+            func.max(Version.created_at),
+            func.coalesce(func.sum(Blob.size), 0),
+        )
+        .outerjoin(Version, Version.model_id == Model.id)
+        .outerjoin(Blob, Blob.sha256 == Version.blob_sha256)
+        .group_by(Model.id, Model.name)
+        .order_by(Model.name)
+    )
+    rows = s.execute(query).all()
+    aliases: dict[int, list[str]] = {}
+    alias_rows = select(Alias.model_id, Alias.name, Version.version).join(
+        Version, Version.id == Alias.version_id
+    )
+    for model_id, alias, number in s.execute(alias_rows.order_by(Alias.name)):
+        aliases.setdefault(model_id, []).append(f"{alias}=v{number}")
+    return [
+        ModelSummary(
+            name=name,
+            num_versions=count,
+            latest_version=latest,
+            updated_at=utc(updated) if updated else None,
+            size=int(size),
+            aliases=tuple(aliases.get(model_id, ())),
+        )
+        for model_id, name, count, latest, updated, size in rows
+    ]
+
+
+def referenced_digests(s: Session) -> set[str]:
+    """Every blob some version needs: its original file, or its safe weights copy."""
+    originals = set(s.scalars(select(Version.blob_sha256).distinct()))
+    copies = s.scalars(select(Version.weights_sha256).where(Version.weights_sha256.is_not(None)))
+    return originals | set(copies)
+
+
+def records(s: Session, rows: Sequence[tuple[str, Version]]) -> list[ModelVersion]:
+    """Turn version rows into ModelVersion records, fetching tags, aliases and sizes in bulk."""
+    ids = [v.id for _, v in rows]
+    tags: dict[int, dict[str, str]] = {i: {} for i in ids}
+    aliases: dict[int, list[str]] = {i: [] for i in ids}
+    for tag in s.scalars(select(Tag).where(Tag.version_id.in_(ids)).order_by(Tag.key)):
+        tags[tag.version_id][tag.key] = tag.value
+    for alias in s.scalars(select(Alias).where(Alias.version_id.in_(ids)).order_by(Alias.name)):
+        aliases[alias.version_id].append(alias.name)
+    digests = {v.blob_sha256 for _, v in rows}
+    blobs = s.execute(select(Blob.sha256, Blob.size).where(Blob.sha256.in_(digests)))
+    sizes = {digest: size for digest, size in blobs}
+    return [
+        ModelVersion(
+            name=name,
+            version=v.version,
+            sha256=v.blob_sha256,
+            size=sizes[v.blob_sha256],
+            format=v.format,
+            arch=v.arch,
+            arch_args=dict(v.arch_args),
+            description=v.description,
+            created_at=utc(v.created_at),
+            created_by=v.created_by,
+            num_params=v.num_params,
+            torch_version=v.torch_version,
+            extension=v.extension,
+            weights_sha256=v.weights_sha256,
+            tags=tags[v.id],
+            aliases=tuple(aliases[v.id]),
+            details=dict(v.details),
+        )
+        for name, v in rows
+    ]
+
+
+def utc(moment: datetime) -> datetime:
+    """Every time stored is UTC; SQLite hands it back naive, PostgreSQL in the session's zone."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def _insert(s: Session, table: type) -> Any:
+    """The dialect's INSERT, which knows ON CONFLICT."""
+    dialect = s.get_bind().dialect.name
+    return (postgresql_insert if dialect == "postgresql" else sqlite_insert)(table)
