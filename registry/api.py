@@ -6,7 +6,7 @@ import contextlib
 import getpass
 import os
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +30,7 @@ from registry.errors import (
     NotFoundError,
     StorageError,
 )
+from registry.faults import crash_point
 from registry.models import Version
 from registry.records import ModelSummary, ModelVersion, Problem, Reclaimed
 
@@ -146,7 +147,10 @@ class Registry:
                 for writer in writers:
                     catalog.claim_blob(s, writer.finish(), writer.size, version.created_at)
                     writer.commit()  # in place before any version refers to it
+                crash_point("push-blob-placed")
                 record, is_new = catalog.add_version(s, name, version, tags, aliases)
+                s.flush()
+                crash_point("push-commit")
         return replace(record, is_new=is_new)
 
     def _write_file(
@@ -170,8 +174,9 @@ class Registry:
             raise CheckpointError(f"cannot read {path}: {exc.strerror}") from None
         size = os.fstat(source.fileno()).st_size
         with self._progress(f"push {path.name}", size) as advance:
-            copy_into(source, writer, advance)
+            copy_into(source, writer, _crash_half_way("push-copy", size, advance))
         writer.finish()
+        crash_point("push-hashed")
         # Read the copy, not the original: what is checked is exactly what is stored.
         candidates = checkpoints.read(writer.temp_path, trust_pickle=trust_pickle, key=key)
         weights = _fitting(arch.name, model, candidates, path)
@@ -284,7 +289,8 @@ class Registry:
                 checkpoints.save_safetensors(state, out)
             return target
         with self._progress(f"pull {version.ref}", version.size) as advance:
-            self.store.copy_out(version.sha256, target, version.ref, verify, advance)
+            progress = _crash_half_way("pull-copy", version.size, advance)
+            self.store.copy_out(version.sha256, target, version.ref, verify, progress)
         return target
 
     def state_dict(self, ref: str, verify: bool = True) -> dict[str, torch.Tensor]:
@@ -410,6 +416,22 @@ class Registry:
             if not dry_run:
                 temp.unlink(missing_ok=True)
         return Reclaimed(blobs=blobs, bytes=freed, temp_files=len(temps))
+
+
+def _crash_half_way(
+    point: str, total: int, advance: Callable[[int], None]
+) -> Callable[[int], None]:
+    """A progress callback that also reaches crash `point` once half the bytes are done."""
+    done = 0
+
+    def step(n: int) -> None:
+        nonlocal done
+        done += n
+        advance(n)
+        if done * 2 >= total:
+            crash_point(point)
+
+    return step
 
 
 def _fitting(arch: str, model: nn.Module, candidates: Iterable[Weights], origin: Any) -> Weights:

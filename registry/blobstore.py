@@ -17,6 +17,7 @@ catalog row locked while they touch its file (see `Registry.push`, `Registry.gc`
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import os
 import socket
@@ -48,8 +49,7 @@ class BlobWriter:
 
     def __init__(self, store: BlobStore) -> None:
         self._store = store
-        owner = f"{os.getpid()}@{socket.gethostname()}@"
-        fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix=owner, suffix=".part")
+        fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix=_owner(), suffix=".part")
         self.temp_path = Path(name)
         self._file = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256()
@@ -198,8 +198,14 @@ def atomic_file(destination: Path) -> Iterator[BinaryIO]:
     It is written as a temp file beside the destination and renamed over it.
     """
     destination = destination.absolute()
+    prefix = f".{destination.name}."
     with _storage_errors(destination.parent):
-        fd, name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.")
+        for stale in destination.parent.glob(f"{glob.escape(prefix)}*@*@*.part"):
+            if _abandoned(stale, prefix):  # left by a pull that was killed
+                stale.unlink(missing_ok=True)
+        fd, name = tempfile.mkstemp(
+            dir=destination.parent, prefix=prefix + _owner(), suffix=".part"
+        )
     temp = Path(name)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -240,8 +246,14 @@ def _copy(
             progress(n)
 
 
-def _abandoned(temp: Path) -> bool:
-    pid, _, rest = temp.name.partition("@")
+def _owner() -> str:
+    """How a temp file's name says which process writes it: `<pid>@<host>@`."""
+    return f"{os.getpid()}@{socket.gethostname()}@"
+
+
+def _abandoned(temp: Path, prefix: str = "") -> bool:
+    """Whether the process that named this temp file is gone (or a day passed, elsewhere)."""
+    pid, _, rest = temp.name.removeprefix(prefix).partition("@")
     host = rest.partition("@")[0]
     if host == socket.gethostname() and pid.isdigit():
         try:

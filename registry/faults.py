@@ -1,0 +1,24 @@
+"""Fault injection for the crash tests: kill this process at a named point.
+
+Set REGISTRY_TEST_KILL_AT to one of POINTS and the process SIGKILLs itself
+when it reaches that point, so every step of a push or pull can be
+interrupted deterministically. Unset, this costs one dict lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+POINTS = (
+    "push-copy",  # half-way through copying and hashing the checkpoint
+    "push-hashed",  # copied and hashed, before the weights are checked
+    "push-blob-placed",  # blob renamed into place, catalog not yet committed
+    "push-commit",  # version row written, just before COMMIT
+    "pull-copy",  # half-way through writing the destination's temp file
+)
+
+
+def crash_point(name: str) -> None:
+    if os.environ.get("REGISTRY_TEST_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
