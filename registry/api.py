@@ -145,7 +145,9 @@ class Registry:
                 writers.append(safe_copy)
             with db.session(self.engine, write=True) as s:
                 for writer in writers:
-                    catalog.claim_blob(s, writer.finish(), writer.size, version.created_at)
+                    digest = writer.finish()
+                    chunks = writer.chunk_digests
+                    catalog.claim_blob(s, digest, writer.size, chunks, version.created_at)
                     writer.commit()  # in place before any version refers to it
                 crash_point("push-blob-placed")
                 record, is_new = catalog.add_version(s, name, version, tags, aliases)
@@ -321,7 +323,9 @@ class Registry:
         else:
             digest, format, details = version.sha256, version.format, version.details
         if verify:
-            self.store.verify(digest, version.ref)
+            with db.session(self.engine) as s:
+                chunks = catalog.chunk_digests(s, digest)
+            self.store.verify(digest, version.ref, chunks)
         elif not self.store.exists(digest):
             raise IntegrityError(version.ref, digest, None)
         return checkpoints.load(self.store.path(digest), format, details)

@@ -28,6 +28,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO
 
+from registry.digests import Hasher, chunks_match
 from registry.errors import ConfigurationError, IntegrityError, NotFoundError, StorageError
 
 CHUNK_SIZE = 8 << 20
@@ -52,24 +53,31 @@ class BlobWriter:
         fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix=_owner(), suffix=".part")
         self.temp_path = Path(name)
         self._file = os.fdopen(fd, "wb")
-        self._hash = hashlib.sha256()
+        self._hasher = Hasher()
+        self._digest: str | None = None
         self.size = 0
 
     def write(self, data: bytes | memoryview) -> int:
-        self._hash.update(data)
+        self._hasher.update(data)
         self.size += len(data)
         return self._file.write(data)
+
+    @property
+    def chunk_digests(self) -> list[str]:
+        """The SHA-256 of each CHUNK_SIZE piece, once `finish` has run."""
+        return self._hasher.chunks
 
     def flush(self) -> None:
         self._file.flush()
 
     def finish(self) -> str:
         """Flush and fsync the temp file; return its digest. The blob is not in place yet."""
-        if not self._file.closed:
+        if self._digest is None:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
-        return self._hash.hexdigest()
+            self._digest = self._hasher.hexdigest()
+        return self._digest
 
     def commit(self) -> str:
         """Move the finished temp file into place as a read-only blob; return its digest.
@@ -184,8 +192,16 @@ class BlobStore:
         with self.open(digest, ref) as f:
             return hashlib.file_digest(f, "sha256").hexdigest()
 
-    def verify(self, digest: str, ref: str) -> None:
-        """Raise IntegrityError unless the blob is present and its bytes match `digest`."""
+    def verify(self, digest: str, ref: str, chunk_digests: list[str] | None = None) -> None:
+        """Raise IntegrityError unless the blob is present and its bytes match `digest`.
+
+        With the chunk digests recorded at push, the chunks are hashed in parallel.
+        """
+        if chunk_digests:
+            if not self.exists(digest):
+                raise IntegrityError(ref, digest, None)
+            if chunks_match(self.path(digest), chunk_digests):
+                return
         actual = self.hash(digest, ref)
         if actual != digest:
             raise IntegrityError(ref, digest, actual)

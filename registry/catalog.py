@@ -12,11 +12,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import Select, delete, exists, func, select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from registry import refs
+from registry.digests import CHUNK_SIZE
 from registry.errors import AmbiguousReferenceError, NotFoundError
 from registry.models import Alias, Blob, Model, Tag, Version
 from registry.records import ModelSummary, ModelVersion
@@ -70,10 +69,21 @@ def lock_model(s: Session, name: str, now: datetime) -> Model:
     return s.scalars(select(Model).where(Model.name == name).with_for_update()).one()
 
 
-def claim_blob(s: Session, digest: str, size: int, now: datetime) -> None:
+def claim_blob(s: Session, digest: str, size: int, chunk_digests: list[str], now: datetime) -> None:
     """Create or lock a blob's row until commit: `gc` cannot delete the blob meanwhile."""
-    blob = _insert(s, Blob).values(sha256=digest, size=size, created_at=now)
-    s.execute(blob.on_conflict_do_update(index_elements=["sha256"], set_={"size": size}))
+    chunks = {"size": size, "chunk_size": CHUNK_SIZE, "chunk_digests": chunk_digests}
+    blob = _insert(s, Blob).values(sha256=digest, created_at=now, **chunks)
+    s.execute(blob.on_conflict_do_update(index_elements=["sha256"], set_=chunks))
+
+
+def chunk_digests(s: Session, digest: str) -> list[str] | None:
+    """The chunk digests recorded for a blob, if they were made with today's chunk size."""
+    row = s.execute(
+        select(Blob.chunk_size, Blob.chunk_digests).where(Blob.sha256 == digest)
+    ).first()
+    if row is None or row.chunk_size != CHUNK_SIZE:
+        return None
+    return list(row.chunk_digests or [])
 
 
 def lock_unreferenced_blob(s: Session, digest: str) -> bool:
@@ -281,6 +291,9 @@ def utc(moment: datetime) -> datetime:
 
 
 def _insert(s: Session, table: type) -> Any:
-    """The dialect's INSERT, which knows ON CONFLICT."""
-    dialect = s.get_bind().dialect.name
-    return (postgresql_insert if dialect == "postgresql" else sqlite_insert)(table)
+    """The dialect's INSERT, which knows ON CONFLICT (imported here: `ls` never needs it)."""
+    if s.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)

@@ -58,6 +58,9 @@ class Blob(Base):
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # SHA-256 of each registry.digests.CHUNK_SIZE piece, for parallel verification (0002).
+    chunk_size: Mapped[int | None] = mapped_column(Integer)
+    chunk_digests: Mapped[list[str] | None] = mapped_column(JSON)
 
 
 class Version(Base):

@@ -203,8 +203,8 @@ def test_debug_shows_the_traceback(run, monkeypatch: pytest.MonkeyPatch) -> None
 def test_db_current_and_upgrade(run) -> None:
     assert run("db", "current") == (0, "none\n", "")
     code, out, _ = run("db", "upgrade")
-    assert code == 0 and out.endswith("at revision 0001\n")
-    assert run("db", "current") == (0, "0001\n", "")
+    assert code == 0 and out.endswith("at revision 0002\n")
+    assert run("db", "current") == (0, "0002\n", "")
 
 
 def test_every_command_has_help() -> None:

@@ -51,12 +51,18 @@ def test_new_catalog_is_created_on_first_use(database_url: str) -> None:
     assert reg.schema_revision() == db.SCHEMA_HEAD
 
 
-def test_catalog_behind_head_is_refused(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    Registry(database_url=database_url).models()
-    # Until a second revision exists, pretend the code is one revision ahead of the catalog.
-    monkeypatch.setattr(db, "SCHEMA_HEAD", "0002")
-    with pytest.raises(SchemaOutOfDateError, match=r"behind 0002; run `registry db upgrade`$"):
-        Registry(database_url=database_url).models()
+def test_catalog_behind_head_is_refused_until_upgraded(database_url: str) -> None:
+    engine = db.open_engine(database_url)
+    db.upgrade(engine, "0001")
+    engine.dispose()
+    reg = Registry(database_url=database_url)
+    with pytest.raises(
+        SchemaOutOfDateError,
+        match=rf"at schema revision 0001, behind {db.SCHEMA_HEAD}; run `registry db upgrade`$",
+    ):
+        reg.models()
+    assert reg.upgrade() == db.SCHEMA_HEAD
+    assert Registry(database_url=database_url).models() == []
 
 
 def test_catalog_from_a_newer_registry_is_refused(database_url: str) -> None:
