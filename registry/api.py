@@ -7,6 +7,7 @@ import getpass
 import os
 import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -115,24 +116,31 @@ class Registry:
         `trust_pickle` reads a whole-model pickle (it runs the file's code);
         `key` picks the entry of a training checkpoint that holds the weights.
         """
-        from registry import architectures
-
         arch_args = dict(arch_args or {})
         tags = {refs.validate_tag_key(k): str(v) for k, v in (tags or {}).items()}
         aliases = [refs.validate_alias(a) for a in aliases]
-        resolved = architectures.resolve(arch)
-        name = refs.validate_name(name) if name is not None else _default_name(resolved.name)
-        model = resolved.build(arch_args)
+        if name is not None:
+            refs.validate_name(name)
+        if isinstance(source, (str, os.PathLike)):
+            _preflight(Path(source))
 
         with contextlib.ExitStack() as stack:
             original = stack.enter_context(self.store.writer())
+            # Importing torch takes seconds: build the arch on another thread while
+            # this one copies the file.
+            builder = stack.enter_context(ThreadPoolExecutor(1, "registry-build"))
+            building = builder.submit(_build, arch, arch_args)
             if isinstance(source, (str, os.PathLike)):
                 path = Path(source)
-                weights = self._write_file(path, original, resolved, model, trust_pickle, key)
+                self._copy_file(path, original)
+                resolved, model = building.result()
+                weights = _read_weights(path, original, resolved, model, trust_pickle, key)
                 extension = path.suffix or IN_MEMORY_EXTENSION
             else:
+                resolved, model = building.result()
                 weights = _write_object(source, original, resolved, model)
                 extension = IN_MEMORY_EXTENSION
+            name = name if name is not None else _default_name(resolved.name)
             version = self._new_version(resolved, model, arch_args, weights, description)
             version.blob_sha256, version.extension = original.finish(), extension
             writers = [original]
@@ -155,21 +163,8 @@ class Registry:
                 crash_point("push-commit")
         return replace(record, is_new=is_new)
 
-    def _write_file(
-        self,
-        path: Path,
-        writer: BlobWriter,
-        arch: Arch,
-        model: nn.Module,
-        trust_pickle: bool,
-        key: str | None,
-    ) -> Weights:
-        """Copy a checkpoint file into the writer, then find weights in it that fit."""
-        from registry import checkpoints
-
-        if not path.exists():
-            raise NotFoundError(f"file {str(path)!r}")
-        checkpoints.sniff(path)  # refuse garbage before copying gigabytes
+    def _copy_file(self, path: Path, writer: BlobWriter) -> None:
+        """Copy a checkpoint file into the writer, hashing it."""
         try:
             source = open(path, "rb")  # noqa: SIM115 -- copy_into closes it
         except OSError as exc:
@@ -179,17 +174,6 @@ class Registry:
             copy_into(source, writer, _crash_half_way("push-copy", size, advance))
         writer.finish()
         crash_point("push-hashed")
-        # Read the copy, not the original: what is checked is exactly what is stored.
-        candidates = checkpoints.read(writer.temp_path, trust_pickle=trust_pickle, key=key)
-        weights = _fitting(arch.name, model, candidates, path)
-        pickled_class = weights.details.get("class")
-        built_class = f"{type(model).__module__}:{type(model).__qualname__}"
-        if pickled_class and pickled_class != built_class:
-            raise ArchitectureError(
-                f"{path} holds a pickled {pickled_class}, but arch {arch.name!r} "
-                f"builds a {built_class}"
-            )
-        return weights
 
     def _new_version(
         self,
@@ -420,6 +404,48 @@ class Registry:
             if not dry_run:
                 temp.unlink(missing_ok=True)
         return Reclaimed(blobs=blobs, bytes=freed, temp_files=len(temps))
+
+
+def _preflight(path: Path) -> None:
+    """Refuse a missing or non-checkpoint file before anything slow starts."""
+    from registry import checkpoints
+
+    if not path.exists():
+        raise NotFoundError(f"file {str(path)!r}")
+    checkpoints.sniff(path)
+
+
+def _build(arch: str, arch_args: Mapping[str, Any]) -> tuple[Arch, nn.Module]:
+    """Resolve an arch and build it on the meta device."""
+    from registry import architectures
+
+    resolved = architectures.resolve(arch)
+    return resolved, resolved.build(arch_args)
+
+
+def _read_weights(
+    path: Path,
+    writer: BlobWriter,
+    arch: Arch,
+    model: nn.Module,
+    trust_pickle: bool,
+    key: str | None,
+) -> Weights:
+    """Find the weights in a copied checkpoint that fit the model.
+
+    The copy is read, not the original: what is checked is exactly what is stored.
+    """
+    from registry import checkpoints
+
+    candidates = checkpoints.read(writer.temp_path, trust_pickle=trust_pickle, key=key)
+    weights = _fitting(arch.name, model, candidates, path)
+    pickled_class = weights.details.get("class")
+    built_class = f"{type(model).__module__}:{type(model).__qualname__}"
+    if pickled_class and pickled_class != built_class:
+        raise ArchitectureError(
+            f"{path} holds a pickled {pickled_class}, but arch {arch.name!r} builds a {built_class}"
+        )
+    return weights
 
 
 def _crash_half_way(
