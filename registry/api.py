@@ -437,7 +437,7 @@ def _read_weights(
     """
     from registry import checkpoints
 
-    candidates = checkpoints.read(writer.temp_path, trust_pickle=trust_pickle, key=key)
+    candidates = checkpoints.read(writer.temp_path, trust_pickle, key, shown_as=path)
     weights = _fitting(arch.name, model, candidates, path)
     pickled_class = weights.details.get("class")
     built_class = f"{type(model).__module__}:{type(model).__qualname__}"

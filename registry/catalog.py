@@ -129,7 +129,7 @@ def add_version(
             Version.arch == version.arch,
         )
     ).all()
-    row = next((v for v in candidates if v.arch_args == version.arch_args), None)
+    row = next((v for v in candidates if _same_weights(v, version)), None)
     is_new = row is None
     if row is None:
         model.last_version += 1
@@ -142,6 +142,12 @@ def add_version(
     for alias in aliases:
         set_alias(s, model, alias, row)
     return records(s, [(name, row)])[0], is_new
+
+
+def _same_weights(a: Version, b: Version) -> bool:
+    """Same arguments, and the same weights taken from the file (key, prefix)."""
+    picked = ("key", "stripped_prefix")
+    return a.arch_args == b.arch_args and all(a.details.get(k) == b.details.get(k) for k in picked)
 
 
 def set_tags(s: Session, version: Version, tags: Mapping[str, str]) -> None:

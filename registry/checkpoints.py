@@ -16,6 +16,7 @@ naming anything but tensors and plain containers is refused.
 from __future__ import annotations
 
 import json
+import re
 import struct
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -64,20 +65,47 @@ def sniff(path: Path) -> str:
         return _sniff_zip(path)
     if head.startswith(_LEGACY_MAGIC):
         return TORCH_LEGACY
-    if len(head) >= 9:
+    if len(head) >= 9 and head[8:9] == b"{":
         (header_size,) = struct.unpack("<Q", head[:8])
-        if head[8:9] == b"{" and header_size <= size - 8:
+        if header_size <= size - 8:
             return SAFETENSORS
+        raise CheckpointError(
+            f"{path} looks like safetensors but its header claims {header_size:,} bytes "
+            f"and the file holds {size:,}"
+        )
     if head[:1] == b"\x80":
+        found = _first_global(path)
+        imports = f"; it imports {found}" if found else ""
         raise UnsafeCheckpointError(
-            f"{path} is a raw pickle (or a legacy torch.save with pickle_protocol > 2), "
-            "which cannot be read without running code; save model.state_dict() with "
+            f"{path} is a raw pickle (or a legacy torch.save with pickle_protocol > 2), which "
+            f"cannot be read without running code{imports}; save model.state_dict() with "
             "torch.save instead"
         )
     raise CheckpointError(
         f"{path} is not a checkpoint: expected a torch.save file or .safetensors, "
         f"found bytes {head[:8].hex()}"
     )
+
+
+def _first_global(path: Path, max_ops: int = 100_000) -> str | None:
+    """The first module.name a pickle imports, read by parsing it (nothing runs)."""
+    import pickletools
+
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            for count, (opcode, arg, _) in enumerate(pickletools.genops(f)):
+                if opcode.name == "GLOBAL":
+                    return str(arg).replace(" ", ".")
+                if opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    return f"{strings[-2]}.{strings[-1]}"
+                if isinstance(arg, str):
+                    strings.append(arg)
+                if count > max_ops:
+                    break
+    except Exception:
+        return None
+    return None
 
 
 def _sniff_zip(path: Path) -> str:
@@ -104,12 +132,24 @@ def _sniff_zip(path: Path) -> str:
     return TORCH_ZIP
 
 
-def read(path: Path, trust_pickle: bool = False, key: str | None = None) -> Iterator[Weights]:
+def read(
+    path: Path, trust_pickle: bool = False, key: str | None = None, shown_as: Path | None = None
+) -> list[Weights]:
     """Every state_dict `path` could hold, most likely first; the caller picks one that fits.
 
     `trust_pickle` unpickles whatever the file holds (a whole `torch.save(model)`);
-    `key` names the entry of a training checkpoint to take.
+    `key` names the entry of a training checkpoint to take; errors name the file
+    `shown_as` (the user's file, when `path` is the registry's copy of it).
     """
+    try:
+        return list(_read(path, trust_pickle, key))
+    except CheckpointError as exc:
+        if shown_as is None:
+            raise
+        raise type(exc)(str(exc).replace(str(path), str(shown_as))) from None
+
+
+def _read(path: Path, trust_pickle: bool, key: str | None) -> Iterator[Weights]:
     kind = sniff(path)
     if kind == SAFETENSORS:
         tensors = _read_safetensors(path)
@@ -158,15 +198,25 @@ def _unwrap_module(obj: Any, details: dict[str, Any]) -> tuple[Any, dict[str, An
     """A trusted pickle of a whole model, alone or in a dict: take its state_dict."""
     from torch import nn
 
+    def unwrap(module: nn.Module) -> nn.Module:
+        # DataParallel/DDP keep the model in .module; torch.compile in ._orig_mod.
+        while True:
+            inner = getattr(module, "_orig_mod", None) or getattr(module, "module", None)
+            if not isinstance(inner, nn.Module):
+                return module
+            module = inner
+
     def describe(module: nn.Module) -> str:
         return f"{type(module).__module__}:{type(module).__qualname__}"
 
     if isinstance(obj, nn.Module):
-        return obj.state_dict(), {**details, "class": describe(obj)}
+        model = unwrap(obj)
+        return model.state_dict(), {**details, "class": describe(model)}
     if isinstance(obj, Mapping):
         for k, v in obj.items():
             if isinstance(v, nn.Module):
-                return {**obj, k: v.state_dict()}, {**details, "class": describe(v)}
+                model = unwrap(v)
+                return {**obj, k: model.state_dict()}, {**details, "class": describe(model)}
     return obj, {**details, "class": type(obj).__qualname__}
 
 
@@ -250,14 +300,17 @@ def _pickle_is_intact(path: Path, zipped: bool) -> bool:
 
 
 def _damaged(path: Path, exc: Exception) -> CheckpointError:
-    text = str(exc).strip()
-    first_line = text.splitlines()[0] if text else type(exc).__name__
-    return CheckpointError(f"{path} is damaged or truncated: {first_line}")
+    """A one-line report of a file torch could not read, with torch's own reason in it."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    # torch's weights-only errors lead with advice; the cause follows this marker.
+    text = text.split("WeightsUnpickler error:", 1)[-1].strip()
+    reason = text.splitlines()[0] if text else type(exc).__name__
+    reason = "".join(c if c.isprintable() else "?" for c in reason)
+    reason = re.sub(r"\?{4,}", "...", reason)[:200]
+    return CheckpointError(f"{path} is damaged or truncated: {reason}")
 
 
 def _unsafe(path: Path, message: str) -> UnsafeCheckpointError:
-    import re
-
     found = re.search(r"GLOBAL ([\w.]+)", message) or re.search(r"global ([\w.]+)", message)
     what = f"a pickled {found.group(1)}" if found else "pickled objects"
     return UnsafeCheckpointError(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -95,6 +95,32 @@ def reg(database_url: str, tmp_path: Path) -> Iterator[Registry]:
     yield registry
     if registry._engine is not None:
         registry._engine.dispose()
+
+
+@pytest.fixture
+def run(database_url: str, tmp_path: Path) -> Callable[..., tuple[int, str, str]]:
+    """Invoke the CLI on one catalog and store; returns (exit code, stdout, stderr)."""
+    from click.testing import CliRunner
+
+    from registry.cli import cli
+
+    runner = CliRunner()
+
+    def invoke(*args: str) -> tuple[int, str, str]:
+        result = runner.invoke(
+            cli,
+            ["--database-url", database_url, "--store", str(tmp_path / "blobs"), *args],
+            catch_exceptions=False,  # a traceback fails the test instead of hiding in output
+        )
+        return result.exit_code, result.stdout, result.stderr
+
+    return invoke
+
+
+@pytest.fixture
+def cli_reg(database_url: str, tmp_path: Path) -> Registry:
+    """The Registry the `run` fixture's commands work on."""
+    return Registry(database_url=database_url, store=tmp_path / "blobs")
 
 
 @pytest.fixture

@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+from pathlib import Path
+
 import torch
+
+MARKER = "pwned.marker"
+
+
+class Payload:
+    """Unpickling this runs a shell command that creates MARKER in the current folder."""
+
+    def __reduce__(self):
+        return (os.system, (f"touch {shlex.quote(str(Path.cwd() / MARKER))}",))
+
+
+def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def outputs_equal(a: torch.nn.Module, b: torch.nn.Module, shape=(2, 3, 32, 32)) -> bool:

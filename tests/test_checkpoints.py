@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import pickle
-import shlex
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import MARKER, Payload, same_tensors
 from safetensors.torch import save_file
 from torch import nn
 
@@ -20,22 +19,9 @@ from registry.blobstore import BlobStore
 from registry.checkpoints import SAFETENSORS, TORCH_LEGACY, TORCH_ZIP, Weights
 from registry.errors import CheckpointError, RegistryError, UnsafeCheckpointError
 
-MARKER = "pwned.marker"
-
-
-class Payload:
-    """Unpickling this runs a shell command that creates MARKER in the current folder."""
-
-    def __reduce__(self):
-        return (os.system, (f"touch {shlex.quote(str(Path.cwd() / MARKER))}",))
-
 
 def read_all(path: Path) -> list[Weights]:
     return list(checkpoints.read(path))
-
-
-def same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def one_line(exc: BaseException) -> str:

@@ -17,22 +17,6 @@ from conftest import SMALL_ARCH
 from registry.cli import cli
 
 
-@pytest.fixture
-def run(database_url: str, tmp_path: Path):
-    """Invoke the CLI on one catalog and store; returns (exit code, stdout, stderr)."""
-    runner = CliRunner()
-
-    def invoke(*args: str) -> tuple[int, str, str]:
-        result = runner.invoke(
-            cli,
-            ["--database-url", database_url, "--store", str(tmp_path / "blobs"), *args],
-            catch_exceptions=False,
-        )
-        return result.exit_code, result.stdout, result.stderr
-
-    return invoke
-
-
 def pushed(run, small_file: Path) -> dict:
     code, out, err = run(
         "push", str(small_file), "--arch", SMALL_ARCH, "--arg", "num_classes=10", "--json"

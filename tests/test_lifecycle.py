@@ -10,10 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 from registry import AmbiguousReferenceError, InvalidReferenceError, NotFoundError, Registry
-from registry.cli import cli
 
 ARGS = {"width": 4, "num_classes": 5}
 
@@ -220,23 +218,6 @@ def test_verify_catches_flipped_truncated_and_missing_blobs(reg: Registry) -> No
 
 
 # -- the CLI over all of it ------------------------------------------------------------
-
-
-@pytest.fixture
-def run(database_url: str, tmp_path: Path):
-    runner = CliRunner()
-
-    def invoke(*args: str) -> tuple[int, str, str]:
-        base = ["--database-url", database_url, "--store", str(tmp_path / "blobs")]
-        result = runner.invoke(cli, [*base, *args], catch_exceptions=False)
-        return result.exit_code, result.stdout, result.stderr
-
-    return invoke
-
-
-@pytest.fixture
-def cli_reg(database_url: str, tmp_path: Path) -> Registry:
-    return Registry(database_url=database_url, store=tmp_path / "blobs")
 
 
 def test_cli_alias_tag_rm(run, cli_reg: Registry) -> None:
