@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import filecmp
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -230,7 +231,21 @@ def test_python_dash_m_registry() -> None:
     assert result.returncode == 0 and "Usage: registry" in result.stdout
 
 
-@pytest.mark.parametrize("command", [["ls"], ["show", "tiny"], ["ls", "tiny"], ["db", "current"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["ls"],
+        ["ls", "tiny"],
+        ["show", "tiny"],
+        ["alias", "tiny@v1", "production"],
+        ["tag", "tiny@v1", "stage=dev"],
+        ["verify"],
+        ["pull", "tiny"],
+        ["rm", "tiny@v1"],
+        ["gc"],
+        ["db", "current"],
+    ],
+)
 def test_metadata_commands_do_not_import_torch(tiny_model, command: list[str]) -> None:
     from registry import Registry
 
@@ -250,3 +265,24 @@ def test_metadata_commands_do_not_import_torch(tiny_model, command: list[str]) -
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "[]"
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("total", "tty", "drawn"), [(60_000_000, True, True),
+                                                       (60_000_000, False, False),
+                                                       (1_000_000, True, False)])  # fmt: skip
+def test_progress_bar_only_for_large_transfers_on_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, total: int, tty: bool, drawn: bool
+) -> None:
+    from registry.cli import terminal_progress
+
+    stderr = FakeTerminal() if tty else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    with terminal_progress("pull vgg16@v1", total) as advance:
+        for _ in range(total // 8_000_000 + 1):
+            advance(8_000_000)
+    assert ("pull vgg16@v1" in stderr.getvalue()) == drawn
