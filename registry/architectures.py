@@ -101,6 +101,7 @@ def mismatch(
     arch: str, model: nn.Module, state_dict: Mapping[str, torch.Tensor]
 ) -> ArchitectureMismatchError | None:
     """What keeps `state_dict` from loading into `model`, or None if it fits."""
+    state_dict = with_tied(model, state_dict)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -152,9 +153,36 @@ def instantiate(
 ) -> nn.Module:
     """Build `arch` holding `state_dict`'s tensors, with no random initialisation to discard."""
     model = arch.build(arch_args, device="meta")
+    state_dict = with_tied(model, state_dict)
+    groups = tied_groups(model)
     model.load_state_dict(state_dict, strict=True, assign=True)
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         # A non-persistent buffer is in no state_dict: build for real, then copy in.
         model = arch.build(arch_args, device="cpu")
         model.load_state_dict(state_dict, strict=True)
+        return model
+    for names in groups:  # assigning broke the ties: one Parameter again for each group
+        shared = model.get_parameter(names[0])
+        for name in names[1:]:
+            owner, _, attribute = name.rpartition(".")
+            setattr(model.get_submodule(owner), attribute, shared)
     return model
+
+
+def tied_groups(model: nn.Module) -> list[list[str]]:
+    """Names of parameters that are one and the same tensor (tied weights), by group."""
+    by_tensor: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        by_tensor.setdefault(id(parameter), []).append(name)
+    return [names for names in by_tensor.values() if len(names) > 1]
+
+
+def with_tied(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fill in tied weights a file left out (safetensors keeps one name per tensor)."""
+    filled = dict(state_dict)
+    for names in tied_groups(model):
+        present = next((n for n in names if n in filled), None)
+        if present is not None:
+            for name in names:
+                filled.setdefault(name, filled[present])
+    return filled

@@ -41,6 +41,18 @@ TINY_MODELS = textwrap.dedent(
     def tiny(width=8, num_classes=3):
         return TinyNet(width, num_classes)
 
+    class TiedNet(nn.Module):
+        # A decoder whose output layer shares the embedding's weight.
+
+        def __init__(self, vocab=11, dim=6):
+            super().__init__()
+            self.embed = nn.Embedding(vocab, dim)
+            self.out = nn.Linear(dim, vocab, bias=False)
+            self.out.weight = self.embed.weight
+
+        def forward(self, tokens):
+            return self.out(self.embed(tokens))
+
     not_callable = 42
 
     def broken(**kwargs):

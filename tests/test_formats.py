@@ -754,3 +754,24 @@ def test_refusal_names_the_pushed_file(
     assert_one_line_error(code, out, err)
     assert err.startswith(f"Error: {path} "), err
     assert not (tmp_path / MARKER).exists()
+
+
+@pytest.mark.parametrize("saver", ["torch", "safetensors-save-model"])
+def test_tied_weights_round_trip_and_stay_tied(reg: Registry, tmp_path: Path, saver: str) -> None:
+    import tiny_models
+    from safetensors.torch import save_model
+
+    torch.manual_seed(0)
+    model = tiny_models.TiedNet().eval()
+    path = tmp_path / ("tied.pth" if saver == "torch" else "tied.safetensors")
+    if saver == "torch":
+        torch.save(model.state_dict(), path)
+    else:
+        save_model(model, str(path))  # stores one name for the shared tensor
+    version = reg.push(path, arch="tiny_models:TiedNet", name="tied")
+    loaded = reg.load(version.ref)
+    assert loaded.out.weight is loaded.embed.weight
+    tokens = torch.tensor([[1, 2, 3]])
+    with torch.inference_mode():
+        assert torch.equal(loaded(tokens), model(tokens))
+    assert reg.pull(version.ref).read_bytes() == path.read_bytes()
