@@ -162,10 +162,17 @@ def push(
     show_default=True,
     help="original: the pushed file, bit-exact; safetensors: the weights converted.",
 )
+@json_option
 @click.pass_obj
-def pull(reg: Registry, ref: str, output: str | None, no_verify: bool, format_: str) -> None:
+def pull(
+    reg: Registry, ref: str, output: str | None, no_verify: bool, format_: str, as_json: bool
+) -> None:
     """Write REF's checkpoint file, bit-exact and verified; print its path."""
-    click.echo(reg.pull(ref, output, verify=not no_verify, format=format_))
+    path = reg.pull(ref, output, verify=not no_verify, format=format_)
+    _print(
+        {"path": str(path), "ref": reg.get(ref).ref, "format": format_} if as_json else path,
+        as_json,
+    )
 
 
 @cli.command()
@@ -265,23 +272,26 @@ def show(reg: Registry, ref: str, as_json: bool) -> None:
 @click.argument("ref_or_name")
 @click.argument("alias")
 @click.option("--delete", is_flag=True, help="Remove ALIAS from model REF_OR_NAME instead.")
+@json_option
 @click.pass_obj
-def alias(reg: Registry, ref_or_name: str, alias: str, delete: bool) -> None:
+def alias(reg: Registry, ref_or_name: str, alias: str, delete: bool, as_json: bool) -> None:
     """Point ALIAS at version REF (creating or moving it), or remove it with --delete NAME ALIAS."""
     if delete:
         reg.delete_alias(ref_or_name, alias)
-        click.echo(f"removed {ref_or_name}@{alias}")
+        removed = {"name": ref_or_name, "alias": alias, "deleted": True}
+        _print(removed if as_json else f"removed {ref_or_name}@{alias}", as_json)
         return
     version = reg.set_alias(ref_or_name, alias)
-    click.echo(f"{version.name}@{alias} -> {version.ref}")
+    _print(version.to_json() if as_json else f"{version.name}@{alias} -> {version.ref}", as_json)
 
 
 @cli.command()
 @click.argument("ref")
 @click.argument("tags", nargs=-1, callback=key_values("tag"), metavar="K=V...")
 @click.option("--delete", "delete_keys", multiple=True, metavar="K", help="Remove tag K.")
+@json_option
 @click.pass_obj
-def tag(reg: Registry, ref: str, tags: dict, delete_keys: tuple[str, ...]) -> None:
+def tag(reg: Registry, ref: str, tags: dict, delete_keys: tuple[str, ...], as_json: bool) -> None:
     """Set tags K=V on version REF, or remove them with --delete K."""
     if not tags and not delete_keys:
         raise click.UsageError("give K=V tags to set or --delete K")
@@ -289,15 +299,17 @@ def tag(reg: Registry, ref: str, tags: dict, delete_keys: tuple[str, ...]) -> No
     for key in delete_keys:
         version = reg.delete_tag(version.ref, key)
     shown = " ".join(f"{k}={v}" for k, v in version.tags.items()) or "(no tags)"
-    click.echo(f"{version.ref} {shown}")
+    _print(version.to_json() if as_json else f"{version.ref} {shown}", as_json)
 
 
 @cli.command()
 @click.argument("ref")
+@json_option
 @click.pass_obj
-def rm(reg: Registry, ref: str) -> None:
+def rm(reg: Registry, ref: str, as_json: bool) -> None:
     """Delete version REF (its number is never reused; `registry gc` reclaims the blob)."""
-    click.echo(f"deleted {reg.delete(ref).ref}")
+    deleted = reg.delete(ref)
+    _print(deleted.to_json() if as_json else f"deleted {deleted.ref}", as_json)
 
 
 @cli.command()
@@ -342,17 +354,24 @@ def db() -> None:
 
 
 @db.command()
+@json_option
 @click.pass_obj
-def upgrade(reg: Registry) -> None:
+def upgrade(reg: Registry, as_json: bool) -> None:
     """Migrate the catalog to the newest schema."""
-    click.echo(f"catalog {reg.safe_database_url} at revision {reg.upgrade()}")
+    revision = reg.upgrade()
+    if as_json:
+        _print({"database_url": reg.safe_database_url, "revision": revision}, True)
+    else:
+        click.echo(f"catalog {reg.safe_database_url} at revision {revision}")
 
 
 @db.command()
+@json_option
 @click.pass_obj
-def current(reg: Registry) -> None:
+def current(reg: Registry, as_json: bool) -> None:
     """Print the catalog's schema revision ("none" for an empty database)."""
-    click.echo(reg.schema_revision() or "none")
+    revision = reg.schema_revision()
+    _print({"revision": revision} if as_json else revision or "none", as_json)
 
 
 def main() -> None:

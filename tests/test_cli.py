@@ -286,3 +286,26 @@ def test_progress_bar_only_for_large_transfers_on_a_terminal(
         for _ in range(total // 8_000_000 + 1):
             advance(8_000_000)
     assert ("pull vgg16@v1" in stderr.getvalue()) == drawn
+
+
+def test_every_result_printing_command_speaks_json(run, small_file: Path) -> None:
+    data = pushed(run, small_file)
+    ref = data["ref"]
+    outputs = {
+        "pull": run("pull", ref, "--json"),
+        "alias": run("alias", ref, "production", "--json"),
+        "tag": run("tag", ref, "k=v", "--json"),
+        "verify": run("verify", "--json"),
+        "gc": run("gc", "--dry-run", "--json"),
+        "db current": run("db", "current", "--json"),
+        "alias --delete": run("alias", "--delete", SMALL_ARCH, "production", "--json"),
+        "rm": run("rm", ref, "--json"),
+    }
+    parsed = {name: json.loads(out) for name, (code, out, _) in outputs.items() if code == 0}
+    assert parsed.keys() == outputs.keys()
+    assert parsed["pull"]["path"] == f"{SMALL_ARCH}-v1.pth"
+    assert parsed["alias"]["aliases"] == ["production"]
+    assert parsed["tag"]["tags"] == {"k": "v"}
+    assert parsed["verify"] == []
+    assert parsed["db current"] == {"revision": "0002"}
+    assert parsed["rm"]["ref"] == ref
