@@ -26,6 +26,7 @@ from registry.config import Settings
 from registry.errors import (
     ArchitectureError,
     CheckpointError,
+    DeviceError,
     IntegrityError,
     InvalidReferenceError,
     NotFoundError,
@@ -295,7 +296,13 @@ class Registry:
             raise ArchitectureError(f"cannot rebuild {version.ref}: {exc}") from None
         model = architectures.instantiate(arch, version.arch_args, state)
         if device is not None:
-            model = model.to(device)
+            try:
+                model = model.to(device)
+            except (RuntimeError, AssertionError, ValueError) as exc:
+                reason = (
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                )
+                raise DeviceError(device, reason) from None
         return model.eval()
 
     def _state_dict(self, version: ModelVersion, verify: bool) -> dict[str, torch.Tensor]:

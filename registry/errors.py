@@ -125,6 +125,14 @@ class DatabaseError(RegistryError):
     """The catalog database cannot be reached or used."""
 
 
+class DeviceError(RegistryError, RuntimeError):
+    """The model cannot be moved to the requested device."""
+
+    def __init__(self, device: str, reason: str) -> None:
+        self.device = device
+        super().__init__(f"cannot load onto device {device!r}: {reason}")
+
+
 class StorageError(RegistryError, OSError):
     """The blob store or a destination path cannot be read or written."""
 

@@ -286,3 +286,17 @@ def test_concurrent_pushes_get_distinct_consecutive_versions(
     assert numbers == list(range(1, workers * per_worker + 1))
     for version in reg.versions("race"):
         reg.store.verify(version.sha256, version.ref)
+
+
+def test_unusable_device_is_a_one_line_error(reg: Registry, tiny_model) -> None:
+    reg.push(
+        tiny_model,
+        arch="tiny_models:TinyNet",
+        name="tiny",
+        arch_args={"width": 4, "num_classes": 5},
+    )
+    with pytest.raises(registry.DeviceError, match=r"cannot load onto device 'nonsense'"):
+        reg.load("tiny", device="nonsense")
+    if not torch.cuda.is_available():
+        with pytest.raises(registry.DeviceError, match=r"cannot load onto device 'cuda'"):
+            reg.load("tiny", device="cuda")
