@@ -280,8 +280,9 @@ def atomic_file(destination: Path) -> Iterator[DurableFile]:
     out = DurableFile(fd)
     try:
         try:
-            yield out
-            out.sync_and_close()
+            with _storage_errors(destination):  # a full disk, a quota
+                yield out
+                out.sync_and_close()
         finally:
             out.close()
         umask = os.umask(0)

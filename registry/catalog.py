@@ -22,32 +22,31 @@ from registry.records import ModelSummary, ModelVersion
 
 
 def resolve(s: Session, ref: refs.Ref) -> tuple[Model, Version]:
-    """The model and version row a parsed reference names."""
-    model = model_row(s, ref.name)
-    query = select(Version).where(Version.model_id == model.id)
+    """The model and version row a parsed reference names, in one query when it exists."""
+    query = (
+        select(Model, Version)
+        .join(Version, Version.model_id == Model.id)
+        .where(Model.name == ref.name)
+    )
     if ref.selector == "latest":
-        row = s.scalar(query.order_by(Version.version.desc()).limit(1))
+        query = query.order_by(Version.version.desc()).limit(1)
     elif ref.selector == "version":
-        row = s.scalar(query.where(Version.version == ref.value))
+        query = query.where(Version.version == ref.value)
     elif ref.selector == "alias":
-        row = s.scalar(
-            query.join(Alias, Alias.version_id == Version.id).where(
-                Alias.model_id == model.id, Alias.name == ref.value
-            )
+        query = query.join(Alias, Alias.version_id == Version.id).where(
+            Alias.model_id == Model.id, Alias.name == ref.value
         )
     else:
-        prefix = str(ref.value)
-        matches = s.scalars(
-            query.where(Version.blob_sha256.startswith(prefix, autoescape=True))
-            .order_by(Version.version)
-            .limit(10)
-        ).all()
-        if len(matches) > 1:
-            raise AmbiguousReferenceError(str(ref), [f"{ref.name}@v{v.version}" for v in matches])
-        row = matches[0] if matches else None
-    if row is None:
+        digest = Version.blob_sha256.startswith(str(ref.value), autoescape=True)
+        query = query.where(digest).order_by(Version.version).limit(10)
+    matches = s.execute(query).all()
+    if len(matches) > 1:
+        raise AmbiguousReferenceError(str(ref), [f"{ref.name}@v{v.version}" for _, v in matches])
+    if not matches:
+        model_row(s, ref.name)  # raises if it is the model that is missing
         raise NotFoundError(str(ref), f"see `registry ls {ref.name}` for its versions")
-    return model, row
+    model, version = matches[0]
+    return model, version
 
 
 def model_row(s: Session, name: str) -> Model:

@@ -9,6 +9,8 @@ PostgreSQL is driven through psycopg 3.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,7 +35,7 @@ def parse_url(url: str) -> URL:
     """Parse a database URL, choosing psycopg 3 for a plain `postgresql://`."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         raise ConfigurationError(f"cannot parse database URL {_redact(url)!r}") from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -62,6 +64,11 @@ def open_engine(url: str) -> Engine:
             engine = create_engine(parsed, pool_pre_ping=True)
     except (ArgumentError, NoSuchModuleError) as exc:
         raise ConfigurationError(f"unsupported database URL {safe_url(parsed)!r}: {exc}") from None
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"the driver for {safe_url(parsed)!r} is not installed ({exc}); "
+            "use sqlite:/// or postgresql:// (psycopg 3)"
+        ) from None
     return engine
 
 
@@ -112,6 +119,9 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     """Run the migrations up to `revision`, one process at a time."""
     from alembic import command
 
+    current = current_revision(engine)
+    if current is not None and current not in known_revisions():
+        raise SchemaOutOfDateError(current, SCHEMA_HEAD, newer=True)
     try:
         with writer(engine).connect() as conn, conn.begin():
             # SQLite's BEGIN IMMEDIATE already serialises this; PostgreSQL needs a lock.
@@ -162,7 +172,16 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA journal_mode=WAL")
+    # Switching to WAL needs the write lock, and SQLite does not wait for it
+    # (no busy handler here): retry while another process holds it.
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
     cursor.close()
 
 
