@@ -22,9 +22,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+bench: $(STAMP)
+	$(PY) bench/run.py
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check registry tests scripts
-	$(VENV)/bin/ruff format --check registry tests scripts
+	$(VENV)/bin/ruff check registry tests scripts bench
+	$(VENV)/bin/ruff format --check registry tests scripts bench
 
 clean:
 	rm -rf $(VENV) demo-home build dist *.egg-info

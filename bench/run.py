@@ -1,0 +1,385 @@
+"""Benchmark of issue #6: the registry next to the plain-Python floor of the same work.
+
+    make bench                          # the full run: resnet18 and vgg16, 100,000-version catalog
+    .venv/bin/python bench/run.py --quick           # smoke run: resnet18, 2,000-version catalog
+    .venv/bin/python bench/run.py --only load       # one figure (name or number), repeatable
+
+Builds its own checkpoints (torchvision, weights=None: nothing downloaded) in
+a temp folder under $TMPDIR or /tmp, removed at the end, and writes
+docs/benchmarks.md: the targets met and missed, the machine, how it was
+measured, and one table per figure. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import catalog
+import figures
+import harness
+from harness import Result, seconds
+
+from registry import db
+
+ROOT = Path(__file__).resolve().parent.parent
+DISK_NEEDED_FOR_VGG16 = 3_000_000_000  # the checkpoint, a stocked registry, a push, a copy
+
+
+@dataclass(frozen=True)
+class Figure:
+    number: str
+    name: str
+    title: str
+    measures: str
+
+
+FIGURES = [
+    Figure(
+        "1",
+        "push",
+        "`registry push` of a checkpoint file",
+        "The checkpoint is the tutorial's file, `torch.save(model.state_dict(), path)`. "
+        "**Floor**: copy it in one pass (8 MiB chunks), sha256 on the way, fsync the copy: "
+        "the least a push can do. A push also checks that the weights fit the arch, renames "
+        "the blob into place, fsyncs its folder and writes the catalog. "
+        "**Subjects**: `Registry(home=...).push(path, arch=ARCH)` in this process (torch "
+        "already imported), and `registry push PATH --arch ARCH` as a subprocess, timed from "
+        "spawn to exit, so it includes starting Python and `import torch`. Every run pushes "
+        "into a brand-new registry (created and migrated outside the timing), so no run finds "
+        "its bytes already stored. **Reference** (no target): a subprocess that imports torch "
+        "and torchvision, then does the floor: the least a CLI push that reads weights can cost.",
+    ),
+    Figure(
+        "2",
+        "push-memory",
+        "`Registry.push(model)` from memory",
+        "**Baseline**: the tutorial's save, `torch.save(model.state_dict(), path)`, then fsync "
+        "of the file. **Subject**: `Registry(home=...).push(model, arch=ARCH)` with the same "
+        "nn.Module, into a brand-new registry each run (pushing an identical state_dict to the "
+        "same model again would return the existing version without storing anything).",
+    ),
+    Figure(
+        "3",
+        "load",
+        "`Registry.load`",
+        "**Baseline**: the tutorial's load: `models.ARCH()` (randomly initialised), "
+        "`model.load_state_dict(torch.load(path, weights_only=True))`, `model.eval()`. "
+        "**Subjects**: `Registry(home=...).load(ref)`, which checks the blob's bytes against "
+        "the digests recorded at push, and with "
+        "`verify=False`; each from a new `Registry` object, as `registry.load(ref)` does. "
+        "**Floors**: sha256 of the file, then build on the meta device, "
+        "`torch.load(path, mmap=True, weights_only=True)`, `load_state_dict(state, "
+        "assign=True)`, `eval()`; and the same without the sha256. The *vs floor* column is "
+        "each load's ratio to its floor. Memory-mapped weights are paged in on first use, from "
+        "the warm page cache, and no row times that (no forward pass is run).",
+    ),
+    Figure(
+        "4",
+        "pull",
+        "`registry pull`",
+        "**Floor**: copy the stored blob to a new file in one pass (8 MiB chunks) with sha256 "
+        "on the way, no fsync. **Subjects**: `Registry(home=...).pull(ref, path)` in this "
+        "process and `registry pull REF -o PATH` as a subprocess (spawn to exit). A pull also "
+        "compares the digest, fsyncs the file, renames it into place and fsyncs the folder; "
+        "the **reference** row (floor + fsync) shows how much of any gap the fsync is. The "
+        "output file is deleted after each run.",
+    ),
+    Figure(
+        "5",
+        "cli",
+        "`registry ls` and `registry show`, whole process",
+        "Wall time of whole processes, spawn to exit, on a registry holding one version: "
+        "`registry ls` and `registry show REF`, against `python -c 'import sqlalchemy.orm, "
+        "click'`, the two libraries a catalog command cannot do without. **Reference**: "
+        "`python -c 'import torch'`, what any command that imports torch pays on top.",
+    ),
+    Figure(
+        "6",
+        "catalog",
+        "a large catalog",
+        " ".join((catalog.__doc__ or "").split("\n\n", 1)[1].split())
+        + " Each sample is one call on a `Registry` whose engine is already open (a "
+        "long-lived process); names and references are drawn at random (seed 6) from 256 "
+        "prepared ones. **Baseline** of the lookups: `SELECT 1` in a catalog session, the "
+        "round-trip floor; their targets are absolute. The push and `Registry.models()` are "
+        "timed in rounds of their own: in the same rotation they left the next lookup's CPU "
+        "caches cold and doubled its time. `registry ls` is timed as a whole process against "
+        "the import floor of figure 5.",
+    ),
+]
+FIGURES_BY_KEY = {key: f for f in FIGURES for key in (f.number, f.name)}
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="bench/run.py",
+        description="Benchmark of issue #6; writes docs/benchmarks.md.",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: resnet18 only, 3 timed rounds (10 for catalog queries), "
+        "a 2,000-version catalog",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME",
+        choices=sorted(FIGURES_BY_KEY),
+        help="run only this figure, by number or name: "
+        + ", ".join(f"{f.number}={f.name}" for f in FIGURES)
+        + " (repeatable)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        metavar="N",
+        help="timed rounds for every comparison (default: 3 for vgg16, 5 for resnet18 and "
+        "process start-up, 30 for catalog queries; --quick: 3, 3, 10)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=ROOT / "docs" / "benchmarks.md",
+        help="where to write the report [default: docs/benchmarks.md]",
+    )
+    args = parser.parse_args(argv)
+    if args.repeats is not None and args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    selected = [FIGURES_BY_KEY[k] for k in args.only] if args.only else FIGURES
+    selected = [f for f in FIGURES if f in selected]
+    archs = ["resnet18"] if args.quick else ["resnet18", "vgg16"]
+    models, per_model = (20, 100) if args.quick else (1_000, 100)
+
+    def repeats(kind: str, arch: str = "") -> int:
+        if args.repeats is not None:
+            return args.repeats
+        if args.quick:
+            return 10 if kind == "query" else 3
+        return {"file": 3 if arch == "vgg16" else 5, "process": 5, "query": 30}[kind]
+
+    # A kill (SIGTERM) unwinds like an error, so the temp folder's gigabytes are removed.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
+    workdir = Path(tempfile.mkdtemp(prefix="registry-bench-"))
+    try:
+        needs_files = any(f.name not in ("catalog", "cli") for f in selected)
+        free = shutil.disk_usage(workdir).free
+        if needs_files and "vgg16" in archs and free < DISK_NEEDED_FOR_VGG16:
+            sys.exit(
+                f"bench: {workdir} has {free / 1e9:.1f} GB free; the vgg16 runs need "
+                f"{DISK_NEEDED_FOR_VGG16 / 1e9:.0f} GB (set TMPDIR to a roomier disk)"
+            )
+        machine = harness.machine(workdir)
+        ws = figures.Workspace(workdir)
+        sections: list[tuple[Figure, str, list[Result], list[str]]] = []
+        notes: list[str] = []
+        for figure in selected:
+            if figure.name == "catalog":
+                sections += catalog_sections(figure, ws, models, per_model, repeats, machine)
+                continue
+            measure = {
+                "push": figures.push_file,
+                "push-memory": figures.push_memory,
+                "load": figures.load,
+                "pull": figures.pull,
+                "cli": figures.cli_startup,
+            }[figure.name]
+            startup = figure.name == "cli"
+            for arch in archs[:1] if startup else archs:
+                print(f"figure {figure.number} ({figure.name}), {arch}", flush=True)
+                size = ws.checkpoint(arch).stat().st_size
+                subtitle = f"{arch}, {size / 1e6:.0f} MB checkpoint"
+                if startup:
+                    subtitle = f"a registry holding one {arch} version"
+                # Targets are judged on the issue's case, vgg16 (resnet18 in a quick run).
+                judged = startup or arch == archs[-1]
+                n = repeats("process" if startup else "file", arch)
+                sections.append((figure, subtitle, measure(ws, arch, n, judged), []))
+        machine["load average at end"] = harness.load_average()
+        if args.quick:
+            notes.append(
+                "**Quick run** (`--quick`): resnet18 only, few rounds, a "
+                f"{models * per_model:,}-version catalog. A smoke test of the harness: "
+                "the issue's targets are about vgg16 and 100,000 versions, and are "
+                "evaluated here on the small case only to exercise the report."
+            )
+        report = render(args, argv, selected, machine, sections, notes)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(report)
+        print(f"wrote {args.output}")
+        print_targets(sections)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def catalog_sections(
+    figure: Figure,
+    ws: figures.Workspace,
+    models: int,
+    per_model: int,
+    repeats: Callable[[str], int],
+    machine: dict[str, str],
+) -> list[tuple[Figure, str, list[Result], list[str]]]:
+    """Figure 6 on SQLite, then on PostgreSQL if it can be reached."""
+    size = f"{models * per_model:,} versions over {models:,} models"
+    backends = [("SQLite", f"sqlite:///{ws.root / 'catalog.db'}", None)]
+    url = os.environ.get("REGISTRY_BENCH_DATABASE_URL") or catalog.DEFAULT_POSTGRESQL_URL
+    backends.append(("PostgreSQL", url, catalog.reset_postgresql(url)))
+    sections = []
+    for backend, backend_url, unusable in backends:
+        print(f"figure {figure.number} ({figure.name}), {backend}", flush=True)
+        if unusable:
+            print(f"  {unusable}", flush=True)
+            sections.append((figure, f"{backend}, {size}", [], [unusable]))
+            continue
+        if backend == "PostgreSQL":
+            version = catalog.server_version(backend_url)
+            machine["PostgreSQL"] = f"{version} at {db.safe_url(backend_url)}"
+        results, fill_s = catalog.catalog_figure(
+            ws, backend, backend_url, models, per_model, repeats("query"), repeats("process")
+        )
+        note = f"Catalog filled in {fill_s:.1f} s (not part of any timing)."
+        sections.append((figure, f"{backend}, {size}", results, [note]))
+    return sections
+
+
+def render(
+    args: argparse.Namespace,
+    argv: list[str],
+    selected: list[Figure],
+    machine: dict[str, str],
+    sections: list[tuple[Figure, str, list[Result], list[str]]],
+    notes: list[str],
+) -> str:
+    python = (
+        os.path.relpath(sys.executable, ROOT)
+        if sys.executable.startswith(str(ROOT))
+        else sys.executable
+    )
+    command = shlex.join([python, "bench/run.py", *argv])
+    lines = [
+        "# Benchmarks",
+        "",
+        "How long the registry takes next to the plain-Python floor of the same work "
+        "(issue #6). Written by `bench/run.py`; `make bench` runs it in full. "
+        "This file came from:",
+        "",
+        "```console",
+        f"$ {command}",
+        "```",
+        "",
+        *[f"{note}\n" for note in notes],
+        "## Targets",
+        "",
+        "Each a ratio to a baseline measured in the same run, or a time.",
+        "",
+        "| figure | measurement | target | measured | result |",
+        "|---|---|---|---|---|",
+    ]
+    for _figure, _subtitle, results, _notes in sections:
+        for r in results:
+            if r.target is None:
+                continue
+            measured = (
+                f"{r.ratio:.2f}x ({seconds(r.median)})"
+                if r.target.kind == "ratio"
+                else seconds(r.median)
+            )
+            verdict = "pass" if r.passed else "**FAIL**"
+            lines.append(f"| {r.figure} | {r.label} | {r.target.text()} | {measured} | {verdict} |")
+    lines += ["", "## Machine", ""]
+    lines += [f"- {key}: {value}" for key, value in machine.items()]
+    lines += [
+        "",
+        "## Method",
+        "",
+        "- Every figure times its baseline and its subjects side by side in the same run. "
+        "Each contender runs once untimed first (warming imports, caches and the page cache), "
+        "then in each timed round every contender runs once, in an order rotated by one per "
+        "round, so that noise from the rest of the machine falls on baseline and subjects "
+        "alike. Tables give the median, the fastest and slowest run, and the ratio of medians.",
+        "- Files are warm in the page cache for both sides; the cache is not dropped (that "
+        "needs root). Checkpoints are torchvision models built with `weights=None` and seed "
+        "0, saved with `torch.save(model.state_dict(), path)`: nothing is downloaded.",
+        "- Everything is written under one temp folder (same filesystem for registry and "
+        "baselines), removed at the end. Setup and clean-up around each run (a fresh "
+        "registry, deleting an output file) are not timed.",
+        "- *Whole process* rows time a subprocess from spawn to exit with the venv's "
+        "`registry` script; other rows run in this process, where torch is already imported.",
+        "- Figures 1 to 4 run on resnet18 (the small case) and vgg16; the targets are judged "
+        "on vgg16, the issue's case (on resnet18 in a quick run, only to exercise the report).",
+        "- On a shared or busy machine the numbers are noisy: read them with the load "
+        "averages above and each row's fastest … slowest spread.",
+        "",
+        "## Results",
+    ]
+    described: set[str] = set()
+    for figure, subtitle, results, section_notes in sections:
+        lines += ["", f"### {figure.number}. {figure.title} ({subtitle})", ""]
+        if figure.number not in described:  # once, at the figure's first table
+            lines += [figure.measures, ""]
+            described.add(figure.number)
+        lines += [f"{note}\n" for note in section_notes]
+        if results:
+            lines += table(results)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def table(results: list[Result]) -> list[str]:
+    """One markdown table per comparison (a baseline and the rows measured against it)."""
+    with_floor = any(r.versus for r in results)
+
+    def ratio(r: Result) -> str:
+        if r.baseline is not None:
+            return f"{r.ratio:.2f}x"
+        # A baseline with no subjects is a figure timed on its own: no ratio.
+        return "baseline" if any(x.baseline is r for x in results) else ""
+
+    lines: list[str] = []
+    for r in results:
+        if r.baseline is None:
+            header = ["measurement", "median", "fastest … slowest", "runs", "x baseline"]
+            header += ["vs floor"] * with_floor + ["target"]
+            lines += ["", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+        cells = [
+            r.label,
+            seconds(r.median),
+            f"{seconds(min(r.times))} … {seconds(max(r.times))}",
+            str(len(r.times)),
+            ratio(r),
+        ]
+        if with_floor:
+            cells.append(f"{r.median / r.versus.median:.2f}x" if r.versus else "")
+        if r.target is not None:
+            cells.append(f"{r.target.text()}: {'pass' if r.passed else '**FAIL**'}")
+        else:
+            cells.append("")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines[1:]
+
+
+def print_targets(sections: list[tuple[Figure, str, list[Result], list[str]]]) -> None:
+    for _figure, _subtitle, results, _notes in sections:
+        for r in results:
+            if r.target is not None:
+                verdict = "pass" if r.passed else "FAIL"
+                print(
+                    f"{verdict:4}  {r.figure}: {r.label}: {r.ratio:.2f}x, "
+                    f"{seconds(r.median)} ({r.target.text()})"
+                )
+
+
+if __name__ == "__main__":
+    started = time.perf_counter()
+    main(sys.argv[1:])
+    print(f"bench: done in {time.perf_counter() - started:.0f} s")
