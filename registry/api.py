@@ -6,7 +6,7 @@ import contextlib
 import getpass
 import os
 import socket
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -271,7 +271,7 @@ class Registry:
         if format == "safetensors":
             from registry import checkpoints
 
-            state = self._state_dict(version, verify)
+            state = self.state_dict(version.ref, verify)
             with atomic_file(target) as out:
                 checkpoints.save_safetensors(state, out)
             return target
@@ -282,19 +282,23 @@ class Registry:
 
     def state_dict(self, ref: str, verify: bool = True) -> dict[str, torch.Tensor]:
         """A version's weights as a state_dict, memory-mapped where the format allows."""
-        return self._state_dict(self.get(ref), verify)
+        from registry import checkpoints
+
+        with self._weights_file(self.get(ref), verify) as (path, format, details):
+            return checkpoints.load(path, format, details)
 
     def load(self, ref: str, device: str | None = None, verify: bool = True) -> nn.Module:
         """Rebuild a version's model with its weights, in eval mode, ready for inference."""
-        from registry import architectures
+        from registry import architectures, checkpoints
 
         version = self.get(ref)
-        state = self._state_dict(version, verify)
         try:
             arch = architectures.resolve(version.arch)
         except ArchitectureError as exc:
             raise ArchitectureError(f"cannot rebuild {version.ref}: {exc}") from None
-        model = architectures.instantiate(arch, version.arch_args, state)
+        with self._weights_file(version, verify) as (path, format, details):
+            state = checkpoints.load(path, format, details)
+            model = architectures.instantiate(arch, version.arch_args, state)
         if device is not None:
             try:
                 model = model.to(device)
@@ -305,21 +309,33 @@ class Registry:
                 raise DeviceError(device, reason) from None
         return model.eval()
 
-    def _state_dict(self, version: ModelVersion, verify: bool) -> dict[str, torch.Tensor]:
-        """The weights of a version: from its safe copy when the original is a pickle."""
-        from registry import checkpoints
+    @contextlib.contextmanager
+    def _weights_file(
+        self, version: ModelVersion, verify: bool
+    ) -> Iterator[tuple[Path, str, dict[str, Any]]]:
+        """The blob holding a version's weights (a trusted pickle's safe copy), its format.
 
+        With `verify`, the blob is re-hashed on other threads while the caller
+        reads it; the block ends only when the bytes matched, else IntegrityError
+        is raised and whatever the caller built from them is dropped.
+        """
         if version.weights_sha256:
             digest, format, details = version.weights_sha256, "safetensors", {}
         else:
             digest, format, details = version.sha256, version.format, version.details
-        if verify:
-            with db.session(self.engine) as s:
-                chunks = catalog.chunk_digests(s, digest)
-            self.store.verify(digest, version.ref, chunks)
-        elif not self.store.exists(digest):
+        if not self.store.exists(digest):
             raise IntegrityError(version.ref, digest, None)
-        return checkpoints.load(self.store.path(digest), format, details)
+        if not verify:
+            yield self.store.path(digest), format, details
+            return
+        with db.session(self.engine) as s:
+            chunks = catalog.chunk_digests(s, digest)
+        with ThreadPoolExecutor(1, "registry-verify") as pool:
+            verifying = pool.submit(self.store.verify, digest, version.ref, chunks)
+            try:
+                yield self.store.path(digest), format, details
+            finally:
+                verifying.result()  # an IntegrityError wins over what corrupt bytes caused
 
     # -- aliases, tags, deletion ----------------------------------------------
 
