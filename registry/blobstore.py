@@ -262,10 +262,14 @@ class BlobStore:
 
 
 @contextlib.contextmanager
-def atomic_file(destination: Path) -> Iterator[DurableFile]:
-    """A file that appears at `destination` complete and fsynced, or not at all.
+def atomic_file(destination: Path) -> Iterator[BinaryIO]:
+    """A file that appears at `destination` complete, or not at all.
 
-    It is written as a temp file beside the destination and renamed over it.
+    It is written as a temp file beside the destination and renamed over it,
+    so a failed or killed pull never leaves a partial file. Unlike a blob it
+    is not fsynced: it is a copy of a blob that is, and like `cp` a pull does
+    not wait for the disk (a power cut just after may lose the copy, never
+    the blob).
     """
     destination = destination.absolute()
     prefix = f".{destination.name}."
@@ -277,20 +281,14 @@ def atomic_file(destination: Path) -> Iterator[DurableFile]:
             dir=destination.parent, prefix=prefix + _owner(), suffix=".part"
         )
     temp = Path(name)
-    out = DurableFile(fd)
     try:
-        try:
-            with _storage_errors(destination):  # a full disk, a quota
-                yield out
-                out.sync_and_close()
-        finally:
-            out.close()
+        with _storage_errors(destination), open(fd, "wb") as out:  # a full disk, a quota
+            yield out
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temp, 0o666 & ~umask)
         with _storage_errors(destination):
             os.replace(temp, destination)
-        _fsync_dir(destination.parent)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
@@ -303,7 +301,7 @@ def copy_into(source: BinaryIO, writer: BlobWriter, progress: Callable[[int], No
 
 def _copy(
     source: BinaryIO,
-    sink: DurableFile | BlobWriter,
+    sink: BinaryIO | BlobWriter,
     progress: Callable[[int], None],
     digest: hashlib._Hash | None = None,
 ) -> None:
