@@ -111,6 +111,9 @@ def compare(figure: str, contenders: Sequence[Contender], repeats: int) -> list[
 
 def _run_once(contender: Contender) -> float:
     state = contender.setup()
+    # Start every run with no dirty pages left by the one before: otherwise
+    # whichever run crosses the kernel's dirty limit is throttled for all.
+    os.sync()
     try:
         started = time.perf_counter()
         measured = contender.run(state)

@@ -310,8 +310,10 @@ def render(
         "round, so that noise from the rest of the machine falls on baseline and subjects "
         "alike. Tables give the median, the fastest and slowest run, and the ratio of medians.",
         "- Files are warm in the page cache for both sides; the cache is not dropped (that "
-        "needs root). Checkpoints are torchvision models built with `weights=None` and seed "
-        "0, saved with `torch.save(model.state_dict(), path)`: nothing is downloaded.",
+        "needs root), but every timed run starts after an untimed `os.sync()`, so none "
+        "inherits the dirty pages of the run before. Checkpoints are torchvision models "
+        "built with `weights=None` and seed 0, saved with "
+        "`torch.save(model.state_dict(), path)`: nothing is downloaded.",
         "- Everything is written under one temp folder (same filesystem for registry and "
         "baselines), removed at the end. Setup and clean-up around each run (a fresh "
         "registry, deleting an output file) are not timed.",
