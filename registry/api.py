@@ -31,6 +31,7 @@ from registry.errors import (
     InvalidReferenceError,
     NotFoundError,
     StorageError,
+    first_line,
 )
 from registry.faults import crash_point
 from registry.models import Version
@@ -271,7 +272,8 @@ class Registry:
         if format == "safetensors":
             from registry import checkpoints
 
-            state = self.state_dict(version.ref, verify)
+            with self._weights_file(version, verify) as (path, weights_format, details):
+                state = checkpoints.load(path, weights_format, details)
             with atomic_file(target) as out:
                 checkpoints.save_safetensors(state, out)
             return target
@@ -303,10 +305,7 @@ class Registry:
             try:
                 model = model.to(device)
             except (RuntimeError, AssertionError, ValueError) as exc:
-                reason = (
-                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                )
-                raise DeviceError(device, reason) from None
+                raise DeviceError(device, first_line(exc)) from None
         return model.eval()
 
     @contextlib.contextmanager

@@ -76,10 +76,6 @@ class DurableFile:
     def flush(self) -> None:
         self._file.flush()
 
-    @property
-    def closed(self) -> bool:
-        return self._file.closed
-
     def sync_and_close(self) -> None:
         """Flush, fsync and close; an error of an earlier writeback surfaces here."""
         try:

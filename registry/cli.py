@@ -168,11 +168,9 @@ def pull(
     reg: Registry, ref: str, output: str | None, no_verify: bool, format_: str, as_json: bool
 ) -> None:
     """Write REF's checkpoint file, bit-exact and verified; print its path."""
-    path = reg.pull(ref, output, verify=not no_verify, format=format_)
-    _print(
-        {"path": str(path), "ref": reg.get(ref).ref, "format": format_} if as_json else path,
-        as_json,
-    )
+    version = reg.get(ref)  # resolved once: the file and the JSON name the same version
+    path = reg.pull(version.ref, output, verify=not no_verify, format=format_)
+    _print({"path": str(path), "ref": version.ref, "format": format_} if as_json else path, as_json)
 
 
 @cli.command()
@@ -193,13 +191,15 @@ def load(
     as_json: bool,
 ) -> None:
     """Rebuild REF's model with its weights in eval mode and report on it."""
+    from registry.architectures import count_params
+
     shape = _parse_shape(input_shape) if input_shape else None
     version = reg.get(ref)
     model = reg.load(version.ref, device=device, verify=not no_verify)
     result: dict[str, Any] = {
         "ref": version.ref,
         "class": f"{type(model).__module__}.{type(model).__qualname__}",
-        "num_params": sum(p.numel() for p in model.parameters()),
+        "num_params": count_params(model),
         "training": model.training,
     }
     if shape is not None:

@@ -21,7 +21,12 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from registry.errors import ConfigurationError, DatabaseError, SchemaOutOfDateError
+from registry.errors import (
+    ConfigurationError,
+    DatabaseError,
+    SchemaOutOfDateError,
+    first_line,
+)
 
 # The newest migration; tests/test_migrations.py checks it is Alembic's head.
 # Kept here so that opening a catalog never has to load the migration scripts.
@@ -89,7 +94,7 @@ def session(engine: Engine, write: bool = False) -> Iterator[Session]:
 
 def database_error(engine: Engine, exc: SQLAlchemyError) -> DatabaseError:
     """Turn a driver error into a one-line DatabaseError that never shows a password."""
-    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    detail = first_line(getattr(exc, "orig", None) or exc)
     return DatabaseError(f"catalog {safe_url(engine.url)}: {detail}")
 
 

@@ -137,6 +137,12 @@ class StorageError(RegistryError, OSError):
     """The blob store or a destination path cannot be read or written."""
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line, or its type for an empty one."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _listing(count: int, noun: str, items: Sequence[str], shown: int = 5) -> str:
     head = ", ".join(items[:shown]) + (", ..." if count > shown else "")
     return f"{count} {noun}{'s' if count != 1 else ''} ({head})"
