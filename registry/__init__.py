@@ -26,6 +26,7 @@ from registry.errors import (
     SchemaOutOfDateError,
     StorageError,
     UnsafeCheckpointError,
+    UntrustedArchError,
 )
 from registry.records import ModelSummary, ModelVersion
 
@@ -50,10 +51,13 @@ __all__ = [
     "SchemaOutOfDateError",
     "StorageError",
     "UnsafeCheckpointError",
+    "UntrustedArchError",
     "load",
 ]
 
 
-def load(ref: str, device: str | None = None, verify: bool = True) -> nn.Module:
+def load(
+    ref: str, device: str | None = None, verify: bool = True, trust_arch: bool = False
+) -> nn.Module:
     """Load a model from the default Registry (env vars / defaults), in eval mode."""
-    return Registry().load(ref, device=device, verify=verify)
+    return Registry().load(ref, device=device, verify=verify, trust_arch=trust_arch)

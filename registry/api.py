@@ -6,7 +6,7 @@ import contextlib
 import getpass
 import os
 import socket
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -31,6 +31,7 @@ from registry.errors import (
     InvalidReferenceError,
     NotFoundError,
     StorageError,
+    UntrustedArchError,
     first_line,
 )
 from registry.faults import crash_point
@@ -109,6 +110,7 @@ class Registry:
         description: str = "",
         trust_pickle: bool = False,
         key: str | None = None,
+        strip_prefix: str | None = None,
     ) -> ModelVersion:
         """Register a checkpoint file, an nn.Module or a state_dict as the next version.
 
@@ -116,7 +118,9 @@ class Registry:
         identical to an existing version with the same arch and arguments give
         back that version, with any new tags and aliases added to it.
         `trust_pickle` reads a whole-model pickle (it runs the file's code);
-        `key` picks the entry of a training checkpoint that holds the weights.
+        `key` picks the entry of a training checkpoint that holds the weights;
+        `strip_prefix` takes the keys under an attribute prefix (`model.` of a
+        Lightning checkpoint), which is otherwise found when only one fits.
         """
         arch_args = dict(arch_args or {})
         tags = {refs.validate_tag_key(k): str(v) for k, v in (tags or {}).items()}
@@ -136,7 +140,9 @@ class Registry:
                 path = Path(source)
                 self._copy_file(path, original)
                 resolved, model = building.result()
-                weights = _read_weights(path, original, resolved, model, trust_pickle, key)
+                weights = _read_weights(
+                    path, original, resolved, model, trust_pickle, key, strip_prefix
+                )
                 extension = path.suffix or IN_MEMORY_EXTENSION
             else:
                 resolved, model = building.result()
@@ -190,11 +196,17 @@ class Registry:
 
         from registry import architectures
 
-        details = _describe(weights)
+        details = weights.describe()
         if arch.torchvision:
             import torchvision
 
             details["torchvision_version"] = torchvision.__version__
+        added = {k: v for k, v in arch.neutral_arguments().items() if k not in arch_args}
+        if added:  # what the builder was called with besides arch_args
+            details["builder_defaults"] = added
+        versions = architectures.versions_to_record(model, weights.module_versions)
+        if versions:
+            details["module_versions"] = versions
         return Version(
             format=weights.format,
             arch=arch.name,
@@ -289,18 +301,31 @@ class Registry:
         with self._weights_file(self.get(ref), verify) as (path, format, details):
             return checkpoints.load(path, format, details)
 
-    def load(self, ref: str, device: str | None = None, verify: bool = True) -> nn.Module:
-        """Rebuild a version's model with its weights, in eval mode, ready for inference."""
+    def load(
+        self,
+        ref: str,
+        device: str | None = None,
+        verify: bool = True,
+        trust_arch: bool = False,
+    ) -> nn.Module:
+        """Rebuild a version's model with its weights, in eval mode, ready for inference.
+
+        The recorded arch is data: a builder that is not an nn.Module class is
+        called only with `trust_arch` or a REGISTRY_TRUSTED_ARCHS pattern.
+        """
         from registry import architectures, checkpoints
 
         version = self.get(ref)
         try:
-            arch = architectures.resolve(version.arch)
+            arch = architectures.resolve(version.arch, trust=trust_arch)
+        except UntrustedArchError as exc:
+            raise UntrustedArchError(exc.arch, exc.kind, version.ref) from None
         except ArchitectureError as exc:
             raise ArchitectureError(f"cannot rebuild {version.ref}: {exc}") from None
+        recorded_versions = version.details.get("module_versions")
         with self._weights_file(version, verify) as (path, format, details):
             state = checkpoints.load(path, format, details)
-            model = architectures.instantiate(arch, version.arch_args, state)
+            model = architectures.instantiate(arch, version.arch_args, state, recorded_versions)
         if device is not None:
             try:
                 model = model.to(device)
@@ -452,15 +477,16 @@ def _read_weights(
     model: nn.Module,
     trust_pickle: bool,
     key: str | None,
+    strip_prefix: str | None,
 ) -> Weights:
     """Find the weights in a copied checkpoint that fit the model.
 
     The copy is read, not the original: what is checked is exactly what is stored.
     """
-    from registry import checkpoints
+    from registry import architectures, checkpoints
 
-    candidates = checkpoints.read(writer.temp_path, trust_pickle, key, shown_as=path)
-    weights = _fitting(arch.name, model, candidates, path)
+    candidates = checkpoints.read(writer.temp_path, trust_pickle, key, strip_prefix, shown_as=path)
+    weights = architectures.fit(arch.name, model, candidates, path)
     pickled_class = weights.details.get("class")
     built_class = f"{type(model).__module__}:{type(model).__qualname__}"
     if pickled_class and pickled_class != built_class:
@@ -486,48 +512,14 @@ def _crash_half_way(
     return step
 
 
-def _fitting(arch: str, model: nn.Module, candidates: Iterable[Weights], origin: Any) -> Weights:
-    """The first candidate state_dict that fits the model; else the first one's mismatch."""
-    from registry import architectures
-
-    first_error = None
-    for weights in candidates:
-        error = architectures.mismatch(arch, model, weights.state_dict)
-        if error is None:
-            return weights
-        first_error = first_error or error
-    if first_error is None:
-        raise CheckpointError(f"{origin} holds no weights")
-    raise first_error
-
-
 def _write_object(source: Any, writer: BlobWriter, arch: Arch, model: nn.Module) -> Weights:
     """Save an nn.Module's or a state_dict's weights into the writer, after checking they fit."""
-    from torch import nn
+    from registry import architectures, checkpoints
 
-    from registry import checkpoints
-
-    if isinstance(source, nn.Module):
-        state = source.state_dict()
-    elif isinstance(source, Mapping):
-        state = dict(source)
-    else:
-        raise CheckpointError(
-            f"cannot push a {type(source).__name__}: give a file path, an nn.Module or a state_dict"
-        )
-    weights = checkpoints.Weights(state, "state_dict", {"serialization": "zip"})
-    _fitting(arch.name, model, [weights], f"the {type(source).__name__}")
-    checkpoints.save(state, writer)
-    return weights
-
-
-def _describe(weights: Weights) -> dict[str, Any]:
-    """What `show` reports about the tensors: their count and a dtype summary."""
-    dtypes: dict[str, int] = {}
-    for tensor in weights.state_dict.values():
-        dtype = str(tensor.dtype).removeprefix("torch.")
-        dtypes[dtype] = dtypes.get(dtype, 0) + 1
-    return {**weights.details, "num_tensors": len(weights.state_dict), "dtypes": dtypes}
+    found = checkpoints.from_object(source)
+    weights = architectures.fit(arch.name, model, [found], f"the {type(source).__name__}")
+    checkpoints.save(weights.state_dict, writer)  # a wrapper's prefix is not stored at all
+    return replace(weights, details=found.details)
 
 
 def _default_name(arch: str) -> str:

@@ -15,6 +15,7 @@ naming anything but tensors and plain containers is refused.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import struct
@@ -38,6 +39,8 @@ _LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 # Where training checkpoints usually keep the model's weights.
 STATE_DICT_KEYS = ("model_state_dict", "state_dict", "model", "net", "network", "ema", "module")
 PREFIXES = ("module.", "_orig_mod.")
+# The entry by which a PyTorch Lightning checkpoint tells its writer's version.
+LIGHTNING_VERSION_KEY = "pytorch-lightning_version"
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,29 @@ class Weights:
     state_dict: dict[str, torch.Tensor]
     format: str  # "state_dict", "checkpoint" or "safetensors"
     details: dict[str, Any] = field(default_factory=dict)
+    # Module versions from the state_dict's `_metadata` (prefix -> version); None if it had none.
+    module_versions: dict[str, int] | None = None
+
+    def under_prefix(self, prefix: str) -> Weights:
+        """The weights of the submodule under `prefix` (`module.`, `model.`), prefix removed."""
+        versions = None
+        if self.module_versions is not None:
+            inner = prefix[:-1]
+            versions = {
+                "" if k == inner else k[len(prefix) :]: v
+                for k, v in self.module_versions.items()
+                if k == inner or k.startswith(prefix)
+            }
+        details = {**self.details, "stripped_prefix": prefix}
+        return Weights(_strip(self.state_dict, prefix), self.format, details, versions)
+
+    def describe(self) -> dict[str, Any]:
+        """What `show` reports: where the weights were, their count and a dtype summary."""
+        dtypes: dict[str, int] = {}
+        for tensor in self.state_dict.values():
+            dtype = str(tensor.dtype).removeprefix("torch.")
+            dtypes[dtype] = dtypes.get(dtype, 0) + 1
+        return {**self.details, "num_tensors": len(self.state_dict), "dtypes": dtypes}
 
 
 def sniff(path: Path) -> str:
@@ -133,20 +159,39 @@ def _sniff_zip(path: Path) -> str:
 
 
 def read(
-    path: Path, trust_pickle: bool = False, key: str | None = None, shown_as: Path | None = None
+    path: Path,
+    trust_pickle: bool = False,
+    key: str | None = None,
+    strip_prefix: str | None = None,
+    shown_as: Path | None = None,
 ) -> list[Weights]:
     """Every state_dict `path` could hold, most likely first; the caller picks one that fits.
 
     `trust_pickle` unpickles whatever the file holds (a whole `torch.save(model)`);
-    `key` names the entry of a training checkpoint to take; errors name the file
+    `key` names the entry of a training checkpoint to take; `strip_prefix` takes
+    only the keys under that prefix (`model.`), without it; errors name the file
     `shown_as` (the user's file, when `path` is the registry's copy of it).
     """
     try:
-        return list(_read(path, trust_pickle, key))
+        found = list(_read(path, trust_pickle, key))
+        if strip_prefix is not None:
+            return [_explicit_prefix(found, strip_prefix, path)]
+        return [p for weights in found for p in _with_prefixes(weights)]
     except CheckpointError as exc:
         if shown_as is None:
             raise
         raise type(exc)(str(exc).replace(str(path), str(shown_as))) from None
+
+
+def _explicit_prefix(found: list[Weights], prefix: str, path: Path) -> Weights:
+    """The first state_dict with keys under `prefix`, taken from under it."""
+    prefix = prefix if prefix.endswith(".") else prefix + "."
+    for weights in found:
+        if any(k.startswith(prefix) for k in weights.state_dict):
+            return weights.under_prefix(prefix)
+    first_parts = sorted({k.split(".", 1)[0] + "." for w in found for k in w.state_dict})
+    shown = ", ".join(first_parts[:8]) + (", ..." if len(first_parts) > 8 else "")
+    raise CheckpointError(f"{path} has no keys under prefix {prefix!r}; its keys start {shown}")
 
 
 def _read(path: Path, trust_pickle: bool, key: str | None) -> Iterator[Weights]:
@@ -155,7 +200,7 @@ def _read(path: Path, trust_pickle: bool, key: str | None) -> Iterator[Weights]:
         tensors = _read_safetensors(path)
         if not tensors:
             raise CheckpointError(f"{path} holds no tensors")
-        yield from _with_prefixes(Weights(tensors, "safetensors"))
+        yield Weights(tensors, "safetensors")
         return
     details: dict[str, Any] = {"serialization": "zip" if kind == TORCH_ZIP else "legacy"}
     obj = _torch_load(path, mmap=kind == TORCH_ZIP, trust_pickle=trust_pickle)
@@ -171,17 +216,19 @@ def _read(path: Path, trust_pickle: bool, key: str | None) -> Iterator[Weights]:
             module = "" if kind_of.__module__ == "builtins" else f"{kind_of.__module__}."
             found = f"a {module}{kind_of.__qualname__}"
         raise CheckpointError(f"{path} holds no state_dict: found {found}")
-    for weights in candidates:
-        yield from _with_prefixes(weights)
+    yield from candidates
 
 
 def _candidates(obj: Any, details: dict[str, Any], key: str | None, path: Path) -> list[Weights]:
     """The state_dicts in a loaded object: itself, or entries of a training checkpoint."""
     format = "pickle" if "class" in details else "state_dict"
     if key is None and _is_state_dict(obj):
-        return [Weights(dict(obj), format, details)]
+        return [Weights(dict(obj), format, details, _module_versions(obj))]
     if not isinstance(obj, Mapping):
         return []
+    if LIGHTNING_VERSION_KEY in obj:
+        details = {**details, "framework": "lightning"}
+        details["framework_version"] = str(obj[LIGHTNING_VERSION_KEY])
     if key is not None:
         if not _is_state_dict(obj.get(key)):
             keys = ", ".join(map(str, obj))
@@ -191,7 +238,22 @@ def _candidates(obj: Any, details: dict[str, Any], key: str | None, path: Path) 
         nested = [k for k in STATE_DICT_KEYS if _is_state_dict(obj.get(k))]
         nested += [k for k, v in obj.items() if k not in nested and _is_state_dict(v)]
     format = "pickle" if "class" in details else "checkpoint"
-    return [Weights(dict(obj[k]), format, {**details, "key": k}) for k in nested]
+    return [
+        Weights(dict(obj[k]), format, {**details, "key": k}, _module_versions(obj[k]))
+        for k in nested
+    ]
+
+
+def _module_versions(state_dict: Any) -> dict[str, int] | None:
+    """The module versions torch.save kept in a state_dict's `_metadata`, if it kept any."""
+    metadata = getattr(state_dict, "_metadata", None)
+    if not isinstance(metadata, Mapping):
+        return None
+    return {
+        str(k): v["version"]
+        for k, v in metadata.items()
+        if isinstance(v, Mapping) and isinstance(v.get("version"), int)
+    }
 
 
 def _unwrap_module(obj: Any, details: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -218,6 +280,21 @@ def _unwrap_module(obj: Any, details: dict[str, Any]) -> tuple[Any, dict[str, An
                 model = unwrap(v)
                 return {**obj, k: model.state_dict()}, {**details, "class": describe(model)}
     return obj, {**details, "class": type(obj).__qualname__}
+
+
+def from_object(source: Any) -> Weights:
+    """The weights of an nn.Module or a state_dict handed to push in memory."""
+    from torch import nn
+
+    if isinstance(source, nn.Module):
+        state: Any = source.state_dict()
+    elif isinstance(source, Mapping):
+        state = source
+    else:
+        raise CheckpointError(
+            f"cannot push a {type(source).__name__}: give a file path, an nn.Module or a state_dict"
+        )
+    return Weights(dict(state), "state_dict", {"serialization": "zip"}, _module_versions(state))
 
 
 def load(path: Path, format: str, details: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -263,7 +340,10 @@ def _torch_load(path: Path, mmap: bool, trust_pickle: bool = False) -> Any:
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=mmap)
+        # timm's train.py saves its argparse.Namespace of options beside the weights;
+        # rebuilding one only sets attributes (timm's own loader allows it the same way).
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=mmap)
     except pickle.UnpicklingError as exc:
         if _pickle_is_intact(path, zipped=mmap):
             raise _unsafe(path, str(exc)) from None
@@ -344,9 +424,9 @@ def _with_prefixes(weights: Weights) -> Iterator[Weights]:
     yield weights
     for prefix in PREFIXES:
         if all(k.startswith(prefix) for k in weights.state_dict):
-            details = {**weights.details, "stripped_prefix": prefix}
-            yield Weights(_strip(weights.state_dict, prefix), weights.format, details)
+            yield weights.under_prefix(prefix)
 
 
 def _strip(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    return {k.removeprefix(prefix): v for k, v in state.items()}
+    """The entries under `prefix`, without it; the others are left out."""
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

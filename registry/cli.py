@@ -106,6 +106,12 @@ def key_values(what: str) -> Callable[[click.Context, click.Parameter, Sequence[
 @click.option("--description", default="", help="Free text stored with the version.")
 @click.option("--key", help="Entry of a training checkpoint dict that holds the state_dict.")
 @click.option(
+    "--strip-prefix",
+    metavar="PREFIX",
+    help="Take the weights under this key prefix, e.g. model. of a Lightning checkpoint "
+    "[default: found when exactly one prefix fits].",
+)
+@click.option(
     "--trust-pickle",
     is_flag=True,
     help="Read a whole-model pickle (torch.save(model)); this runs code from the file.",
@@ -122,12 +128,14 @@ def push(
     aliases: tuple[str, ...],
     description: str,
     key: str | None,
+    strip_prefix: str | None,
     trust_pickle: bool,
     as_json: bool,
 ) -> None:
     """Register checkpoint FILE as the model's next version; print NAME@vN sha256:<hex>.
 
-    FILE is a torch.save'd state_dict or training checkpoint, or a .safetensors file.
+    FILE is a torch.save'd state_dict or training checkpoint, a PyTorch Lightning
+    .ckpt, or a .safetensors file.
     """
     version = reg.push(
         file,
@@ -139,6 +147,7 @@ def push(
         description=description,
         trust_pickle=trust_pickle,
         key=key,
+        strip_prefix=strip_prefix,
     )
     if not version.is_new:
         click.echo(f"{version.ref} already holds these bytes; no new version made", err=True)
@@ -180,6 +189,11 @@ def pull(
 )
 @click.option("--device", help="Device to load onto, e.g. cpu or cuda [default: cpu].")
 @click.option("--no-verify", is_flag=True, help="Skip checking the bytes against their SHA-256.")
+@click.option(
+    "--trust-arch",
+    is_flag=True,
+    help="Call the recorded builder even if it is a function, not an nn.Module class.",
+)
 @json_option
 @click.pass_obj
 def load(
@@ -188,6 +202,7 @@ def load(
     input_shape: str | None,
     device: str | None,
     no_verify: bool,
+    trust_arch: bool,
     as_json: bool,
 ) -> None:
     """Rebuild REF's model with its weights in eval mode and report on it."""
@@ -195,7 +210,7 @@ def load(
 
     shape = _parse_shape(input_shape) if input_shape else None
     version = reg.get(ref)
-    model = reg.load(version.ref, device=device, verify=not no_verify)
+    model = reg.load(version.ref, device=device, verify=not no_verify, trust_arch=trust_arch)
     result: dict[str, Any] = {
         "ref": version.ref,
         "class": f"{type(model).__module__}.{type(model).__qualname__}",

@@ -75,6 +75,21 @@ class ArchitectureError(RegistryError, ValueError):
     """An `--arch` cannot be resolved or its builder fails."""
 
 
+class UntrustedArchError(ArchitectureError):
+    """An arch from the catalog names a callable the loading side has not trusted."""
+
+    def __init__(self, arch: str, kind: str, ref: str = "") -> None:
+        self.arch = arch
+        self.kind = kind
+        self.ref = ref
+        super().__init__(
+            (f"cannot rebuild {ref}: " if ref else "")
+            + f"arch {arch!r} is a {kind}, not a torch.nn.Module class, so it could run any "
+            "code and was not called; if you trust it, pass --trust-arch (trust_arch=True) "
+            "or add it to REGISTRY_TRUSTED_ARCHS"
+        )
+
+
 class ArchitectureMismatchError(RegistryError, ValueError):
     """The weights do not fit the architecture: keys or shapes differ."""
 
@@ -90,6 +105,7 @@ class ArchitectureMismatchError(RegistryError, ValueError):
         self.missing = list(missing)
         self.unexpected = list(unexpected)
         self.mis_shaped = list(mis_shaped)
+        self.hint = hint
         parts = []
         if missing:
             parts.append(_listing(len(missing), "missing key", missing))

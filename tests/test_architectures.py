@@ -15,7 +15,8 @@ from torch import nn
 
 from registry import architectures
 from registry.architectures import Arch
-from registry.errors import ArchitectureError, ArchitectureMismatchError
+from registry.checkpoints import Weights
+from registry.errors import ArchitectureError, ArchitectureMismatchError, UntrustedArchError
 
 
 @pytest.fixture
@@ -81,7 +82,7 @@ def test_resolve_module_in_current_folder(write_module, monkeypatch: pytest.Monk
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".")])
     write_module("zoo_here", "from torch import nn\n\ndef net():\n    return nn.Linear(2, 2)\n")
     arch = architectures.resolve("zoo_here:net")
-    assert isinstance(arch.build({}, device="cpu"), nn.Linear)
+    assert isinstance(arch.build({}), nn.Linear)
 
 
 def test_resolve_missing_module() -> None:
@@ -135,10 +136,10 @@ def test_build_torchvision_on_meta_without_weights() -> None:
     assert model.fc.out_features == 10
 
 
-def test_build_import_path_on_cpu() -> None:
-    model = architectures.resolve("tiny_models:tiny").build({"width": 6}, device="cpu")
+def test_build_import_path_on_meta() -> None:
+    model = architectures.resolve("tiny_models:tiny").build({"width": 6})
     assert model.head.in_features == 6
-    assert model.head.weight.device == torch.device("cpu")
+    assert model.head.weight.is_meta
 
 
 def test_build_failing_builder_names_the_arguments() -> None:
@@ -323,3 +324,246 @@ def test_instantiate_model_with_non_persistent_buffer() -> None:
     assert not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
     assert torch.equal(model.scale, torch.full((2,), 3.0))
     assert outputs_equal(model, source)
+
+
+# --- builds that cannot run on meta, and weights that must not be fetched --------------
+
+
+def test_build_falls_back_when_the_builder_computes_with_tensors() -> None:
+    """RegNet computes its widths with torch ops and .tolist(), which meta cannot do."""
+    model = architectures.resolve("regnet_x_400mf").build({})
+    assert all(t.is_meta for t in model.state_dict().values())
+    assert architectures.count_params(model) == 5_495_976
+
+
+def test_empty_build_leaves_other_threads_alone() -> None:
+    """The empty build patches nn.Module for its own thread only."""
+    import threading
+
+    built: list[nn.Module] = []
+    started, release = threading.Event(), threading.Event()
+
+    def builder() -> nn.Module:
+        started.set()
+        release.wait(10)
+        return nn.Linear(2, 2)
+
+    def other() -> None:
+        started.wait(10)
+        built.append(nn.Linear(3, 3))  # built while the empty build is under way
+        release.set()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    with architectures._empty_weights():
+        meta = builder()
+    thread.join()
+    assert meta.weight.is_meta
+    assert not built[0].weight.is_meta
+
+
+def test_torchvision_builders_get_no_weights_arguments() -> None:
+    detector = architectures.resolve("fasterrcnn_mobilenet_v3_large_320_fpn")
+    assert detector.neutral_arguments() == {"weights": None, "weights_backbone": None}
+    assert architectures.resolve("resnet18").neutral_arguments() == {"weights": None}
+    assert architectures.resolve("tiny_models:TinyNet").neutral_arguments() == {}
+
+
+def test_detection_model_builds_without_downloading() -> None:
+    model = architectures.resolve("ssdlite320_mobilenet_v3_large").build({})
+    assert all(t.is_meta for t in model.state_dict().values())
+
+
+@pytest.mark.parametrize(
+    ("arch", "args", "shown"),
+    [
+        ("resnet18", {"weights": "DEFAULT"}, "weights='DEFAULT'"),
+        ("fcn_resnet50", {"weights_backbone": "IMAGENET1K_V1"}, "weights_backbone='IMAGENET1K_V1'"),
+        ("tiny_models:TinyNet", {"pretrained": True}, "pretrained=True"),
+        ("tiny_models:TinyNet", {"checkpoint_path": "/tmp/w.pth"}, "checkpoint_path='/tmp/w.pth'"),
+    ],
+)
+def test_arguments_that_fetch_weights_are_refused(arch: str, args: dict, shown: str) -> None:
+    with pytest.raises(ArchitectureError) as caught:
+        architectures.resolve(arch).build(args)
+    assert str(caught.value) == (
+        f"arch {arch!r}: argument {shown} would make the builder download or read weights; "
+        "the registry loads the checkpoint's own, so leave it out"
+    )
+
+
+def test_arguments_that_fetch_nothing_are_allowed() -> None:
+    model = architectures.resolve(SMALL_ARCH).build({"weights": None, "num_classes": 4})
+    assert model.fc.out_features == 4
+
+
+def test_a_build_that_reaches_the_network_fails_with_one_line(write_module) -> None:
+    write_module(
+        "zoo_downloads",
+        "import urllib.request\nfrom torch import nn\n\n"
+        "def net():\n"
+        "    urllib.request.urlopen('http://weights.example.invalid/net.pth')\n"
+        "    return nn.Linear(2, 2)\n",
+    )
+    with pytest.raises(ArchitectureError) as caught:
+        architectures.resolve("zoo_downloads:net").build({})
+    message = str(caught.value)
+    assert message.startswith("building arch 'zoo_downloads:net' tried to reach the network (")
+    assert "weights.example.invalid" in message
+    assert "\n" not in message
+
+
+def test_a_build_that_connects_to_an_address_fails(write_module) -> None:
+    write_module(
+        "zoo_connects",
+        "import socket\nfrom torch import nn\n\n"
+        "def net():\n"
+        "    socket.socket().connect(('127.0.0.1', 9))\n"
+        "    return nn.Linear(2, 2)\n",
+    )
+    with pytest.raises(
+        ArchitectureError, match=r"tried to reach the network \(connect \('127.0.0.1', 9\)\)"
+    ):
+        architectures.resolve("zoo_connects:net").build({})
+
+
+def test_network_is_only_refused_while_building() -> None:
+    import socket
+
+    architectures.resolve("tiny_models:TinyNet").build({})
+    assert socket.getaddrinfo("127.0.0.1", 80)  # the audit hook stays, but is off
+
+
+# --- trusting an arch read from the catalog ---------------------------------------------
+
+
+def test_untrusted_function_is_refused_without_being_called() -> None:
+    with pytest.raises(UntrustedArchError) as caught:
+        architectures.resolve("subprocess:run", trust=False)
+    assert str(caught.value) == (
+        "arch 'subprocess:run' is a function, not a torch.nn.Module class, so it could run "
+        "any code and was not called; if you trust it, pass --trust-arch (trust_arch=True) "
+        "or add it to REGISTRY_TRUSTED_ARCHS"
+    )
+
+
+def test_untrusted_module_class_and_torchvision_names_are_allowed() -> None:
+    assert architectures.resolve("tiny_models:TinyNet", trust=False).name == "tiny_models:TinyNet"
+    assert architectures.resolve("resnet18", trust=False).torchvision
+
+
+@pytest.mark.parametrize(
+    "patterns", ["tiny_models:tiny", "tiny_models.*", "other:x, tiny_models:t*", "*"]
+)
+def test_trusted_archs_patterns(patterns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REGISTRY_TRUSTED_ARCHS", patterns)
+    assert architectures.resolve("tiny_models:tiny", trust=False).name == "tiny_models:tiny"
+
+
+@pytest.mark.parametrize("patterns", ["", "tiny_models:TinyNet", "tiny_model*:x", "other.*"])
+def test_untrusted_patterns(patterns: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REGISTRY_TRUSTED_ARCHS", patterns)
+    with pytest.raises(UntrustedArchError):
+        architectures.resolve("tiny_models:tiny", trust=False)
+
+
+# --- fitting weights kept under a prefix -------------------------------------------------
+
+
+def prefixed(state: dict, prefix: str) -> dict:
+    return {prefix + k: v for k, v in state.items()}
+
+
+def tiny_meta() -> nn.Module:
+    return architectures.resolve("tiny_models:TinyNet").build({"width": 4, "num_classes": 5})
+
+
+@pytest.mark.parametrize("prefix", ["model.", "net.", "student.backbone."])
+def test_fit_finds_the_one_prefix_that_fits(tiny_model: nn.Module, prefix: str) -> None:
+    state = prefixed(tiny_model.state_dict(), prefix)
+    state["loss_fn.weight"] = torch.ones(5)  # a Lightning module's other submodule
+    found = architectures.fit("tiny", tiny_meta(), [Weights(state, "checkpoint")], "x.ckpt")
+    assert found.details == {"stripped_prefix": prefix}
+    assert set(found.state_dict) == set(tiny_model.state_dict())
+
+
+def test_fit_refuses_two_prefixes_that_fit(tiny_model: nn.Module) -> None:
+    state = {
+        **prefixed(tiny_model.state_dict(), "model."),
+        **prefixed(tiny_model.state_dict(), "ema."),
+    }
+    with pytest.raises(ArchitectureError) as caught:
+        architectures.fit("tiny", tiny_meta(), [Weights(state, "checkpoint")], "x.ckpt")
+    assert str(caught.value) == (
+        "x.ckpt: the weights fit arch 'tiny' under several prefixes ('ema.', 'model.'); "
+        "pick one with --strip-prefix"
+    )
+
+
+def test_fit_names_the_prefix_when_only_shapes_differ(small_model: nn.Module) -> None:
+    model = architectures.resolve(SMALL_ARCH).build({})  # 1000 classes; the weights have 10
+    state = prefixed(small_model.state_dict(), "model.")
+    with pytest.raises(ArchitectureMismatchError) as caught:
+        architectures.fit(SMALL_ARCH, model, [Weights(state, "checkpoint")], "x.ckpt")
+    assert str(caught.value) == (
+        f"weights do not fit arch {SMALL_ARCH!r}: 2 mis-shaped keys "
+        "(fc.weight [10, 1024] vs [1000, 1024], fc.bias [10] vs [1000]); "
+        "the key names fit once the prefix 'model.' is removed (--strip-prefix model.); "
+        "pass the builder's arguments with --arg num_classes=10"
+    )
+
+
+def test_fit_without_a_fitting_prefix_reports_the_weights_as_found(tiny_model: nn.Module) -> None:
+    state = prefixed(tiny_model.state_dict(), "model.")
+    del state["model.head.bias"]
+    with pytest.raises(ArchitectureMismatchError) as caught:
+        architectures.fit("tiny", tiny_meta(), [Weights(state, "checkpoint")], "x.ckpt")
+    assert "9 missing keys" in str(caught.value)
+    assert "8 unexpected keys (model.features.0.weight" in str(caught.value)
+
+
+def test_fit_with_nothing_to_fit() -> None:
+    with pytest.raises(ArchitectureError, match=r"^x.ckpt holds no weights$"):
+        architectures.fit("tiny", tiny_meta(), [], "x.ckpt")
+
+
+# --- module versions (state_dict _metadata) ----------------------------------------------
+
+
+def test_mnasnet_loads_from_weights_without_metadata() -> None:
+    """MNASNet reads its version from _metadata, which a plain dict or safetensors lacks."""
+    from torchvision import models
+
+    torch.manual_seed(0)
+    source = models.mnasnet0_5(weights=None).eval()
+    plain = dict(source.state_dict())  # _metadata dropped
+    model = architectures.instantiate(architectures.resolve("mnasnet0_5"), {}, plain)
+    assert outputs_equal(model, source, shape=(1, 3, 64, 64))
+
+
+def test_versions_to_record_keeps_only_what_differs_from_the_built_model() -> None:
+    model = tiny_meta()
+    built = architectures.module_versions(model)
+    assert built["features.1"] == 2  # BatchNorm is at version 2
+    assert architectures.versions_to_record(model, built) == {}
+    assert architectures.versions_to_record(model, None) == {}
+    older = {**built, "features.1": 1, "gone": 3}
+    assert architectures.versions_to_record(model, older) == {"features.1": 1}
+
+
+def test_instantiate_passes_recorded_versions_to_the_modules(tiny_model: nn.Module) -> None:
+    seen: dict[str, object] = {}
+
+    class Recording(nn.Linear):
+        _version = 3
+
+        def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args) -> None:
+            seen[prefix] = local_metadata.get("version")
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
+
+    arch = Arch("test:Recording", lambda: Recording(2, 2), torchvision=False)
+    state = {"weight": torch.ones(2, 2), "bias": torch.zeros(2)}
+    architectures.instantiate(arch, {}, state)
+    assert seen == {"": 3}
+    architectures.instantiate(arch, {}, state, {"": 1})
+    assert seen == {"": 1}

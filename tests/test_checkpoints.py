@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import pathlib
 import io
 import pickle
 import zipfile
@@ -381,10 +382,22 @@ def test_read_refuses_whole_model_pickle(
     )
 
 
-def test_read_refuses_training_checkpoint_with_pickled_args(tmp_path: Path, state: dict) -> None:
+def test_read_takes_timm_checkpoint_with_its_argparse_namespace(
+    tmp_path: Path, state: dict
+) -> None:
+    """timm's train.py saves its options as an argparse.Namespace, which sets attributes only."""
+    path = tmp_path / "checkpoint.pth.tar"
+    torch.save({"state_dict": state, "args": argparse.Namespace(lr=0.1), "version": 2}, path)
+    [found] = read_all(path)
+    assert found.details == {"serialization": "zip", "key": "state_dict"}
+
+
+def test_read_refuses_training_checkpoint_with_other_pickled_args(
+    tmp_path: Path, state: dict
+) -> None:
     path = tmp_path / "checkpoint.pth"
-    torch.save({"model_state_dict": state, "args": argparse.Namespace(lr=0.1)}, path)
-    with pytest.raises(UnsafeCheckpointError, match=r"holds a pickled argparse\.Namespace"):
+    torch.save({"model_state_dict": state, "args": pathlib.PurePosixPath("/data")}, path)
+    with pytest.raises(UnsafeCheckpointError, match=r"holds a pickled pathlib\.PurePosixPath"):
         read_all(path)
 
 
