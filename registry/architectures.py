@@ -44,7 +44,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from registry.errors import ArchitectureError, ArchitectureMismatchError, UntrustedArchError
+from registry.errors import (
+    ArchitectureError,
+    ArchitectureMismatchError,
+    UntrustedArchError,
+    first_line,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -87,16 +92,15 @@ class Arch:
         real, as a model that is going to run needs them.
         """
         _refuse_weights_arguments(self.name, arch_args)
-        kwargs = {**self.neutral_arguments(), **arch_args}
         try:
-            model = self._call(kwargs, on_meta=True)
+            model = self._call(arch_args, on_meta=True)
             if computed_buffers and _has_meta_non_persistent_buffer(model):
-                model = self._call(kwargs, on_meta=False)
+                model = self._call(arch_args, on_meta=False)
         except _MetaUnsupported:
-            model = self._call(kwargs, on_meta=False)
+            model = self._call(arch_args, on_meta=False)
         return model
 
-    def _call(self, kwargs: dict[str, Any], on_meta: bool) -> Any:
+    def _call(self, arch_args: Mapping[str, Any], on_meta: bool) -> nn.Module:
         """Call the builder on the meta device, or else with empty weights."""
         import torch
         from torch import nn
@@ -104,7 +108,7 @@ class Arch:
         placement = torch.device("meta") if on_meta else _empty_weights()
         try:
             with _offline(), placement:
-                model = self.builder(**kwargs)
+                model = self.builder(**{**self.neutral_arguments(), **arch_args})
         except _NetworkUse as exc:
             raise ArchitectureError(
                 f"building arch {self.name!r} tried to reach the network ({exc}); the registry "
@@ -113,21 +117,16 @@ class Arch:
         except Exception as exc:
             if on_meta and _is_meta_failure(exc):
                 raise _MetaUnsupported from None
-            given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if k in self._given(kwargs))
+            given = ", ".join(f"{k}={v!r}" for k, v in arch_args.items()) or "no arguments"
             raise ArchitectureError(
-                f"building arch {self.name!r} with {given or 'no arguments'} failed: "
-                f"{type(exc).__name__}: {exc}"
+                f"building arch {self.name!r} with {given} failed: "
+                f"{type(exc).__name__}: {first_line(exc)}"
             ) from None
         if not isinstance(model, nn.Module):
             raise ArchitectureError(
                 f"arch {self.name!r} returned {type(model).__name__}, not a torch.nn.Module"
             )
         return model
-
-    def _given(self, kwargs: Mapping[str, Any]) -> set[str]:
-        """The arguments the user gave, not those the registry added."""
-        added = self.neutral_arguments()
-        return {k for k, v in kwargs.items() if k not in added or v is not None}
 
 
 def resolve(arch: str, trust: bool = True) -> Arch:

@@ -567,3 +567,34 @@ def test_instantiate_passes_recorded_versions_to_the_modules(tiny_model: nn.Modu
     assert seen == {"": 3}
     architectures.instantiate(arch, {}, state, {"": 1})
     assert seen == {"": 1}
+
+
+WIDTHS_NET = """
+import torch
+from torch import nn
+
+
+class WidthsNet(nn.Module):
+    # Computes its layer sizes with torch ops, as RegNet does, and keeps a computed buffer.
+
+    def __init__(self, depth=3):
+        super().__init__()
+        widths = (torch.arange(1, depth + 1) * 2).tolist()
+        self.layers = nn.ModuleList(nn.Linear(w, w) for w in widths)
+        self.register_buffer("scale", torch.linspace(1, 2, depth), persistent=False)
+
+    def forward(self, x):
+        return [layer(x[..., : layer.in_features]) * s for layer, s in zip(self.layers, self.scale)]
+"""
+
+
+def test_custom_builder_that_computes_with_tensors_round_trips(write_module) -> None:
+    write_module("zoo_widths", WIDTHS_NET)
+    arch = architectures.resolve("zoo_widths:WidthsNet")
+    torch.manual_seed(0)
+    source = arch.builder().eval()
+    assert all(t.is_meta for t in arch.build({}).state_dict().values())
+    model = architectures.instantiate(arch, {}, source.state_dict())
+    assert torch.equal(model.scale, torch.linspace(1, 2, 3))
+    x = torch.randn(2, 6)
+    assert all(torch.equal(a, b) for a, b in zip(source(x), model(x), strict=True))

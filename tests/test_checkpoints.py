@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import pathlib
 import io
 import pickle
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 import torch
@@ -396,7 +395,7 @@ def test_read_refuses_training_checkpoint_with_other_pickled_args(
     tmp_path: Path, state: dict
 ) -> None:
     path = tmp_path / "checkpoint.pth"
-    torch.save({"model_state_dict": state, "args": pathlib.PurePosixPath("/data")}, path)
+    torch.save({"model_state_dict": state, "args": PurePosixPath("/data")}, path)
     with pytest.raises(UnsafeCheckpointError, match=r"holds a pickled pathlib\.PurePosixPath"):
         read_all(path)
 
