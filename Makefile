@@ -32,6 +32,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check registry tests scripts bench
 	$(VENV)/bin/ruff format --check registry tests scripts bench
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) demo-home build dist *.egg-info

@@ -8,7 +8,11 @@ model = registry.load("vgg16@v1")                   # eval mode, weights verifie
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import os
+from collections.abc import Callable, Mapping, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from registry.api import Registry
 from registry.errors import (
@@ -21,6 +25,7 @@ from registry.errors import (
     DeviceError,
     IntegrityError,
     InvalidReferenceError,
+    MainModuleWarning,
     NotFoundError,
     RegistryError,
     SchemaOutOfDateError,
@@ -31,7 +36,14 @@ from registry.errors import (
 from registry.records import ModelSummary, ModelVersion
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
+
+DISTRIBUTION = "torch-registry"  # the name on the package index; `registry` was taken
+try:
+    __version__ = version(DISTRIBUTION)
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "AmbiguousReferenceError",
@@ -43,6 +55,7 @@ __all__ = [
     "DeviceError",
     "IntegrityError",
     "InvalidReferenceError",
+    "MainModuleWarning",
     "ModelSummary",
     "ModelVersion",
     "NotFoundError",
@@ -52,12 +65,55 @@ __all__ = [
     "StorageError",
     "UnsafeCheckpointError",
     "UntrustedArchError",
+    "__version__",
+    "get",
     "load",
+    "pull",
+    "push",
 ]
 
 
+def push(
+    source: str | os.PathLike[str] | nn.Module | Mapping[str, torch.Tensor],
+    arch: str | Callable[..., nn.Module],
+    name: str | None = None,
+    arch_args: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    aliases: Sequence[str] = (),
+    description: str = "",
+) -> ModelVersion:
+    """Push to the default Registry (env vars / defaults); see `Registry.push`."""
+    with Registry() as reg:
+        return reg.push(
+            source,
+            arch,
+            name=name,
+            arch_args=arch_args,
+            tags=tags,
+            aliases=aliases,
+            description=description,
+        )
+
+
+def pull(ref: str, destination: str | os.PathLike[str] | None = None, verify: bool = True) -> Path:
+    """Pull from the default Registry, verified; see `Registry.pull`."""
+    with Registry() as reg:
+        return reg.pull(ref, destination, verify=verify)
+
+
+def get(ref: str) -> ModelVersion:
+    """A version of the default Registry; see `Registry.get`."""
+    with Registry() as reg:
+        return reg.get(ref)
+
+
 def load(
-    ref: str, device: str | None = None, verify: bool = True, trust_arch: bool = False
+    ref: str,
+    device: str | None = None,
+    verify: bool = True,
+    trust_arch: bool = False,
+    arch: str | Callable[..., nn.Module] | None = None,
 ) -> nn.Module:
-    """Load a model from the default Registry (env vars / defaults), in eval mode."""
-    return Registry().load(ref, device=device, verify=verify, trust_arch=trust_arch)
+    """Load a model from the default Registry, in eval mode; see `Registry.load`."""
+    with Registry() as reg:
+        return reg.load(ref, device=device, verify=verify, trust_arch=trust_arch, arch=arch)

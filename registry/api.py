@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-import getpass
 import os
-import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from registry import catalog, db, refs
+from registry import catalog, db, progress_bars, pushing, refs
 from registry.blobstore import (
     BlobStore,
     BlobWriter,
-    Progress,
     atomic_file,
     copy_into,
-    no_progress,
 )
 from registry.config import Settings
 from registry.errors import (
@@ -29,13 +24,12 @@ from registry.errors import (
     DeviceError,
     IntegrityError,
     InvalidReferenceError,
-    NotFoundError,
     StorageError,
     UntrustedArchError,
     first_line,
 )
-from registry.faults import crash_point
-from registry.models import Version
+from registry.faults import crash_half_way, crash_point
+from registry.progress_bars import Progress
 from registry.records import ModelSummary, ModelVersion, Problem, Reclaimed
 
 if TYPE_CHECKING:
@@ -43,10 +37,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
     from torch import nn
 
-    from registry.architectures import Arch
-    from registry.checkpoints import Weights
 
-IN_MEMORY_EXTENSION = ".pt"
 FORMATS = ("original", "safetensors")
 
 
@@ -55,7 +46,14 @@ class Registry:
 
     Arguments override the REGISTRY_HOME, REGISTRY_DATABASE_URL and
     REGISTRY_STORE environment variables. The catalog is opened, and a
-    brand-new one created, on first use.
+    brand-new one created, on first use. `progress=True` shows a progress bar
+    for long pushes and pulls (a widget in Jupyter, via tqdm); by default they
+    are silent.
+
+    Example:
+        >>> reg = Registry(progress=True)
+        >>> reg.push("model_weights.pth", arch="vgg16").ref
+        'vgg16@v1'
     """
 
     def __init__(
@@ -63,12 +61,30 @@ class Registry:
         home: str | os.PathLike[str] | None = None,
         database_url: str | None = None,
         store: str | os.PathLike[str] | None = None,
-        progress: Progress | None = None,
+        progress: bool | Progress = False,
     ) -> None:
         self.settings = Settings.resolve(home, database_url, store)
         self.store = BlobStore(self.settings.store)
-        self._progress = progress or no_progress
+        self._progress = _progress_factory(progress)
         self._engine: Engine | None = None
+
+    def close(self) -> None:
+        """Release the catalog's connections; the registry reopens them if used again.
+
+        Example:
+            >>> with Registry() as reg:   # closed when the block ends
+            ...     reg.get("vgg16").ref
+            'vgg16@v1'
+        """
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         url, store = self.safe_database_url, str(self.store.root)
@@ -88,11 +104,28 @@ class Registry:
         return db.safe_url(self.settings.database_url)
 
     def schema_revision(self) -> str | None:
-        """The catalog's schema revision, without creating or migrating anything."""
+        """The catalog's schema revision, without creating or migrating anything.
+
+        Raises:
+            DatabaseError: the catalog cannot be reached.
+
+        Example:
+            >>> reg.schema_revision()
+            '0002'
+        """
         return db.current_revision(db.open_engine(self.settings.database_url))
 
     def upgrade(self) -> str:
-        """Migrate the catalog to the newest schema; return the revision it is now at."""
+        """Migrate the catalog to the newest schema; return the revision it is now at.
+
+        Raises:
+            DatabaseError: the catalog cannot be reached.
+            SchemaOutOfDateError: the catalog is newer than this registry.
+
+        Example:
+            >>> reg.upgrade()
+            '0002'
+        """
         engine = db.open_engine(self.settings.database_url)
         db.upgrade(engine)
         return db.current_revision(engine) or "none"
@@ -102,7 +135,7 @@ class Registry:
     def push(
         self,
         source: str | os.PathLike[str] | nn.Module | Mapping[str, torch.Tensor],
-        arch: str,
+        arch: str | Callable[..., nn.Module],
         name: str | None = None,
         arch_args: Mapping[str, Any] | None = None,
         tags: Mapping[str, str] | None = None,
@@ -114,42 +147,61 @@ class Registry:
     ) -> ModelVersion:
         """Register a checkpoint file, an nn.Module or a state_dict as the next version.
 
-        The weights are checked against `arch` before anything is stored. Bytes
-        identical to an existing version with the same arch and arguments give
-        back that version, with any new tags and aliases added to it.
-        `trust_pickle` reads a whole-model pickle (it runs the file's code);
-        `key` picks the entry of a training checkpoint that holds the weights;
-        `strip_prefix` takes the keys under an attribute prefix (`model.` of a
-        Lightning checkpoint), which is otherwise found when only one fits.
+        `arch` is a torchvision model name (`"vgg16"`), a `"package.module:callable"`
+        path, or the class or function itself (recorded as `module:qualname`;
+        one defined in `__main__` warns that only a process defining it can
+        rebuild the version). The weights are checked against it before
+        anything is stored. Bytes identical to an existing version with the
+        same arch and arguments give back that version, with any new tags and
+        aliases added to it. `trust_pickle` reads a whole-model pickle (it runs
+        the file's code); `key` picks the entry of a training checkpoint that
+        holds the weights; `strip_prefix` takes the keys under an attribute
+        prefix (`model.` of a Lightning checkpoint), otherwise found when
+        exactly one fits.
+
+        Raises:
+            NotFoundError: the file does not exist.
+            CheckpointError: the file is not a checkpoint (UnsafeCheckpointError:
+                it holds pickled code and `trust_pickle` is off).
+            ArchitectureError: the arch cannot be found or built.
+            ArchitectureMismatchError: the weights do not fit the arch.
+            InvalidReferenceError: a bad name, alias or tag key.
+
+        Example:
+            >>> reg.push("model_weights.pth", arch="vgg16", tags={"dataset": "imagenet"})
+            ModelVersion(name='vgg16', version=1, ...)
         """
+        from registry import architectures
+
+        builder = arch if isinstance(arch, str) else architectures.of(arch)
         arch_args = dict(arch_args or {})
         tags = {refs.validate_tag_key(k): str(v) for k, v in (tags or {}).items()}
         aliases = [refs.validate_alias(a) for a in aliases]
         if name is not None:
             refs.validate_name(name)
         if isinstance(source, (str, os.PathLike)):
-            _preflight(Path(source))
+            pushing.preflight(Path(source))
 
         with contextlib.ExitStack() as stack:
             original = stack.enter_context(self.store.writer())
             # Importing torch takes seconds: build the arch on another thread while
             # this one copies the file.
-            builder = stack.enter_context(ThreadPoolExecutor(1, "registry-build"))
-            building = builder.submit(_build, arch, arch_args)
+            pool = stack.enter_context(ThreadPoolExecutor(1, "registry-build"))
+            building = pool.submit(pushing.build, builder, arch_args)
             if isinstance(source, (str, os.PathLike)):
                 path = Path(source)
                 self._copy_file(path, original)
                 resolved, model = building.result()
-                weights = _read_weights(
+                weights = pushing.read_weights(
                     path, original, resolved, model, trust_pickle, key, strip_prefix
                 )
-                extension = path.suffix or IN_MEMORY_EXTENSION
+                extension = path.suffix or pushing.IN_MEMORY_EXTENSION
             else:
                 resolved, model = building.result()
-                weights = _write_object(source, original, resolved, model)
-                extension = IN_MEMORY_EXTENSION
-            name = name if name is not None else _default_name(resolved.name)
-            version = self._new_version(resolved, model, arch_args, weights, description)
+                weights = pushing.write_object(source, original, resolved, model)
+                extension = pushing.IN_MEMORY_EXTENSION
+            name = name if name is not None else pushing.default_name(resolved.name)
+            version = pushing.new_version(resolved, model, arch_args, weights, description)
             version.blob_sha256, version.extension = original.finish(), extension
             writers = [original]
             if weights.format == "pickle":  # so that loads never unpickle it again
@@ -179,50 +231,24 @@ class Registry:
             raise CheckpointError(f"cannot read {path}: {exc.strerror}") from None
         size = os.fstat(source.fileno()).st_size
         with self._progress(f"push {path.name}", size) as advance:
-            copy_into(source, writer, _crash_half_way("push-copy", size, advance))
+            copy_into(source, writer, crash_half_way("push-copy", size, advance))
         writer.finish()
         crash_point("push-hashed")
-
-    def _new_version(
-        self,
-        arch: Arch,
-        model: nn.Module,
-        arch_args: dict[str, Any],
-        weights: Weights,
-        description: str,
-    ) -> Version:
-        """The catalog row for a push, less its blobs and number."""
-        import torch
-
-        from registry import architectures
-
-        details = weights.describe()
-        if arch.torchvision:
-            import torchvision
-
-            details["torchvision_version"] = torchvision.__version__
-        added = {k: v for k, v in arch.neutral_arguments().items() if k not in arch_args}
-        if added:  # what the builder was called with besides arch_args
-            details["builder_defaults"] = added
-        versions = architectures.versions_to_record(model, weights.module_versions)
-        if versions:
-            details["module_versions"] = versions
-        return Version(
-            format=weights.format,
-            arch=arch.name,
-            arch_args=arch_args,
-            description=description,
-            created_at=datetime.now(timezone.utc),
-            created_by=_user_at_host(),
-            num_params=architectures.count_params(model),
-            torch_version=torch.__version__,
-            details=details,
-        )
 
     # -- reading -------------------------------------------------------------
 
     def get(self, ref: str) -> ModelVersion:
-        """The version a reference names (`vgg16`, `vgg16@v3`, `vgg16@production`, ...)."""
+        """The version a reference names (`vgg16`, `vgg16@v3`, `vgg16@production`, ...).
+
+        Raises:
+            InvalidReferenceError: `ref` is not a valid reference
+                (AmbiguousReferenceError: a digest prefix matching several versions).
+            NotFoundError: no such model, version or alias.
+
+        Example:
+            >>> reg.get("vgg16@production").sha256
+            '98066c3be41efb2e137dab889b902e4a87df4865b78ab34f0afa4decd2c7151b'
+        """
         with db.session(self.engine) as s:
             model, row = catalog.resolve(s, refs.parse_ref(ref))
             return catalog.records(s, [(model.name, row)])[0]
@@ -234,7 +260,16 @@ class Registry:
         tags: Mapping[str, str] | None = None,
         limit: int | None = None,
     ) -> list[ModelVersion]:
-        """A model's versions, newest first, optionally filtered by arch and tags."""
+        """A model's versions, newest first, optionally filtered by arch and tags.
+
+        Raises:
+            InvalidReferenceError: `name` is not a valid model name.
+            NotFoundError: no model of that name.
+
+        Example:
+            >>> [v.ref for v in reg.versions("vgg16", tags={"dataset": "imagenet"})]
+            ['vgg16@v3', 'vgg16@v1']
+        """
         refs.validate_name(name)
         with db.session(self.engine) as s:
             catalog.model_row(s, name)
@@ -247,12 +282,28 @@ class Registry:
         tags: Mapping[str, str] | None = None,
         limit: int | None = None,
     ) -> list[ModelVersion]:
-        """Versions matching every filter given, by model name then newest first."""
+        """Versions matching every filter given, by model name then newest first.
+
+        Raises:
+            DatabaseError: the catalog cannot be reached.
+
+        Example:
+            >>> [v.ref for v in reg.search(arch="resnet18", limit=2)]
+            ['cifar-resnet@v4', 'resnet18@v2']
+        """
         with db.session(self.engine) as s:
             return catalog.search(s, name=name, arch=arch, tags=tags, limit=limit)
 
     def models(self) -> list[ModelSummary]:
-        """Every model with its version count, newest version, size and aliases, by name."""
+        """Every model with its version count, newest version, size and aliases, by name.
+
+        Raises:
+            DatabaseError: the catalog cannot be reached.
+
+        Example:
+            >>> [(m.name, m.latest_version) for m in reg.models()]
+            [('resnet18', 2), ('vgg16', 3)]
+        """
         with db.session(self.engine) as s:
             return catalog.summaries(s)
 
@@ -268,6 +319,16 @@ class Registry:
         `format="original"` gives back the pushed file bit-exact;
         `format="safetensors"` converts the weights. The default destination is
         `./NAME-vN.<ext>`; a folder as destination gets that file name inside it.
+        Nothing is left at the destination when the bytes do not verify.
+
+        Raises:
+            NotFoundError: no such version.
+            IntegrityError: the stored bytes do not match their SHA-256.
+            StorageError: the destination cannot be written.
+
+        Example:
+            >>> reg.pull("vgg16@v1", "weights/")
+            PosixPath('weights/vgg16-v1.pth')
         """
         if format not in FORMATS:
             raise InvalidReferenceError(format, "format", f"choose one of {', '.join(FORMATS)}")
@@ -290,12 +351,21 @@ class Registry:
                 checkpoints.save_safetensors(state, out)
             return target
         with self._progress(f"pull {version.ref}", version.size) as advance:
-            progress = _crash_half_way("pull-copy", version.size, advance)
+            progress = crash_half_way("pull-copy", version.size, advance)
             self.store.copy_out(version.sha256, target, version.ref, verify, progress)
         return target
 
     def state_dict(self, ref: str, verify: bool = True) -> dict[str, torch.Tensor]:
-        """A version's weights as a state_dict, memory-mapped where the format allows."""
+        """A version's weights as a state_dict, memory-mapped where the format allows.
+
+        Raises:
+            NotFoundError: no such version.
+            IntegrityError: the stored bytes do not match their SHA-256.
+
+        Example:
+            >>> reg.state_dict("vgg16@v1")["classifier.6.bias"].shape
+            torch.Size([1000])
+        """
         from registry import checkpoints
 
         with self._weights_file(self.get(ref), verify) as (path, format, details):
@@ -307,17 +377,38 @@ class Registry:
         device: str | None = None,
         verify: bool = True,
         trust_arch: bool = False,
+        arch: str | Callable[..., nn.Module] | None = None,
     ) -> nn.Module:
         """Rebuild a version's model with its weights, in eval mode, ready for inference.
 
         The recorded arch is data: a builder that is not an nn.Module class is
         called only with `trust_arch` or a REGISTRY_TRUSTED_ARCHS pattern.
+        `arch` rebuilds with a builder you hand in instead (one defined in a
+        notebook, or a class that has moved since the push); the weights are
+        still checked against it.
+
+        Raises:
+            NotFoundError: no such version.
+            IntegrityError: the stored bytes do not match their SHA-256.
+            ArchitectureError: the arch cannot be found or built
+                (UntrustedArchError: a recorded function nobody trusted).
+            ArchitectureMismatchError: the weights do not fit the arch.
+            DeviceError: the model cannot be moved to `device`.
+
+        Example:
+            >>> model = reg.load("vgg16@production", device="cuda")
+            >>> model = reg.load("net@v1", arch=Net)   # Net defined in this notebook
         """
         from registry import architectures, checkpoints
 
         version = self.get(ref)
         try:
-            arch = architectures.resolve(version.arch, trust=trust_arch)
+            if arch is None:
+                resolved = architectures.resolve(version.arch, trust=trust_arch)
+            elif isinstance(arch, str):
+                resolved = architectures.resolve(arch)
+            else:
+                resolved = architectures.of(arch, warn_main=False)
         except UntrustedArchError as exc:
             raise UntrustedArchError(exc.arch, exc.kind, version.ref) from None
         except ArchitectureError as exc:
@@ -325,7 +416,7 @@ class Registry:
         recorded_versions = version.details.get("module_versions")
         with self._weights_file(version, verify) as (path, format, details):
             state = checkpoints.load(path, format, details)
-            model = architectures.instantiate(arch, version.arch_args, state, recorded_versions)
+            model = architectures.instantiate(resolved, version.arch_args, state, recorded_versions)
         if device is not None:
             try:
                 model = model.to(device)
@@ -364,7 +455,16 @@ class Registry:
     # -- aliases, tags, deletion ----------------------------------------------
 
     def set_alias(self, ref: str, alias: str) -> ModelVersion:
-        """Point `alias` at the version `ref` names, creating or moving it atomically."""
+        """Point `alias` at the version `ref` names, creating or moving it atomically.
+
+        Raises:
+            InvalidReferenceError: a bad reference or alias (`latest`, `v2`, ...).
+            NotFoundError: no such version.
+
+        Example:
+            >>> reg.set_alias("vgg16@v2", "production").ref
+            'vgg16@v2'
+        """
         refs.validate_alias(alias)
         with db.session(self.engine, write=True) as s:
             model, row = catalog.resolve(s, refs.parse_ref(ref))
@@ -372,14 +472,31 @@ class Registry:
             return catalog.records(s, [(model.name, row)])[0]
 
     def delete_alias(self, name: str, alias: str) -> None:
-        """Remove an alias from a model."""
+        """Remove an alias from a model.
+
+        Raises:
+            InvalidReferenceError: a bad model name or alias.
+            NotFoundError: no such model or alias.
+
+        Example:
+            >>> reg.delete_alias("vgg16", "staging")
+        """
         refs.validate_name(name)
         refs.validate_alias(alias)
         with db.session(self.engine, write=True) as s:
             catalog.delete_alias(s, catalog.model_row(s, name), alias)
 
     def set_tags(self, ref: str, tags: Mapping[str, str]) -> ModelVersion:
-        """Set (add or overwrite) tags on a version."""
+        """Set (add or overwrite) tags on a version.
+
+        Raises:
+            InvalidReferenceError: a bad reference or tag key.
+            NotFoundError: no such version.
+
+        Example:
+            >>> reg.set_tags("vgg16@v1", {"dataset": "imagenet"}).tags
+            {'dataset': 'imagenet'}
+        """
         tags = {refs.validate_tag_key(k): str(v) for k, v in tags.items()}
         with db.session(self.engine, write=True) as s:
             model, row = catalog.resolve(s, refs.parse_ref(ref))
@@ -387,14 +504,32 @@ class Registry:
             return catalog.records(s, [(model.name, row)])[0]
 
     def delete_tag(self, ref: str, key: str) -> ModelVersion:
-        """Remove one tag from a version."""
+        """Remove one tag from a version.
+
+        Raises:
+            InvalidReferenceError: a bad reference.
+            NotFoundError: no such version, or no such tag on it.
+
+        Example:
+            >>> reg.delete_tag("vgg16@v1", "dataset").tags
+            {}
+        """
         with db.session(self.engine, write=True) as s:
             model, row = catalog.resolve(s, refs.parse_ref(ref))
             catalog.delete_tag(s, row, f"{model.name}@v{row.version}", key)
             return catalog.records(s, [(model.name, row)])[0]
 
     def delete(self, ref: str) -> ModelVersion:
-        """Delete a version and its aliases; its number is never reused, its blob waits for gc."""
+        """Delete a version and its aliases; its number is never reused, its blob waits for gc.
+
+        Raises:
+            InvalidReferenceError: a bad reference.
+            NotFoundError: no such version.
+
+        Example:
+            >>> reg.delete("vgg16@v1").ref
+            'vgg16@v1'
+        """
         with db.session(self.engine, write=True) as s:
             model, row = catalog.resolve(s, refs.parse_ref(ref))
             record = catalog.records(s, [(model.name, row)])[0]
@@ -404,11 +539,19 @@ class Registry:
     # -- store maintenance -----------------------------------------------------
 
     def verify(self, ref: str | None = None) -> list[Problem]:
-        """Re-hash the blobs of one version (or all); report each missing or damaged one."""
+        """Re-hash the blobs of one version (or all); report each missing or damaged one.
+
+        Raises:
+            NotFoundError: `ref` names no version.
+
+        Example:
+            >>> reg.verify()
+            []
+        """
         versions = [self.get(ref)] if ref is not None else self.search()
         problems = []
         for version in versions:
-            digests = [(version.sha256, version.size)]
+            digests: list[tuple[str, int | None]] = [(version.sha256, version.size)]
             if version.weights_sha256:
                 digests.append((version.weights_sha256, None))
             for digest, size in digests:
@@ -432,6 +575,14 @@ class Registry:
 
         Each blob is deleted while its catalog row is locked, so a push that is
         about to reference the same bytes waits, then writes them again.
+
+        Raises:
+            StorageError: a blob cannot be deleted.
+            DatabaseError: the catalog cannot be reached.
+
+        Example:
+            >>> reg.gc(dry_run=True).bytes
+            553433881
         """
         on_disk = self.store.digests()  # listed before the catalog is read: see push
         with db.session(self.engine) as s:
@@ -453,89 +604,9 @@ class Registry:
         return Reclaimed(blobs=blobs, bytes=freed, temp_files=len(temps))
 
 
-def _preflight(path: Path) -> None:
-    """Refuse a missing or non-checkpoint file before anything slow starts."""
-    from registry import checkpoints
-
-    if not path.exists():
-        raise NotFoundError(f"file {str(path)!r}")
-    checkpoints.sniff(path)
-
-
-def _build(arch: str, arch_args: Mapping[str, Any]) -> tuple[Arch, nn.Module]:
-    """Resolve an arch and build it on the meta device."""
-    from registry import architectures
-
-    resolved = architectures.resolve(arch)
-    return resolved, resolved.build(arch_args)
-
-
-def _read_weights(
-    path: Path,
-    writer: BlobWriter,
-    arch: Arch,
-    model: nn.Module,
-    trust_pickle: bool,
-    key: str | None,
-    strip_prefix: str | None,
-) -> Weights:
-    """Find the weights in a copied checkpoint that fit the model.
-
-    The copy is read, not the original: what is checked is exactly what is stored.
-    """
-    from registry import architectures, checkpoints
-
-    candidates = checkpoints.read(writer.temp_path, trust_pickle, key, strip_prefix, shown_as=path)
-    weights = architectures.fit(arch.name, model, candidates, path)
-    pickled_class = weights.details.get("class")
-    built_class = f"{type(model).__module__}:{type(model).__qualname__}"
-    if pickled_class and pickled_class != built_class:
-        raise ArchitectureError(
-            f"{path} holds a pickled {pickled_class}, but arch {arch.name!r} builds a {built_class}"
-        )
-    return weights
-
-
-def _crash_half_way(
-    point: str, total: int, advance: Callable[[int], None]
-) -> Callable[[int], None]:
-    """A progress callback that also reaches crash `point` once half the bytes are done."""
-    done = 0
-
-    def step(n: int) -> None:
-        nonlocal done
-        done += n
-        advance(n)
-        if done * 2 >= total:
-            crash_point(point)
-
-    return step
-
-
-def _write_object(source: Any, writer: BlobWriter, arch: Arch, model: nn.Module) -> Weights:
-    """Save an nn.Module's or a state_dict's weights into the writer, after checking they fit."""
-    from registry import architectures, checkpoints
-
-    found = checkpoints.from_object(source)
-    weights = architectures.fit(arch.name, model, [found], f"the {type(source).__name__}")
-    checkpoints.save(weights.state_dict, writer)  # a wrapper's prefix is not stored at all
-    return replace(weights, details=found.details)
-
-
-def _default_name(arch: str) -> str:
-    """The name used when --name is not given: `vgg16`, or `tinynet` for `mymodels:TinyNet`."""
-    candidate = arch.rsplit(":", 1)[-1].rsplit(".", 1)[-1].lower()
-    try:
-        return refs.validate_name(candidate)
-    except InvalidReferenceError:
-        raise InvalidReferenceError(
-            candidate, "model name", f"derived from arch {arch!r}; pass --name"
-        ) from None
-
-
-def _user_at_host() -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"
+def _progress_factory(choice: bool | Progress) -> Progress:
+    if choice is True:
+        return progress_bars.auto
+    if choice is False:
+        return progress_bars.silent
+    return choice

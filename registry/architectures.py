@@ -11,13 +11,13 @@ would throw away:
 2. When the builder cannot run there (RegNet computes its block widths with
    torch ops and `.tolist()`), or a load needs its non-persistent buffers
    (which no state_dict carries), it is built "empty" instead: only
-   parameters and persistent buffers move to meta as they are registered
-   (accelerate's `init_empty_weights` technique), so the builder's own
-   arithmetic and its non-persistent buffers run on the CPU while every
-   initialisation function runs on meta tensors and costs nothing. A CPU
-   build that skips initialisation was the alternative; it still allocates
-   the whole model, and skipping init means patching every init function a
-   builder might call, so it was not chosen.
+   parameters move to meta as they are registered (accelerate's
+   `init_empty_weights` technique), so the builder's own arithmetic and its
+   buffers run on the CPU while every initialisation function runs on meta
+   parameters and costs nothing. A CPU build that skips initialisation was
+   the alternative; it still allocates the whole model, and skipping init
+   means patching every init function a builder might call, so it was not
+   chosen.
 
 Builders never fetch weights: torchvision's get `weights=None` (and
 `weights_backbone=None` where they take it), any argument that would make a
@@ -37,8 +37,11 @@ import fnmatch
 import importlib
 import inspect
 import os
+import socket
 import sys
 import threading
+import types
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -47,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 from registry.errors import (
     ArchitectureError,
     ArchitectureMismatchError,
+    MainModuleWarning,
     UntrustedArchError,
     first_line,
 )
@@ -152,6 +156,68 @@ def resolve(arch: str, trust: bool = True) -> Arch:
     return Arch(name, models.get_model_builder(name), torchvision=True)
 
 
+def of(builder: Callable[..., Any], warn_main: bool = True) -> Arch:
+    """The arch a class or function names, recorded as `module:qualname`.
+
+    A torchvision builder keeps its model name. A builder that no other
+    process could import by name (a lambda, or one defined inside a function)
+    is refused; one defined in `__main__` (a notebook, a script) is accepted
+    with a warning, since only a process defining it can rebuild the version.
+    """
+    module = getattr(builder, "__module__", None)
+    qualname = getattr(builder, "__qualname__", None)
+    if not callable(builder) or not isinstance(module, str) or not isinstance(qualname, str):
+        raise ArchitectureError(
+            f"arch {builder!r}: expected a model name, a 'package.module:callable' path, "
+            "a class or a function"
+        )
+    name = f"{module}:{qualname}"
+    if qualname == "<lambda>" or "<lambda>" in qualname:
+        raise ArchitectureError(
+            f"arch {name!r} is a lambda, which no other process can import by name; "
+            "define the builder with def or class at the top level of a module"
+        )
+    if "<locals>" in qualname:
+        raise ArchitectureError(
+            f"arch {name!r} is defined inside a function, so no other process can import it; "
+            "define it at the top level of a module"
+        )
+    torchvision_name = _torchvision_name(builder)
+    if torchvision_name is not None:
+        return Arch(torchvision_name, builder, torchvision=True)
+    if module == "__main__" and warn_main:
+        warnings.warn(
+            f"arch {name!r} is defined in __main__ (a notebook or script): only a process "
+            f"that defines the same {qualname} can rebuild this version; elsewhere load it with "
+            f"load(ref, arch={qualname}), or move {qualname} into a module",
+            MainModuleWarning,
+            stacklevel=_outside_the_package(),
+        )
+    return Arch(name, builder, torchvision=False)
+
+
+def _outside_the_package() -> int:
+    """The warnings stacklevel of the first caller outside this package (the user's line)."""
+    package = os.path.dirname(__file__)
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _torchvision_name(builder: Callable[..., Any]) -> str | None:
+    """The torchvision model name of one of its builders, else None."""
+    if not str(getattr(builder, "__module__", "")).startswith("torchvision.models"):
+        return None
+    from torchvision import models
+
+    name = getattr(builder, "__name__", "")
+    try:
+        return name if models.get_model_builder(name) is builder else None
+    except ValueError:
+        return None
+
+
 def trusted_by_environment(arch: str) -> bool:
     """Whether a REGISTRY_TRUSTED_ARCHS pattern (`timm:create_model`, `mymodels.*`) names `arch`."""
     patterns = [p.strip() for p in os.environ.get(TRUSTED_ARCHS_ENV, "").split(",") if p.strip()]
@@ -163,6 +229,8 @@ def _resolve_import_path(arch: str, trusted: bool) -> Arch:
     module_name, _, attribute = arch.partition(":")
     if not module_name or not attribute:
         raise ArchitectureError(f"arch {arch!r}: expected 'package.module:callable'")
+    if not trusted and _import_runs_a_program(module_name):
+        raise UntrustedArchError(arch, "module that runs a program when imported")
     if "" not in sys.path:  # the user's own models live in the current folder
         sys.path.insert(0, "")
     importlib.invalidate_caches()
@@ -178,14 +246,40 @@ def _resolve_import_path(arch: str, trusted: bool) -> Arch:
         ) from None
     target: Any = module
     for part in attribute.split("."):
+        if isinstance(target, types.ModuleType) and target is not module:
+            raise ArchitectureError(
+                f"arch {arch!r}: the path reaches into module {target.__name__}; "
+                f"name it as '{target.__name__}:...' instead"
+            )
         if not hasattr(target, part):
-            raise ArchitectureError(f"arch {arch!r}: {module_name} has no attribute {attribute!r}")
+            hint = ""
+            if module_name == "__main__":
+                hint = (
+                    "; it was defined in the notebook or script that pushed it: load with "
+                    f"arch={attribute.rsplit('.', 1)[-1]} handing in that builder"
+                )
+            raise ArchitectureError(
+                f"arch {arch!r}: {module_name} has no attribute {attribute!r}{hint}"
+            )
         target = getattr(target, part)
     if not callable(target):
         raise ArchitectureError(f"arch {arch!r}: {attribute} is not callable")
     if not trusted and not _is_module_class(target):
         raise UntrustedArchError(arch, type(target).__name__)
     return Arch(arch, target, torchvision=False)
+
+
+def _import_runs_a_program(module_name: str) -> bool:
+    """Whether importing `module_name` for the first time could run a program, not define one.
+
+    A `__main__` module (`venv.__main__`, `unittest.__main__`) runs its program
+    on import, and the standard library holds no nn.Module to build; neither is
+    imported for an arch nobody trusted. What is already imported runs nothing.
+    """
+    if module_name in sys.modules:
+        return False
+    parts = module_name.split(".")
+    return "__main__" in parts or parts[0] in sys.stdlib_module_names
 
 
 def _is_module_class(target: Any) -> bool:
@@ -218,43 +312,71 @@ def _is_meta_failure(exc: Exception) -> bool:
 
 def _has_meta_non_persistent_buffer(model: nn.Module) -> bool:
     return any(
-        module._buffers[name] is not None and module._buffers[name].is_meta
+        buffer is not None and buffer.is_meta
         for module in model.modules()
-        for name in module._non_persistent_buffers_set
+        for buffer in (module._buffers.get(n) for n in module._non_persistent_buffers_set)
     )
 
 
-_EMPTY_BUILD = threading.Lock()  # the patch below is process-wide: one empty build at a time
+_building = threading.local()  # what the builder running on this thread may do
+_install = threading.Lock()
+_patched = False
+_hook_installed = False
+
+
+@contextlib.contextmanager
+def _thread_flag(name: str) -> Iterator[None]:
+    """Set a flag of this thread's build; nested builds restore what the outer one had."""
+    before = getattr(_building, name, False)
+    setattr(_building, name, True)
+    try:
+        yield
+    finally:
+        setattr(_building, name, before)
 
 
 @contextlib.contextmanager
 def _empty_weights() -> Iterator[None]:
-    """Parameters and persistent buffers move to meta as this thread's builder registers them."""
+    """Parameters move to meta as this thread's builder registers them.
+
+    Buffers stay: they are small, and builders compute with them. The patch
+    of `nn.Module.register_parameter` is installed once for the process and
+    acts only on a thread whose flag is set, so no other thread, and no other
+    patcher (accelerate's), is ever affected by a build here.
+    """
+    global _patched
+    with _install:
+        if not _patched:
+            _patch_register_parameter()
+            _patched = True
+    _building.moved = getattr(_building, "moved", None) or {}
+    try:
+        with _thread_flag("empty"):
+            yield
+    finally:
+        if not getattr(_building, "empty", False):
+            _building.moved = {}
+
+
+def _patch_register_parameter() -> None:
     from torch import nn
 
     register_parameter = nn.Module.register_parameter
-    register_buffer = nn.Module.register_buffer
-    builder_thread = threading.get_ident()
 
-    def parameter_on_meta(module: nn.Module, name: str, param: Any) -> None:
+    def register(module: nn.Module, name: str, param: Any) -> None:
         register_parameter(module, name, param)
-        if param is not None and not param.is_meta and threading.get_ident() == builder_thread:
-            moved = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-            module._parameters[name] = moved
+        if param is None or param.is_meta or not getattr(_building, "empty", False):
+            return
+        if isinstance(param, nn.parameter.UninitializedParameter):
+            return
+        moved = _building.moved  # one meta Parameter per original: ties stay tied
+        if id(param) not in moved:
+            meta = type(param)(param.to("meta"), requires_grad=param.requires_grad)
+            meta.__dict__.update(param.__dict__)
+            moved[id(param)] = (param, meta)  # the original is kept so its id is not reused
+        module._parameters[name] = moved[id(param)][1]
 
-    def buffer_on_meta(module: nn.Module, name: str, tensor: Any, persistent: bool = True) -> None:
-        register_buffer(module, name, tensor, persistent)
-        if persistent and tensor is not None and threading.get_ident() == builder_thread:
-            module._buffers[name] = tensor.to("meta")
-
-    with _EMPTY_BUILD:
-        nn.Module.register_parameter = parameter_on_meta  # type: ignore[method-assign]
-        nn.Module.register_buffer = buffer_on_meta  # type: ignore[method-assign]
-        try:
-            yield
-        finally:
-            nn.Module.register_parameter = register_parameter  # type: ignore[method-assign]
-            nn.Module.register_buffer = register_buffer  # type: ignore[method-assign]
+    nn.Module.register_parameter = register  # type: ignore[method-assign,assignment]
 
 
 # -- the network safety net -----------------------------------------------------------
@@ -267,14 +389,16 @@ class _NetworkUse(Exception):
 _NETWORK_EVENTS = frozenset(
     {"socket.getaddrinfo", "socket.gethostbyname", "socket.connect", "urllib.Request"}
 )
-_building = threading.local()
-_hook_installed = False
 
 
 def _refuse_network(event: str, args: tuple[Any, ...]) -> None:
-    if event in _NETWORK_EVENTS and getattr(_building, "offline", False):
-        target = args[1] if event == "socket.connect" else args[0]
-        raise _NetworkUse(f"{event.partition('.')[2]} {target}")
+    if event not in _NETWORK_EVENTS or not getattr(_building, "offline", False):
+        return
+    if event == "socket.connect":
+        if getattr(args[0], "family", None) not in (socket.AF_INET, socket.AF_INET6):
+            return  # a Unix socket (syslog, a multiprocessing manager) is not the network
+        raise _NetworkUse(f"connect {args[1]}")
+    raise _NetworkUse(f"{event.partition('.')[2]} {args[0]}")
 
 
 @contextlib.contextmanager
@@ -282,17 +406,17 @@ def _offline() -> Iterator[None]:
     """While this thread builds, anything that reaches for the network raises _NetworkUse.
 
     An audit hook cannot be removed, so one is installed for the process and
-    consults a flag of the building thread.
+    consults a flag of the building thread. A builder that downloads on
+    threads of its own is not caught; the arguments it would need are
+    refused before it runs (WEIGHTS_ARGUMENTS).
     """
     global _hook_installed
-    if not _hook_installed:
-        sys.addaudithook(_refuse_network)
-        _hook_installed = True
-    _building.offline = True
-    try:
+    with _install:
+        if not _hook_installed:
+            sys.addaudithook(_refuse_network)
+            _hook_installed = True
+    with _thread_flag("offline"):
         yield
-    finally:
-        _building.offline = False
 
 
 # -- fitting weights to the model ----------------------------------------------------
@@ -301,10 +425,11 @@ def _offline() -> Iterator[None]:
 def fit(arch: str, model: nn.Module, candidates: Iterable[Weights], origin: Any) -> Weights:
     """The first candidate state_dict that fits the model, else the one under a key prefix.
 
-    A checkpoint written by a training framework keeps the model under an
-    attribute (`model.`, `net.`): the one prefix whose removal makes the keys
-    fit is taken, and recorded. Else the first candidate's mismatch is raised,
-    naming a prefix that would make the key names fit.
+    A training framework keeps the model under an attribute (`model.`, `net.`):
+    the one prefix whose removal makes the keys fit is taken and recorded,
+    when the file comes from a framework (Lightning) or every key is under
+    it. Otherwise the file holds more than the model, and the mismatch names
+    the prefix to pass as `--strip-prefix` rather than drop the rest silently.
     """
     candidates = list(candidates)
     if not candidates:
@@ -315,50 +440,65 @@ def fit(arch: str, model: nn.Module, candidates: Iterable[Weights], origin: Any)
         if error is None:
             return weights
         errors.append(error)
-    for weights in candidates:
+    for weights, error in zip(candidates, errors, strict=True):
         if "stripped_prefix" in weights.details:
             continue
         prefixes = _prefixes_fitting_names(model, weights.state_dict)
         fitting = [p for p in prefixes if mismatch(arch, model, _under(weights, p)) is None]
-        if len(fitting) == 1:
-            return weights.under_prefix(fitting[0])
         if len(fitting) > 1:
             names = ", ".join(repr(p) for p in fitting)
             raise ArchitectureError(
                 f"{origin}: the weights fit arch {arch!r} under several prefixes ({names}); "
                 "pick one with --strip-prefix"
             )
+        if fitting and _whole_or_framework(weights, fitting[0]):
+            return weights.under_prefix(fitting[0])
+        if fitting:
+            raise _with_hint(
+                error,
+                f"the weights fit once the prefix {fitting[0]!r} is removed, leaving out the "
+                f"other keys: pass --strip-prefix {fitting[0]}",
+            )
         if prefixes:
             stripped = mismatch(arch, model, _under(weights, prefixes[0]))
             assert stripped is not None
-            raise ArchitectureMismatchError(
-                arch,
-                stripped.missing,
-                stripped.unexpected,
-                stripped.mis_shaped,
-                hint="; ".join(
-                    part
-                    for part in (
-                        f"the key names fit once the prefix {prefixes[0]!r} is removed "
-                        f"(--strip-prefix {prefixes[0]})",
-                        stripped.hint,
-                    )
-                    if part
-                ),
+            raise _with_hint(
+                stripped,
+                f"the key names fit once the prefix {prefixes[0]!r} is removed "
+                f"(--strip-prefix {prefixes[0]})",
             )
     raise errors[0]
 
 
+def _whole_or_framework(weights: Weights, prefix: str) -> bool:
+    """Whether taking the keys under `prefix` leaves out nothing but a framework's own."""
+    return "framework" in weights.details or all(k.startswith(prefix) for k in weights.state_dict)
+
+
+def _with_hint(error: ArchitectureMismatchError, hint: str) -> ArchitectureMismatchError:
+    """The same mismatch, with `hint` said before the one it had."""
+    hints = "; ".join(part for part in (hint, error.hint) if part)
+    return ArchitectureMismatchError(
+        error.arch, error.missing, error.unexpected, error.mis_shaped, hint=hints
+    )
+
+
 def _prefixes_fitting_names(model: nn.Module, state_dict: Mapping[str, Any]) -> list[str]:
-    """Dotted key prefixes whose removal leaves exactly the model's key names."""
+    """Dotted key prefixes whose removal leaves exactly the model's key names.
+
+    A prefix is only considered when enough keys under it end in one of the
+    model's names, so the search stays linear in the number of keys.
+    """
     expected = set(model.state_dict())
     groups = [set(names) for names in tied_groups(model)]
-    prefixes = set()
+    needed = len(expected) - sum(len(group) - 1 for group in groups)
+    hits: dict[str, int] = {}
     for key in state_dict:
-        parts = key.split(".")
-        prefixes.update(".".join(parts[:i]) + "." for i in range(1, len(parts)))
+        for i, char in enumerate(key):
+            if char == "." and key[i + 1 :] in expected:
+                hits[key[: i + 1]] = hits.get(key[: i + 1], 0) + 1
     found = []
-    for prefix in sorted(prefixes):
+    for prefix in sorted(p for p, count in hits.items() if count >= needed):
         names = {k[len(prefix) :] for k in state_dict if k.startswith(prefix)}
         for group in groups:  # a file may keep one name of tied weights
             if names & group:
@@ -427,29 +567,39 @@ def count_params(model: nn.Module) -> int:
 
 
 def module_versions(model: nn.Module) -> dict[str, int]:
-    """Each submodule's `_version`, which `_load_from_state_dict` reads from `_metadata`."""
-    return {name: getattr(module, "_version", 1) for name, module in model.named_modules()}
+    """Each submodule's `_version`, by every name it has, as `_metadata` would give it."""
+    return {
+        name: getattr(module, "_version", 1)
+        for name, module in model.named_modules(remove_duplicate=False)
+    }
 
 
 def versions_to_record(model: nn.Module, found: Mapping[str, int] | None) -> dict[str, int]:
-    """The module versions a checkpoint's `_metadata` gives that differ from the built model's.
+    """The module versions a version keeps: those above 1 (BatchNorm's 2, MNASNet's 2).
 
-    Loading gives every module the built model's version except these, so a
-    format that carries no `_metadata` (safetensors) still loads, and a file
-    saved by older code keeps the version it was saved with.
+    They come from the checkpoint's `_metadata` where it has them, else from
+    the model as built at push (safetensors carries none). Loading gives every
+    other module version 1, so a library that later raises a class's
+    `_version` still sees the version the weights were saved with.
     """
     built = module_versions(model)
-    return {k: v for k, v in (found or {}).items() if k in built and v != built[k]}
+    versions = {**built, **{k: v for k, v in (found or {}).items() if k in built}}
+    return {name: version for name, version in versions.items() if version != 1}
 
 
 def _with_metadata(
-    model: nn.Module, state_dict: Mapping[str, torch.Tensor], recorded: Mapping[str, int]
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], recorded: Mapping[str, int] | None
 ) -> OrderedDict[str, torch.Tensor]:
-    """`state_dict` carrying the `_metadata` torch.load would have kept (MNASNet needs it)."""
-    with_versions: Any = OrderedDict(state_dict)
-    with_versions._metadata = {
-        name: {"version": recorded.get(name, version)}
-        for name, version in module_versions(model).items()
+    """`state_dict` carrying the `_metadata` torch.load would have kept (MNASNet needs it).
+
+    A version recorded before module versions were (`recorded` None) gets the
+    built model's own.
+    """
+    built = module_versions(model)
+    versions = built if recorded is None else {name: recorded.get(name, 1) for name in built}
+    with_versions = OrderedDict(state_dict)
+    with_versions._metadata = {  # type: ignore[attr-defined]  # read by load_state_dict
+        name: {"version": version} for name, version in versions.items()
     }
     return with_versions
 
@@ -462,10 +612,13 @@ def instantiate(
 ) -> nn.Module:
     """Build `arch` holding `state_dict`'s tensors, with no random initialisation to discard."""
     model = arch.build(arch_args, computed_buffers=True)
+    error = mismatch(arch.name, model, state_dict)
+    if error is not None:  # a builder handed in at load, or code changed since the push
+        raise error
     state_dict = with_tied(model, state_dict)
     groups = tied_groups(model)
     model.load_state_dict(
-        _with_metadata(model, state_dict, recorded_versions or {}), strict=True, assign=True
+        _with_metadata(model, state_dict, recorded_versions), strict=True, assign=True
     )
     left = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
     if left:

@@ -25,7 +25,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import AbstractContextManager
 from functools import cache
 from pathlib import Path
 from typing import BinaryIO
@@ -36,15 +35,6 @@ from registry.errors import ConfigurationError, IntegrityError, NotFoundError, S
 CHUNK_SIZE = 8 << 20
 # A temp file whose writer runs on another host is left alone for this long.
 FOREIGN_TEMP_TIMEOUT_S = 24 * 3600
-
-# A progress factory: given a label and a total byte count, a context manager
-# yielding a function that is called with each number of bytes done.
-Progress = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
-
-
-@contextlib.contextmanager
-def no_progress(_label: str, _total: int) -> Iterator[Callable[[int], None]]:
-    yield lambda _n: None
 
 
 class DurableFile:
@@ -239,8 +229,11 @@ class BlobStore:
 
     def hash(self, digest: str, ref: str) -> str:
         """Re-hash a stored blob and return the digest of its actual bytes."""
+        hasher = hashlib.sha256()  # hashlib.file_digest is Python 3.11+
         with self.open(digest, ref) as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+            while chunk := f.read(CHUNK_SIZE):
+                hasher.update(chunk)
+        return hasher.hexdigest()
 
     def verify(self, digest: str, ref: str, chunk_digests: list[str] | None = None) -> None:
         """Raise IntegrityError unless the blob is present and its bytes match `digest`.
@@ -305,7 +298,7 @@ def _copy(
     buffer = bytearray(CHUNK_SIZE)
     view = memoryview(buffer)
     with source:
-        while n := source.readinto(buffer):
+        while n := source.readinto(buffer):  # type: ignore[attr-defined]
             chunk = view[:n]
             if digest is not None:
                 digest.update(chunk)

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Select, delete, exists, func, select
+from sqlalchemy import delete, exists, func, select
 from sqlalchemy.orm import Session
 
 from registry import refs
@@ -171,13 +171,13 @@ def set_alias(s: Session, model: Model, alias: str, version: Version) -> None:
 
 def delete_alias(s: Session, model: Model, alias: str) -> None:
     gone = s.execute(delete(Alias).where(Alias.model_id == model.id, Alias.name == alias))
-    if gone.rowcount == 0:
+    if gone.rowcount == 0:  # type: ignore[attr-defined]  # a CursorResult
         raise NotFoundError(f"alias {model.name}@{alias}")
 
 
 def delete_tag(s: Session, version: Version, ref: str, key: str) -> None:
     gone = s.execute(delete(Tag).where(Tag.version_id == version.id, Tag.key == key))
-    if gone.rowcount == 0:
+    if gone.rowcount == 0:  # type: ignore[attr-defined]  # a CursorResult
         raise NotFoundError(f"tag {key!r} on {ref}")
 
 
@@ -194,7 +194,7 @@ def search(
     limit: int | None = None,
 ) -> list[ModelVersion]:
     """Versions matching every given filter, newest first (by model name, then version)."""
-    query: Select[Any] = select(Model.name, Version).join(Model, Model.id == Version.model_id)
+    query = select(Model.name, Version).join(Model, Model.id == Version.model_id)
     if name is not None:
         query = query.where(Model.name == name)
     if arch is not None:
@@ -249,7 +249,7 @@ def referenced_digests(s: Session) -> set[str]:
     """Every blob some version needs: its original file, or its safe weights copy."""
     originals = set(s.scalars(select(Version.blob_sha256).distinct()))
     copies = s.scalars(select(Version.weights_sha256).where(Version.weights_sha256.is_not(None)))
-    return originals | set(copies)
+    return originals | {digest for digest in copies if digest is not None}
 
 
 def records(s: Session, rows: Sequence[tuple[str, Version]]) -> list[ModelVersion]:
@@ -298,7 +298,9 @@ def utc(moment: datetime) -> datetime:
 def _insert(s: Session, table: type) -> Any:
     """The dialect's INSERT, which knows ON CONFLICT (imported here: `ls` never needs it)."""
     if s.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table)
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(table)
+    from sqlalchemy.dialects import sqlite
+
+    return sqlite.insert(table)

@@ -16,6 +16,7 @@ naming anything but tensors and plain containers is refused.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import struct
@@ -340,9 +341,7 @@ def _torch_load(path: Path, mmap: bool, trust_pickle: bool = False) -> Any:
     import torch
 
     try:
-        # timm's train.py saves its argparse.Namespace of options beside the weights;
-        # rebuilding one only sets attributes (timm's own loader allows it the same way).
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with _namespace_allowed():
             return torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=mmap)
     except pickle.UnpicklingError as exc:
         if _pickle_is_intact(path, zipped=mmap):
@@ -354,6 +353,20 @@ def _torch_load(path: Path, mmap: bool, trust_pickle: bool = False) -> Any:
                 f"{path}: unpickling needs code that is not importable here: {exc}"
             ) from None
         raise _damaged(path, exc) from None
+
+
+def _namespace_allowed() -> contextlib.AbstractContextManager[object]:
+    """Let weights_only loads rebuild an argparse.Namespace, which only sets attributes.
+
+    timm's train.py saves its options as one beside the weights (and timm's own
+    loader allows it the same way). torch's allow-list is process-wide: one
+    the caller already allowed is left as it is.
+    """
+    import torch
+
+    if argparse.Namespace in torch.serialization.get_safe_globals():
+        return contextlib.nullcontext()
+    return torch.serialization.safe_globals([argparse.Namespace])
 
 
 def _pickle_is_intact(path: Path, zipped: bool) -> bool:

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 import click
 
-from registry import refs
+from registry import __version__, progress_bars, refs
 from registry.api import Registry
 from registry.errors import RegistryError
 from registry.records import ModelSummary, ModelVersion
-
-PROGRESS_THRESHOLD = 50_000_000  # bytes; smaller files are done before a bar is worth drawing
 
 
 class RegistryGroup(click.Group):
@@ -32,16 +29,6 @@ class RegistryGroup(click.Group):
             raise click.ClickException(str(exc)) from exc
 
 
-@contextlib.contextmanager
-def terminal_progress(label: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A progress bar on stderr for large transfers, only when stderr is a terminal."""
-    if total < PROGRESS_THRESHOLD or not sys.stderr.isatty():
-        yield lambda _n: None
-        return
-    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
-        yield bar.update
-
-
 @click.group(cls=RegistryGroup)
 @click.option("--home", type=click.Path(file_okay=False), help="Home folder [env REGISTRY_HOME].")
 @click.option(
@@ -49,12 +36,12 @@ def terminal_progress(label: str, total: int) -> Iterator[Callable[[int], None]]
     help="Catalog URL, sqlite:///... or postgresql://... [env REGISTRY_DATABASE_URL].",
 )
 @click.option("--store", help="Blob store folder [env REGISTRY_STORE].")
-@click.version_option(package_name="registry")
+@click.version_option(version=__version__, prog_name="registry")
 @click.pass_context
 def cli(ctx: click.Context, home: str | None, database_url: str | None, store: str | None) -> None:
     """A model registry for PyTorch: versioned, verified checkpoints, rebuilt in eval mode."""
     ctx.obj = Registry(
-        home=home, database_url=database_url, store=store, progress=terminal_progress
+        home=home, database_url=database_url, store=store, progress=progress_bars.terminal
     )
 
 
@@ -62,10 +49,14 @@ def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")(command)
 
 
-def key_values(what: str) -> Callable[[click.Context, click.Parameter, Sequence[str]], dict]:
+def key_values(
+    what: str,
+) -> Callable[[click.Context, click.Parameter, Sequence[str]], dict[str, Any]]:
     """A click callback turning repeated K=V options into a dict."""
 
-    def parse(_ctx: click.Context, _param: click.Parameter, values: Sequence[str]) -> dict:
+    def parse(
+        _ctx: click.Context, _param: click.Parameter, values: Sequence[str]
+    ) -> dict[str, Any]:
         pairs = {}
         for text in values:
             try:
@@ -123,8 +114,8 @@ def push(
     file: str,
     arch: str,
     name: str | None,
-    arch_args: dict,
-    tags: dict,
+    arch_args: dict[str, Any],
+    tags: dict[str, Any],
     aliases: tuple[str, ...],
     description: str,
     key: str | None,
@@ -242,7 +233,12 @@ def load(
 @json_option
 @click.pass_obj
 def ls(
-    reg: Registry, name: str | None, tags: dict, arch: str | None, limit: int | None, as_json: bool
+    reg: Registry,
+    name: str | None,
+    tags: dict[str, Any],
+    arch: str | None,
+    limit: int | None,
+    as_json: bool,
 ) -> None:
     """List models, or with NAME the versions of one model, newest first."""
     if name is None:
@@ -306,7 +302,9 @@ def alias(reg: Registry, ref_or_name: str, alias: str, delete: bool, as_json: bo
 @click.option("--delete", "delete_keys", multiple=True, metavar="K", help="Remove tag K.")
 @json_option
 @click.pass_obj
-def tag(reg: Registry, ref: str, tags: dict, delete_keys: tuple[str, ...], as_json: bool) -> None:
+def tag(
+    reg: Registry, ref: str, tags: dict[str, Any], delete_keys: tuple[str, ...], as_json: bool
+) -> None:
     """Set tags K=V on version REF, or remove them with --delete K."""
     if not tags and not delete_keys:
         raise click.UsageError("give K=V tags to set or --delete K")

@@ -153,6 +153,10 @@ class StorageError(RegistryError, OSError):
     """The blob store or a destination path cannot be read or written."""
 
 
+class MainModuleWarning(UserWarning):
+    """A version's builder lives in `__main__`: only a process defining it can rebuild it."""
+
+
 def first_line(exc: BaseException) -> str:
     """An exception's message cut to its first line, or its type for an empty one."""
     text = str(exc).strip()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 
 POINTS = (
     "push-copy",  # half-way through copying and hashing the checkpoint
@@ -22,3 +23,17 @@ POINTS = (
 def crash_point(name: str) -> None:
     if os.environ.get("REGISTRY_TEST_KILL_AT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def crash_half_way(point: str, total: int, advance: Callable[[int], None]) -> Callable[[int], None]:
+    """A progress callback that also reaches crash `point` once half the bytes are done."""
+    done = 0
+
+    def step(n: int) -> None:
+        nonlocal done
+        done += n
+        advance(n)
+        if done * 2 >= total:
+            crash_point(point)
+
+    return step

@@ -332,7 +332,7 @@ def test_instantiate_model_with_non_persistent_buffer() -> None:
 def test_build_falls_back_when_the_builder_computes_with_tensors() -> None:
     """RegNet computes its widths with torch ops and .tolist(), which meta cannot do."""
     model = architectures.resolve("regnet_x_400mf").build({})
-    assert all(t.is_meta for t in model.state_dict().values())
+    assert all(p.is_meta for p in model.parameters())
     assert architectures.count_params(model) == 5_495_976
 
 
@@ -478,13 +478,46 @@ def tiny_meta() -> nn.Module:
     return architectures.resolve("tiny_models:TinyNet").build({"width": 4, "num_classes": 5})
 
 
+LIGHTNING = {"framework": "lightning"}
+
+
 @pytest.mark.parametrize("prefix", ["model.", "net.", "student.backbone."])
 def test_fit_finds_the_one_prefix_that_fits(tiny_model: nn.Module, prefix: str) -> None:
     state = prefixed(tiny_model.state_dict(), prefix)
     state["loss_fn.weight"] = torch.ones(5)  # a Lightning module's other submodule
-    found = architectures.fit("tiny", tiny_meta(), [Weights(state, "checkpoint")], "x.ckpt")
-    assert found.details == {"stripped_prefix": prefix}
+    weights = Weights(state, "checkpoint", LIGHTNING)
+    found = architectures.fit("tiny", tiny_meta(), [weights], "x.ckpt")
+    assert found.details == {**LIGHTNING, "stripped_prefix": prefix}
     assert set(found.state_dict) == set(tiny_model.state_dict())
+
+
+def test_fit_takes_a_prefix_every_key_is_under(tiny_model: nn.Module) -> None:
+    state = prefixed(tiny_model.state_dict(), "wrapped.")
+    found = architectures.fit("tiny", tiny_meta(), [Weights(state, "state_dict")], "x.pth")
+    assert found.details == {"stripped_prefix": "wrapped."}
+
+
+def test_fit_leaves_nothing_out_silently(tiny_model: nn.Module) -> None:
+    """A file that holds more than the model (an encoder and a decoder) is not cut to fit."""
+    state = prefixed(tiny_model.state_dict(), "encoder.")
+    state["decoder.weight"] = torch.ones(5)
+    with pytest.raises(ArchitectureMismatchError) as caught:
+        architectures.fit("tiny", tiny_meta(), [Weights(state, "state_dict")], "x.pth")
+    assert str(caught.value).endswith(
+        "; the weights fit once the prefix 'encoder.' is removed, leaving out the other keys: "
+        "pass --strip-prefix encoder."
+    )
+
+
+def test_fit_prefix_search_on_a_large_state_dict() -> None:
+    """10,000 keys under a prefix: found by the keys' suffixes, not by trying every prefix."""
+    model = nn.Sequential(*[nn.Linear(1, 1) for _ in range(5000)])
+    with torch.device("meta"):
+        meta = nn.Sequential(*[nn.Linear(1, 1) for _ in range(5000)])
+    state = {"model." + k: v for k, v in model.state_dict().items()}
+    weights = Weights(state, "checkpoint", LIGHTNING)
+    found = architectures.fit("big", meta, [weights], "x.ckpt")
+    assert found.details["stripped_prefix"] == "model."
 
 
 def test_fit_refuses_two_prefixes_that_fit(tiny_model: nn.Module) -> None:
@@ -541,14 +574,14 @@ def test_mnasnet_loads_from_weights_without_metadata() -> None:
     assert outputs_equal(model, source, shape=(1, 3, 64, 64))
 
 
-def test_versions_to_record_keeps_only_what_differs_from_the_built_model() -> None:
+def test_versions_to_record_keeps_those_above_one() -> None:
     model = tiny_meta()
     built = architectures.module_versions(model)
     assert built["features.1"] == 2  # BatchNorm is at version 2
-    assert architectures.versions_to_record(model, built) == {}
-    assert architectures.versions_to_record(model, None) == {}
-    older = {**built, "features.1": 1, "gone": 3}
-    assert architectures.versions_to_record(model, older) == {"features.1": 1}
+    assert architectures.versions_to_record(model, built) == {"features.1": 2}
+    assert architectures.versions_to_record(model, None) == {"features.1": 2}  # safetensors
+    older = {**built, "features.1": 1, "gone": 3}  # a file saved by older code
+    assert architectures.versions_to_record(model, older) == {}
 
 
 def test_instantiate_passes_recorded_versions_to_the_modules(tiny_model: nn.Module) -> None:
@@ -563,9 +596,11 @@ def test_instantiate_passes_recorded_versions_to_the_modules(tiny_model: nn.Modu
 
     arch = Arch("test:Recording", lambda: Recording(2, 2), torchvision=False)
     state = {"weight": torch.ones(2, 2), "bias": torch.zeros(2)}
-    architectures.instantiate(arch, {}, state)
+    architectures.instantiate(arch, {}, state)  # recorded before versions were: the built one
     assert seen == {"": 3}
-    architectures.instantiate(arch, {}, state, {"": 1})
+    architectures.instantiate(arch, {}, state, {"": 2})
+    assert seen == {"": 2}
+    architectures.instantiate(arch, {}, state, {})  # recorded: none above 1
     assert seen == {"": 1}
 
 
@@ -598,3 +633,108 @@ def test_custom_builder_that_computes_with_tensors_round_trips(write_module) -> 
     assert torch.equal(model.scale, torch.linspace(1, 2, 3))
     x = torch.randn(2, 6)
     assert all(torch.equal(a, b) for a, b in zip(source(x), model(x), strict=True))
+
+
+# --- what the review of the empty build and the trust check found ---------------------------
+
+
+EMPTY_BUILD_CASES = """
+import torch
+from torch import nn
+
+
+class Tagged(nn.Parameter):
+    pass
+
+
+class Odd(nn.Module):
+    # A tie made before either owner registers it, a Parameter subclass with an attribute,
+    # and sizes computed from a persistent buffer, in a builder that meta cannot run.
+
+    def __init__(self):
+        super().__init__()
+        widths = (torch.arange(1, 3) * 2).tolist()
+        self.register_buffer("sizes", torch.tensor(widths))
+        shared = nn.Parameter(torch.ones(int(self.sizes.sum())))
+        self.a, self.b = nn.Module(), nn.Module()
+        self.a.bias = shared
+        self.b.bias = shared
+        tagged = Tagged(torch.zeros(2))
+        tagged.no_decay = True
+        self.tagged = tagged
+"""
+
+
+def test_empty_build_keeps_ties_subclasses_and_buffers(write_module) -> None:
+    write_module("zoo_odd", EMPTY_BUILD_CASES)
+    model = architectures.resolve("zoo_odd:Odd").build({})
+    assert model.a.bias is model.b.bias
+    assert model.a.bias.is_meta
+    assert type(model.tagged).__name__ == "Tagged"
+    assert model.tagged.no_decay is True
+    assert torch.equal(model.sizes, torch.tensor([2, 4]))  # computed, not on meta
+    assert architectures.count_params(model) == 6 + 2
+
+
+NESTED = """
+import torch
+from registry import architectures
+
+
+def outer():
+    torch.arange(2).tolist()  # meta cannot: the empty build runs this one too
+    inner = architectures.resolve("zoo_widths:WidthsNet").build({})
+    import urllib.request
+    urllib.request.urlopen("http://after-nested.example.invalid/")
+    return inner
+"""
+
+
+def test_nested_builds_neither_deadlock_nor_lift_the_network_guard(write_module) -> None:
+    write_module("zoo_widths", WIDTHS_NET)
+    write_module("zoo_nested", NESTED)
+    with pytest.raises(ArchitectureError, match=r"tried to reach the network \(.*after-nested"):
+        architectures.resolve("zoo_nested:outer").build({})
+
+
+def test_a_unix_socket_is_not_the_network(write_module, tmp_path: Path) -> None:
+    import socket
+
+    write_module(
+        "zoo_unix",
+        "import socket\nfrom torch import nn\n\n"
+        "def net(path):\n"
+        "    client = socket.socket(socket.AF_UNIX)\n"
+        "    client.connect(path)\n"
+        "    client.close()\n"
+        "    return nn.Linear(2, 2)\n",
+    )
+    path = str(tmp_path / "s.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen(1)
+    try:
+        assert isinstance(architectures.resolve("zoo_unix:net").build({"path": path}), nn.Linear)
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("arch", ["venv.__main__:EnvBuilder", "unittest.__main__:main"])
+def test_untrusted_program_modules_are_not_imported(arch: str) -> None:
+    module = arch.partition(":")[0]
+    sys.modules.pop(module, None)
+    with pytest.raises(UntrustedArchError, match=r"module that runs a program when imported"):
+        architectures.resolve(arch, trust=False)
+    assert module not in sys.modules
+
+
+def test_attribute_path_may_not_reach_into_another_module(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REGISTRY_TRUSTED_ARCHS", "tiny_models.*")
+    with pytest.raises(ArchitectureError) as caught:
+        architectures.resolve("tiny_models:torch.load", trust=False)
+    assert str(caught.value) == (
+        "arch 'tiny_models:torch.load': the path reaches into module torch; "
+        "name it as 'torch:...' instead"
+    )

@@ -278,11 +278,11 @@ class FakeTerminal(io.StringIO):
 def test_progress_bar_only_for_large_transfers_on_a_terminal(
     monkeypatch: pytest.MonkeyPatch, total: int, tty: bool, drawn: bool
 ) -> None:
-    from registry.cli import terminal_progress
+    from registry.progress_bars import terminal
 
     stderr = FakeTerminal() if tty else io.StringIO()
     monkeypatch.setattr(sys, "stderr", stderr)
-    with terminal_progress("pull vgg16@v1", total) as advance:
+    with terminal("pull vgg16@v1", total) as advance:
         for _ in range(total // 8_000_000 + 1):
             advance(8_000_000)
     assert ("pull vgg16@v1" in stderr.getvalue()) == drawn

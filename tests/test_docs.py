@@ -31,3 +31,21 @@ def test_every_command_has_help_text() -> None:
 def test_every_command_is_in_the_readme() -> None:
     for name, _ in all_commands():
         assert f"registry {name}" in README, name
+
+
+def test_every_public_registry_method_names_its_errors_and_shows_an_example() -> None:
+    import inspect
+
+    from registry import Registry
+
+    methods = [
+        (name, member)
+        for name, member in inspect.getmembers(Registry, inspect.isfunction)
+        if not name.startswith("_")
+    ]
+    assert len(methods) >= 18
+    for name, method in methods:
+        doc = inspect.getdoc(method) or ""
+        assert "Example:\n    >>> " in doc, name
+        if name != "close":  # releasing connections raises nothing
+            assert "Raises:\n    " in doc, name
