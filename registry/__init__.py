@@ -81,6 +81,9 @@ def push(
     tags: Mapping[str, str] | None = None,
     aliases: Sequence[str] = (),
     description: str = "",
+    trust_pickle: bool = False,
+    key: str | None = None,
+    strip_prefix: str | None = None,
 ) -> ModelVersion:
     """Push to the default Registry (env vars / defaults); see `Registry.push`."""
     with Registry() as reg:
@@ -92,13 +95,21 @@ def push(
             tags=tags,
             aliases=aliases,
             description=description,
+            trust_pickle=trust_pickle,
+            key=key,
+            strip_prefix=strip_prefix,
         )
 
 
-def pull(ref: str, destination: str | os.PathLike[str] | None = None, verify: bool = True) -> Path:
+def pull(
+    ref: str,
+    destination: str | os.PathLike[str] | None = None,
+    verify: bool = True,
+    format: str = "original",
+) -> Path:
     """Pull from the default Registry, verified; see `Registry.pull`."""
     with Registry() as reg:
-        return reg.pull(ref, destination, verify=verify)
+        return reg.pull(ref, destination, verify=verify, format=format)
 
 
 def get(ref: str) -> ModelVersion:

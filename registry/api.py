@@ -61,7 +61,7 @@ class Registry:
         home: str | os.PathLike[str] | None = None,
         database_url: str | None = None,
         store: str | os.PathLike[str] | None = None,
-        progress: bool | Progress = False,
+        progress: bool | Progress | None = False,
     ) -> None:
         self.settings = Settings.resolve(home, database_url, store)
         self.store = BlobStore(self.settings.store)
@@ -174,6 +174,8 @@ class Registry:
         from registry import architectures
 
         builder = arch if isinstance(arch, str) else architectures.of(arch)
+        if isinstance(arch, str):
+            architectures.warn_if_main(arch)
         arch_args = dict(arch_args or {})
         tags = {refs.validate_tag_key(k): str(v) for k, v in (tags or {}).items()}
         aliases = [refs.validate_alias(a) for a in aliases]
@@ -408,7 +410,7 @@ class Registry:
             elif isinstance(arch, str):
                 resolved = architectures.resolve(arch)
             else:
-                resolved = architectures.of(arch, warn_main=False)
+                resolved = architectures.of(arch, for_load=True)
         except UntrustedArchError as exc:
             raise UntrustedArchError(exc.arch, exc.kind, version.ref) from None
         except ArchitectureError as exc:
@@ -604,9 +606,9 @@ class Registry:
         return Reclaimed(blobs=blobs, bytes=freed, temp_files=len(temps))
 
 
-def _progress_factory(choice: bool | Progress) -> Progress:
+def _progress_factory(choice: bool | Progress | None) -> Progress:
     if choice is True:
         return progress_bars.auto
-    if choice is False:
+    if choice is False or choice is None:
         return progress_bars.silent
     return choice

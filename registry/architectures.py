@@ -42,6 +42,7 @@ import sys
 import threading
 import types
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -90,7 +91,7 @@ class Arch:
         return {name: None for name in ("weights", "weights_backbone") if name in accepted}
 
     def build(self, arch_args: Mapping[str, Any], computed_buffers: bool = False) -> nn.Module:
-        """Build the model with its parameters and persistent buffers on the meta device.
+        """Build the model with its parameters (and, where it can, its buffers) on meta.
 
         `computed_buffers` also gets the non-persistent buffers computed for
         real, as a model that is going to run needs them.
@@ -156,23 +157,34 @@ def resolve(arch: str, trust: bool = True) -> Arch:
     return Arch(name, models.get_model_builder(name), torchvision=True)
 
 
-def of(builder: Callable[..., Any], warn_main: bool = True) -> Arch:
+def of(builder: Callable[..., Any], for_load: bool = False) -> Arch:
     """The arch a class or function names, recorded as `module:qualname`.
 
-    A torchvision builder keeps its model name. A builder that no other
-    process could import by name (a lambda, or one defined inside a function)
-    is refused; one defined in `__main__` (a notebook, a script) is accepted
-    with a warning, since only a process defining it can rebuild the version.
+    A torchvision builder keeps its model name. At push, a builder that no
+    other process could import by that name (a lambda, one defined inside a
+    function, a bound method) is refused; one defined in `__main__` (a
+    notebook, a script) is accepted with a warning, since only a process
+    defining it can rebuild the version. At load (`for_load`) nothing is
+    recorded, so any builder will do.
     """
     module = getattr(builder, "__module__", None)
     qualname = getattr(builder, "__qualname__", None)
+    if hasattr(builder, "state_dict") and not isinstance(builder, type):
+        raise ArchitectureError(
+            f"arch is a {type(builder).__name__} instance; pass its class, type(model)"
+        )
     if not callable(builder) or not isinstance(module, str) or not isinstance(qualname, str):
         raise ArchitectureError(
-            f"arch {builder!r}: expected a model name, a 'package.module:callable' path, "
-            "a class or a function"
+            f"arch of type {type(builder).__name__}: expected a model name, a "
+            "'package.module:callable' path, a class or a function (put arguments in arch_args)"
         )
+    torchvision_name = next((n for b, n in _torchvision_names().items() if b is builder), None)
+    if torchvision_name is not None:
+        return Arch(torchvision_name, builder, torchvision=True)
     name = f"{module}:{qualname}"
-    if qualname == "<lambda>" or "<lambda>" in qualname:
+    if for_load:
+        return Arch(name, builder, torchvision=False)
+    if "<lambda>" in qualname:
         raise ArchitectureError(
             f"arch {name!r} is a lambda, which no other process can import by name; "
             "define the builder with def or class at the top level of a module"
@@ -182,40 +194,58 @@ def of(builder: Callable[..., Any], warn_main: bool = True) -> Arch:
             f"arch {name!r} is defined inside a function, so no other process can import it; "
             "define it at the top level of a module"
         )
-    torchvision_name = _torchvision_name(builder)
-    if torchvision_name is not None:
-        return Arch(torchvision_name, builder, torchvision=True)
-    if module == "__main__" and warn_main:
-        warnings.warn(
-            f"arch {name!r} is defined in __main__ (a notebook or script): only a process "
-            f"that defines the same {qualname} can rebuild this version; elsewhere load it with "
-            f"load(ref, arch={qualname}), or move {qualname} into a module",
-            MainModuleWarning,
-            stacklevel=_outside_the_package(),
+    if module == "__main__":
+        warn_if_main(name)
+    elif not _importable_as(builder, module, qualname):
+        raise ArchitectureError(
+            f"arch {name!r} is not what importing {name} gives (a bound method, or a class "
+            "made at run time); pass a module-level class or function"
         )
     return Arch(name, builder, torchvision=False)
 
 
+def warn_if_main(arch: str) -> None:
+    """Warn that a builder in `__main__` can only be rebuilt by a process defining it."""
+    module, _, qualname = arch.partition(":")
+    if module != "__main__":
+        return
+    warnings.warn(
+        f"arch {arch!r} is defined in __main__ (a notebook or script): only a process "
+        f"that defines the same {qualname} can rebuild this version; elsewhere load it with "
+        f"load(ref, arch={qualname}), or move {qualname} into a module",
+        MainModuleWarning,
+        stacklevel=_outside_the_package(),
+    )
+
+
+def _importable_as(builder: Any, module: str, qualname: str) -> bool:
+    """Whether `module:qualname` leads back to `builder`, as pickle checks a class."""
+    target: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+    return target is builder or (target is not None and target == builder)
+
+
 def _outside_the_package() -> int:
     """The warnings stacklevel of the first caller outside this package (the user's line)."""
-    package = os.path.dirname(__file__)
+    package = os.path.join(os.path.dirname(__file__), "")
     frame, level = sys._getframe(1), 1
     while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
         frame, level = frame.f_back, level + 1
     return level
 
 
-def _torchvision_name(builder: Callable[..., Any]) -> str | None:
-    """The torchvision model name of one of its builders, else None."""
-    if not str(getattr(builder, "__module__", "")).startswith("torchvision.models"):
-        return None
+def _torchvision_names() -> dict[Callable[..., Any], str]:
+    """torchvision's model names by builder (quantized ones included), if torchvision is loaded.
+
+    A builder object from torchvision means torchvision is imported already,
+    so this costs no import when it is not.
+    """
+    if "torchvision.models" not in sys.modules:
+        return {}
     from torchvision import models
 
-    name = getattr(builder, "__name__", "")
-    try:
-        return name if models.get_model_builder(name) is builder else None
-    except ValueError:
-        return None
+    return {models.get_model_builder(name): name for name in models.list_models()}
 
 
 def trusted_by_environment(arch: str) -> bool:
@@ -370,11 +400,12 @@ def _patch_register_parameter() -> None:
         if isinstance(param, nn.parameter.UninitializedParameter):
             return
         moved = _building.moved  # one meta Parameter per original: ties stay tied
-        if id(param) not in moved:
+        seen = moved.get(id(param))
+        if seen is None or seen[0]() is not param:  # a weak reference: an id can be reused
             meta = type(param)(param.to("meta"), requires_grad=param.requires_grad)
             meta.__dict__.update(param.__dict__)
-            moved[id(param)] = (param, meta)  # the original is kept so its id is not reused
-        module._parameters[name] = moved[id(param)][1]
+            seen = moved[id(param)] = (weakref.ref(param), meta)
+        module._parameters[name] = seen[1]
 
     nn.Module.register_parameter = register  # type: ignore[method-assign,assignment]
 

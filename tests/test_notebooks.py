@@ -21,6 +21,8 @@ from torch import nn
 import registry
 from registry import ArchitectureError, Registry
 
+TINY_ARGS = {"width": 4, "num_classes": 5}
+
 SCRIPT_NET = """
 import sys, warnings
 import torch
@@ -250,3 +252,76 @@ def test_registry_is_a_context_manager(tmp_path: Path) -> None:
     assert reg._engine is None
     assert reg.models() == []  # reopens on use
     reg.close()
+
+
+def test_a_main_builder_named_by_string_warns_too(
+    reg: Registry, tiny_model: nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tiny_models
+
+    monkeypatch.setattr(sys.modules["__main__"], "TinyNet", tiny_models.TinyNet, raising=False)
+    with pytest.warns(registry.MainModuleWarning, match=r"arch '__main__:TinyNet' is defined in"):
+        reg.push(tiny_model, arch="__main__:TinyNet", name="tiny", arch_args=TINY_ARGS)
+
+
+class Factory:
+    def build(self) -> nn.Module:
+        return nn.Linear(2, 2)
+
+
+@pytest.mark.parametrize(
+    ("builder", "message"),
+    [
+        (
+            Factory().build,
+            "arch 'test_notebooks:Factory.build' is not what importing "
+            "test_notebooks:Factory.build gives (a bound method, or a class made at run time); "
+            "pass a module-level class or function",
+        ),
+        (nn.Linear(2, 2), "arch is a Linear instance; pass its class, type(model)"),
+    ],
+    ids=["bound-method", "instance"],
+)
+def test_builders_that_name_something_else_are_refused(
+    reg: Registry, builder, message: str
+) -> None:
+    with pytest.raises(ArchitectureError) as caught:
+        reg.push(nn.Linear(2, 2), arch=builder, name="refused")
+    assert str(caught.value) == message
+    assert reg.models() == []
+
+
+def test_load_takes_any_builder_even_a_local_class(reg: Registry, tiny_model: nn.Module) -> None:
+    import tiny_models
+
+    reg.push(tiny_model, arch=tiny_models.TinyNet, name="tiny", arch_args=TINY_ARGS)
+
+    class Local(tiny_models.TinyNet):
+        pass
+
+    assert type(reg.load("tiny", arch=Local)).__name__ == "Local"
+
+
+def test_quantizable_torchvision_builder_object_keeps_its_model_name(reg: Registry) -> None:
+    from torchvision.models import quantization
+
+    model = quantization.shufflenet_v2_x0_5(weights=None, quantize=False)
+    version = reg.push(model, arch=quantization.shufflenet_v2_x0_5)
+    assert version.arch == "quantized_shufflenet_v2_x0_5"
+    assert all_eval(reg.load(version.ref))  # a torchvision name: no trust needed
+
+
+def test_shortcuts_take_what_the_methods_take(tiny_model: nn.Module, tmp_path: Path) -> None:
+    import tiny_models
+
+    wrapped = nn.Module()
+    wrapped.model = tiny_model
+    path = tmp_path / "wrapped.pt"
+    torch.save({"state_dict": wrapped.state_dict()}, path)
+    version = registry.push(
+        path, arch=tiny_models.TinyNet, name="tiny", arch_args=TINY_ARGS,
+        key="state_dict", strip_prefix="model.",
+    )  # fmt: skip
+    assert version.details["stripped_prefix"] == "model."
+    out = registry.pull("tiny@v1", tmp_path / "w.safetensors", format="safetensors")
+    assert out.read_bytes()[8:9] == b"{"
