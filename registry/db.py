@@ -153,10 +153,12 @@ def downgrade(engine: Engine, revision: str) -> None:
 
 def alembic_config(url: URL | None = None) -> Any:
     """An Alembic Config for the migrations shipped inside the package."""
+    from importlib.resources import files
+
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    config.set_main_option("script_location", str(files("registry.migrations")))
     if url is not None:
         config.set_main_option(
             "sqlalchemy.url", url.render_as_string(hide_password=False).replace("%", "%%")

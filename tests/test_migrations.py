@@ -21,6 +21,23 @@ def test_single_head_matching_the_code() -> None:
     assert heads == [db.SCHEMA_HEAD]
 
 
+def test_alembic_from_the_checkout_finds_the_same_migrations() -> None:
+    """`alembic` run in the repository root reads migrations/, as the package does."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    result = subprocess.run(
+        [sys.executable, "-m", "alembic", "heads"], capture_output=True, text=True, cwd=root
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{db.SCHEMA_HEAD} (head)\n"
+    assert Path(str(db.alembic_config().get_main_option("script_location"))).samefile(
+        root / "migrations"
+    )  # an editable install maps registry.migrations to the same folder
+
+
 def test_upgrade_head_matches_the_models(database_url: str) -> None:
     engine = db.open_engine(database_url)
     db.upgrade(engine)

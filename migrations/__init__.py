@@ -1,0 +1,1 @@
+"""Alembic migrations of the catalog, shipped inside the wheel as `registry.migrations`."""
