@@ -7,23 +7,21 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from registry import catalog, db, progress_bars, pushing, refs
-from registry.blobstore import (
-    BlobStore,
-    BlobWriter,
-    atomic_file,
-    copy_into,
-)
+from registry import catalog, db, files, progress_bars, pushing, refs
+from registry.blobstore import BlobStore
 from registry.config import Settings
 from registry.errors import (
     ArchitectureError,
+    BundleError,
     CheckpointError,
     DeviceError,
     IntegrityError,
     InvalidReferenceError,
+    NotFoundError,
     StorageError,
     UntrustedArchError,
     first_line,
@@ -36,6 +34,8 @@ if TYPE_CHECKING:
     import torch
     from sqlalchemy import Engine
     from torch import nn
+
+    from registry.stores import BlobWriting, Store
 
 
 FORMATS = ("original", "safetensors")
@@ -64,7 +64,7 @@ class Registry:
         progress: bool | Progress | None = False,
     ) -> None:
         self.settings = Settings.resolve(home, database_url, store)
-        self.store = BlobStore(self.settings.store)
+        self.store: Store = BlobStore(self.settings.store)
         self._progress = _progress_factory(progress)
         self._engine: Engine | None = None
 
@@ -87,7 +87,7 @@ class Registry:
         self.close()
 
     def __repr__(self) -> str:
-        url, store = self.safe_database_url, str(self.store.root)
+        url, store = self.safe_database_url, self.store.location
         return f"Registry(database_url={url!r}, store={store!r})"
 
     @property
@@ -225,15 +225,15 @@ class Registry:
                 crash_point("push-commit")
         return replace(record, is_new=is_new)
 
-    def _copy_file(self, path: Path, writer: BlobWriter) -> None:
+    def _copy_file(self, path: Path, writer: BlobWriting) -> None:
         """Copy a checkpoint file into the writer, hashing it."""
         try:
-            source = open(path, "rb")  # noqa: SIM115 -- copy_into closes it
+            source = open(path, "rb")  # noqa: SIM115 -- copy_stream closes it
         except OSError as exc:
             raise CheckpointError(f"cannot read {path}: {exc.strerror}") from None
         size = os.fstat(source.fileno()).st_size
         with self._progress(f"push {path.name}", size) as advance:
-            copy_into(source, writer, crash_half_way("push-copy", size, advance))
+            files.copy_stream(source, writer, crash_half_way("push-copy", size, advance))
         writer.finish()
         crash_point("push-hashed")
 
@@ -349,12 +349,13 @@ class Registry:
 
             with self._weights_file(version, verify) as (path, weights_format, details):
                 state = checkpoints.load(path, weights_format, details)
-            with atomic_file(target) as out:
+            with files.atomic_file(target) as out:
                 checkpoints.save_safetensors(state, out)
             return target
         with self._progress(f"pull {version.ref}", version.size) as advance:
             progress = crash_half_way("pull-copy", version.size, advance)
-            self.store.copy_out(version.sha256, target, version.ref, verify, progress)
+            source = self.store.open(version.sha256, version.ref)
+            files.copy_verified(source, target, version.sha256, version.ref, verify, progress)
         return target
 
     def state_dict(self, ref: str, verify: bool = True) -> dict[str, torch.Tensor]:
@@ -440,17 +441,16 @@ class Registry:
             digest, format, details = version.weights_sha256, "safetensors", {}
         else:
             digest, format, details = version.sha256, version.format, version.details
-        if not self.store.exists(digest):
-            raise IntegrityError(version.ref, digest, None)
+        path = self.store.local_path(digest, version.ref)
         if not verify:
-            yield self.store.path(digest), format, details
+            yield path, format, details
             return
         with db.session(self.engine) as s:
             chunks = catalog.chunk_digests(s, digest)
         with ThreadPoolExecutor(1, "registry-verify") as pool:
             verifying = pool.submit(self.store.verify, digest, version.ref, chunks)
             try:
-                yield self.store.path(digest), format, details
+                yield path, format, details
             finally:
                 verifying.result()  # an IntegrityError wins over what corrupt bytes caused
 
@@ -598,12 +598,86 @@ class Registry:
             with db.session(self.engine, write=True) as s:
                 if catalog.lock_unreferenced_blob(s, digest) and self.store.exists(digest):
                     blobs, freed = blobs + 1, freed + self.store.remove(digest)
-        temps = self.store.abandoned_temp_files()
-        for temp in temps:
-            freed += temp.stat().st_size
-            if not dry_run:
-                temp.unlink(missing_ok=True)
-        return Reclaimed(blobs=blobs, bytes=freed, temp_files=len(temps))
+        temps, temp_bytes = self.store.reclaim_temp_files(dry_run)
+        return Reclaimed(blobs=blobs, bytes=freed + temp_bytes, temp_files=temps)
+
+    # -- moving models between registries ---------------------------------------------------
+
+    def export_bundle(
+        self, refs_: Sequence[str] | None, destination: str | os.PathLike[str] | BinaryIO
+    ) -> list[ModelVersion]:
+        """Write versions (None: every version) and their blobs to a bundle (a tar file).
+
+        `destination` is a path, written atomically, or a binary stream such as
+        `sys.stdout.buffer`. Each blob is checked against its digest while it is
+        written; a damaged one stops the export and leaves no file.
+
+        Raises:
+            NotFoundError: a reference names no version.
+            IntegrityError: a blob does not match its digest.
+            StorageError: the destination cannot be written.
+
+        Example:
+            >>> [v.ref for v in reg.export_bundle(["vgg16@v3"], "models.tar")]
+            ['vgg16@v3']
+        """
+        from registry import bundles
+
+        found = self.search() if refs_ is None else [self.get(ref) for ref in refs_]
+        # Oldest first, each once: the destination numbers them in this order.
+        unique = {v.ref: v for v in found}
+        versions = sorted(unique.values(), key=lambda v: (v.name, v.version))
+        total = sum(v.size for v in versions)
+        with self._progress("export", total) as advance:
+            if isinstance(destination, (str, os.PathLike)):
+                with files.atomic_file(Path(destination)) as out:
+                    bundles.write(versions, self.store, out, advance)
+            else:
+                bundles.write(versions, self.store, destination, advance)
+        return versions
+
+    def import_bundle(self, source: str | os.PathLike[str] | BinaryIO) -> list[ModelVersion]:
+        """Record the versions of a bundle, each as the next version of its model.
+
+        The bundle is untrusted: every field is validated and every blob verified
+        before anything is recorded, and nothing in it is unpickled or called. A
+        version equal to one already here (bytes, arch, arguments) is not made
+        twice; the records say which are new (`is_new`). Aliases are not carried.
+
+        Raises:
+            BundleError: the bundle is damaged or holds what a registry never writes.
+            NotFoundError: the file does not exist.
+
+        Example:
+            >>> [(v.ref, v.is_new) for v in reg.import_bundle("models.tar")]
+            [('vgg16@v1', True)]
+        """
+        from registry import bundles
+        from registry.models import Version
+
+        with contextlib.ExitStack() as stack:
+            if isinstance(source, (str, os.PathLike)):
+                shown_as = str(source)
+                try:
+                    stream: BinaryIO = stack.enter_context(open(source, "rb"))
+                except FileNotFoundError:
+                    raise NotFoundError(f"file {shown_as!r}") from None
+                except OSError as exc:
+                    raise BundleError(f"cannot read {shown_as}: {exc.strerror}") from None
+            else:
+                shown_as, stream = "the bundle", source
+            entries, writers = bundles.read(stream, self.store, stack, shown_as)
+            imported = []
+            with db.session(self.engine, write=True) as s:
+                for digest, writer in writers.items():
+                    now = datetime.now(timezone.utc)
+                    catalog.claim_blob(s, digest, writer.size, writer.chunk_digests, now)
+                    writer.commit()  # in place before any version refers to it
+                for entry in entries:
+                    row = Version(**entry.fields)
+                    record, is_new = catalog.add_version(s, entry.name, row, entry.tags, [])
+                    imported.append(replace(record, is_new=is_new))
+        return imported
 
 
 def _progress_factory(choice: bool | Progress | None) -> Progress:

@@ -17,24 +17,24 @@ catalog row locked while they touch its file (see `Registry.push`, `Registry.gc`
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import os
-import socket
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 from typing import BinaryIO
 
 from registry.digests import Hasher, chunks_match
-from registry.errors import ConfigurationError, IntegrityError, NotFoundError, StorageError
-
-CHUNK_SIZE = 8 << 20
-# A temp file whose writer runs on another host is left alone for this long.
-FOREIGN_TEMP_TIMEOUT_S = 24 * 3600
+from registry.errors import ConfigurationError, IntegrityError, StorageError
+from registry.files import (
+    CHUNK_SIZE,
+    abandoned,
+    fsync_dir,
+    owner_prefix,
+    storage_errors,
+)
 
 
 class DurableFile:
@@ -92,7 +92,7 @@ class BlobWriter:
 
     def __init__(self, store: BlobStore) -> None:
         self._store = store
-        fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix=_owner(), suffix=".part")
+        fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix=owner_prefix(), suffix=".part")
         self.temp_path = Path(name)
         self._file = DurableFile(fd)
         self._hasher = Hasher()
@@ -133,9 +133,9 @@ class BlobWriter:
         final.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(self.temp_path, 0o444)
         os.replace(self.temp_path, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         if new_folder:
-            _fsync_dir(final.parent.parent)
+            fsync_dir(final.parent.parent)
         return digest
 
     def discard(self) -> None:
@@ -155,8 +155,18 @@ class BlobStore:
         self.root = Path(location).expanduser().absolute()
         self.tmp_dir = self.root / "tmp"
 
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
     def path(self, digest: str) -> Path:
         return self.root / "sha256" / digest[:2] / digest
+
+    def local_path(self, digest: str, ref: str) -> Path:
+        """The blob's own file: a local store needs no cache."""
+        if not self.exists(digest):
+            raise IntegrityError(ref, digest, None)
+        return self.path(digest)
 
     def exists(self, digest: str) -> bool:
         return self.path(digest).is_file()
@@ -178,45 +188,37 @@ class BlobStore:
         """Delete a blob (the caller holds its catalog row locked); return the bytes freed."""
         path = self.path(digest)
         size = self.size(digest)
-        with _storage_errors(path):
+        with storage_errors(path):
             path.unlink(missing_ok=True)
         return size
 
-    def abandoned_temp_files(self) -> list[Path]:
-        """Temp files whose writer is gone: a dead process here, or a day old elsewhere."""
+    def reclaim_temp_files(self, dry_run: bool = False) -> tuple[int, int]:
+        """Delete temp files whose writer is gone (a dead process here, or a day old elsewhere).
+
+        Returns how many there were and their bytes.
+        """
         if not self.tmp_dir.is_dir():
-            return []
-        return [p for p in self.tmp_dir.iterdir() if p.is_file() and _abandoned(p)]
+            return 0, 0
+        temps = [p for p in self.tmp_dir.iterdir() if p.is_file() and abandoned(p)]
+        freed = 0
+        for temp in temps:
+            with contextlib.suppress(FileNotFoundError):
+                freed += temp.stat().st_size
+                if not dry_run:
+                    temp.unlink()
+        return len(temps), freed
 
     @contextlib.contextmanager
     def writer(self) -> Iterator[BlobWriter]:
         """A BlobWriter whose temp file is removed unless it was committed."""
-        with _storage_errors(self.tmp_dir):
+        with storage_errors(self.tmp_dir):
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
             writer = BlobWriter(self)
         try:
-            with _storage_errors(self.root):
+            with storage_errors(self.root):
                 yield writer
         finally:
             writer.discard()
-
-    def copy_out(
-        self,
-        digest: str,
-        destination: Path,
-        ref: str,
-        verify: bool = True,
-        progress: Callable[[int], None] = lambda _n: None,
-    ) -> None:
-        """Copy a blob to `destination`, checking its digest on the way.
-
-        On any failure nothing is left at `destination`.
-        """
-        actual = hashlib.sha256()
-        with self.open(digest, ref) as source, atomic_file(destination) as out:
-            _copy(source, out, progress, actual)
-            if verify and actual.hexdigest() != digest:
-                raise IntegrityError(ref, digest, actual.hexdigest())
 
     def open(self, digest: str, ref: str) -> BinaryIO:
         """Open a blob for reading; a missing blob is an IntegrityError for `ref`."""
@@ -248,103 +250,3 @@ class BlobStore:
         actual = self.hash(digest, ref)
         if actual != digest:
             raise IntegrityError(ref, digest, actual)
-
-
-@contextlib.contextmanager
-def atomic_file(destination: Path) -> Iterator[BinaryIO]:
-    """A file that appears at `destination` complete, or not at all.
-
-    It is written as a temp file beside the destination and renamed over it,
-    so a failed or killed pull never leaves a partial file. Unlike a blob it
-    is not fsynced: it is a copy of a blob that is, and like `cp` a pull does
-    not wait for the disk (a power cut just after may lose the copy, never
-    the blob).
-    """
-    destination = destination.absolute()
-    prefix = f".{destination.name}."
-    with _storage_errors(destination.parent):
-        for stale in destination.parent.glob(f"{glob.escape(prefix)}*@*@*.part"):
-            if _abandoned(stale, prefix):  # left by a pull that was killed
-                stale.unlink(missing_ok=True)
-        fd, name = tempfile.mkstemp(
-            dir=destination.parent, prefix=prefix + _owner(), suffix=".part"
-        )
-    temp = Path(name)
-    try:
-        with _storage_errors(destination), open(fd, "wb") as out:  # a full disk, a quota
-            yield out
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)
-        with _storage_errors(destination):
-            os.replace(temp, destination)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-
-
-def copy_into(source: BinaryIO, writer: BlobWriter, progress: Callable[[int], None]) -> None:
-    """Stream `source` into a blob writer in large chunks."""
-    _copy(source, writer, progress)
-
-
-def _copy(
-    source: BinaryIO,
-    sink: BinaryIO | BlobWriter,
-    progress: Callable[[int], None],
-    digest: hashlib._Hash | None = None,
-) -> None:
-    """Copy `source` to `sink` in large chunks, closing `source`; update `digest` on the way."""
-    buffer = bytearray(CHUNK_SIZE)
-    view = memoryview(buffer)
-    with source:
-        while n := source.readinto(buffer):  # type: ignore[attr-defined]
-            chunk = view[:n]
-            if digest is not None:
-                digest.update(chunk)
-            sink.write(chunk)
-            progress(n)
-
-
-def _owner() -> str:
-    """How a temp file's name says which process writes it: `<pid>@<host>@`."""
-    return f"{os.getpid()}@{socket.gethostname()}@"
-
-
-def _abandoned(temp: Path, prefix: str = "") -> bool:
-    """Whether the process that named this temp file is gone (or a day passed, elsewhere)."""
-    pid, _, rest = temp.name.removeprefix(prefix).partition("@")
-    host = rest.partition("@")[0]
-    if host == socket.gethostname() and pid.isdigit():
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
-    try:
-        return time.time() - temp.stat().st_mtime > FOREIGN_TEMP_TIMEOUT_S
-    except FileNotFoundError:
-        return False
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _storage_errors(path: Path) -> Iterator[None]:
-    """Report an OSError as a one-line StorageError naming the path involved."""
-    try:
-        yield
-    except FileNotFoundError:
-        raise NotFoundError(f"folder {path}") from None
-    except OSError as exc:
-        if isinstance(exc, StorageError):
-            raise
-        raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from None

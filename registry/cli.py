@@ -361,6 +361,50 @@ def gc(reg: Registry, dry_run: bool, as_json: bool) -> None:
     )
 
 
+@cli.command()
+@click.argument("refs", nargs=-1, metavar="REF...")
+@click.option("--all", "everything", is_flag=True, help="Export every version.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Bundle file to write, or - for standard output.",
+)
+@json_option
+@click.pass_obj
+def export(
+    reg: Registry, refs: tuple[str, ...], everything: bool, output: str, as_json: bool
+) -> None:
+    """Write versions REF... (or --all) and their checkpoints to a bundle (a tar file)."""
+    if bool(refs) == everything:
+        raise click.UsageError("give REF... or --all, not both or neither")
+    to_stdout = output == "-"
+    destination = sys.stdout.buffer if to_stdout else output
+    versions = reg.export_bundle(None if everything else list(refs), destination)
+    if to_stdout:  # stdout holds the bundle: say what went into it on stderr
+        click.echo(f"exported {len(versions)} versions", err=True)
+    elif as_json:
+        _print([v.to_json() for v in versions], True)
+    else:
+        click.echo(f"exported {len(versions)} versions to {output}")
+
+
+@cli.command(name="import")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@json_option
+@click.pass_obj
+def import_(reg: Registry, file: str, as_json: bool) -> None:
+    """Record the versions of bundle FILE (- for standard input); print NAME@vN for each."""
+    source = sys.stdin.buffer if file == "-" else file
+    versions = reg.import_bundle(source)
+    if as_json:
+        _print([{**v.to_json(), "imported": v.is_new} for v in versions], True)
+        return
+    for v in versions:
+        click.echo(v.ref if v.is_new else f"{v.ref} (exists)")
+
+
 @cli.group()
 def db() -> None:
     """Catalog schema: run migrations, print the revision."""

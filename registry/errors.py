@@ -71,6 +71,10 @@ class UnsafeCheckpointError(CheckpointError):
     """Reading the checkpoint would run pickled code the user has not trusted."""
 
 
+class BundleError(RegistryError, ValueError):
+    """A bundle to import is damaged or holds what a registry never writes."""
+
+
 class ArchitectureError(RegistryError, ValueError):
     """An `--arch` cannot be resolved or its builder fails."""
 

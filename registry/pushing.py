@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from torch import nn
 
     from registry.architectures import Arch
-    from registry.blobstore import BlobWriter
     from registry.checkpoints import Weights
+    from registry.stores import BlobWriting
 
 # What an in-memory nn.Module or state_dict is stored as.
 IN_MEMORY_EXTENSION = ".pt"
@@ -50,7 +50,7 @@ def build(arch: str | Arch, arch_args: Mapping[str, Any]) -> tuple[Arch, nn.Modu
 
 def read_weights(
     path: Path,
-    writer: BlobWriter,
+    writer: BlobWriting,
     arch: Arch,
     model: nn.Module,
     trust_pickle: bool,
@@ -74,7 +74,7 @@ def read_weights(
     return weights
 
 
-def write_object(source: Any, writer: BlobWriter, arch: Arch, model: nn.Module) -> Weights:
+def write_object(source: Any, writer: BlobWriting, arch: Arch, model: nn.Module) -> Weights:
     """Save an nn.Module's or a state_dict's weights into the writer, after checking they fit."""
     from registry import architectures, checkpoints
 

@@ -1,4 +1,4 @@
-"""blobstore: content-addressed writes, read-only blobs, verified copies out."""
+"""blobstore: content-addressed writes, read-only blobs, verification."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from registry.blobstore import BlobStore, copy_into
-from registry.errors import ConfigurationError, IntegrityError, NotFoundError, StorageError
+from registry.blobstore import BlobStore
+from registry.errors import ConfigurationError, IntegrityError, StorageError
+from registry.files import copy_stream
 
 DATA = b"checkpoint bytes " * 1000
 DIGEST = hashlib.sha256(DATA).hexdigest()
@@ -122,123 +123,18 @@ def test_blob_committed_before_an_exception_stays(store: BlobStore) -> None:
     assert temp_files(store) == []
 
 
-def test_copy_into_streams_a_file(store: BlobStore, tmp_path: Path) -> None:
+def test_copy_stream_into_a_writer(store: BlobStore, tmp_path: Path) -> None:
     source = tmp_path / "weights.pth"
     source.write_bytes(DATA)
     done: list[int] = []
     with store.writer() as writer, source.open("rb") as f:
-        copy_into(f, writer, done.append)
+        copy_stream(f, writer, done.append)
         digest = writer.commit()
     assert digest == DIGEST
     assert sum(done) == len(DATA)
 
 
 # --- reading and verifying ---------------------------------------------------------------
-
-
-def test_copy_out_is_bit_exact(store: BlobStore, tmp_path: Path) -> None:
-    put(store)
-    destination = tmp_path / "out" / "weights.pth"
-    destination.parent.mkdir()
-    done: list[int] = []
-    store.copy_out(DIGEST, destination, "m@v1", progress=done.append)
-    assert destination.read_bytes() == DATA
-    assert sum(done) == len(DATA)
-    umask = os.umask(0)
-    os.umask(umask)
-    assert stat.S_IMODE(destination.stat().st_mode) == 0o666 & ~umask
-    assert os.listdir(destination.parent) == ["weights.pth"]
-
-
-def test_copy_out_replaces_an_existing_file(store: BlobStore, tmp_path: Path) -> None:
-    put(store)
-    destination = tmp_path / "weights.pth"
-    destination.write_bytes(b"old")
-    store.copy_out(DIGEST, destination, "m@v1")
-    assert destination.read_bytes() == DATA
-
-
-def test_copy_out_of_corrupted_blob_writes_nothing(store: BlobStore, tmp_path: Path) -> None:
-    put(store)
-    corrupt(store, DIGEST)
-    out = tmp_path / "out"
-    out.mkdir()
-    with pytest.raises(IntegrityError) as caught:
-        store.copy_out(DIGEST, out / "weights.pth", "m@v1")
-    error = caught.value
-    assert (error.ref, error.expected) == ("m@v1", DIGEST)
-    assert error.actual == hashlib.sha256(b"tampered").hexdigest()
-    assert str(error) == (
-        f"m@v1 failed verification: expected sha256:{DIGEST} but its bytes hash to "
-        f"sha256:{error.actual}; the store is corrupt (run `registry verify`)"
-    )
-    assert os.listdir(out) == []
-
-
-def test_copy_out_of_corrupted_blob_keeps_existing_destination(
-    store: BlobStore, tmp_path: Path
-) -> None:
-    put(store)
-    corrupt(store, DIGEST)
-    destination = tmp_path / "weights.pth"
-    destination.write_bytes(b"the user's file")
-    with pytest.raises(IntegrityError):
-        store.copy_out(DIGEST, destination, "m@v1")
-    assert destination.read_bytes() == b"the user's file"
-    assert not any(name.startswith(".weights.pth.") for name in os.listdir(tmp_path))
-
-
-def test_copy_out_without_verify_copies_what_is_there(store: BlobStore, tmp_path: Path) -> None:
-    put(store)
-    corrupt(store, DIGEST)
-    destination = tmp_path / "weights.pth"
-    store.copy_out(DIGEST, destination, "m@v1", verify=False)
-    assert destination.read_bytes() == b"tampered"
-
-
-def test_copy_out_of_missing_blob(store: BlobStore, tmp_path: Path) -> None:
-    destination = tmp_path / "weights.pth"
-    with pytest.raises(IntegrityError) as caught:
-        store.copy_out(DIGEST, destination, "m@v1")
-    assert (caught.value.expected, caught.value.actual) == (DIGEST, None)
-    assert str(caught.value) == (
-        f"m@v1 failed verification: expected sha256:{DIGEST} but the blob is missing; "
-        "the store is corrupt (run `registry verify`)"
-    )
-    assert not destination.exists()
-
-
-def test_copy_out_into_missing_folder(store: BlobStore, tmp_path: Path) -> None:
-    put(store)
-    with pytest.raises(NotFoundError):
-        store.copy_out(DIGEST, tmp_path / "nowhere" / "weights.pth", "m@v1")
-    assert not (tmp_path / "nowhere").exists()
-
-
-def test_copy_out_into_missing_folder_names_the_folder(store: BlobStore, tmp_path: Path) -> None:
-    put(store)
-    with pytest.raises(NotFoundError) as caught:
-        store.copy_out(DIGEST, tmp_path / "nowhere" / "weights.pth", "m@v1")
-    assert str(caught.value) == f"folder {tmp_path / 'nowhere'} not found"
-
-
-def test_copy_out_onto_a_folder(store: BlobStore, tmp_path: Path) -> None:
-    put(store)
-    destination = tmp_path / "out" / "weights.pth"
-    destination.mkdir(parents=True)
-    with pytest.raises(StorageError, match="Is a directory"):
-        store.copy_out(DIGEST, destination, "m@v1")
-    assert destination.is_dir()
-    assert os.listdir(destination.parent) == ["weights.pth"]
-
-
-def test_copy_out_onto_a_folder_names_the_destination(store: BlobStore, tmp_path: Path) -> None:
-    put(store)
-    destination = tmp_path / "weights.pth"
-    destination.mkdir()
-    with pytest.raises(StorageError) as caught:
-        store.copy_out(DIGEST, destination, "m@v1")
-    assert str(caught.value) == f"cannot write {destination}: Is a directory"
 
 
 def test_verify_passes_intact_blob(store: BlobStore) -> None:

@@ -1,0 +1,142 @@
+"""Files written safely: temp names that say who writes them, atomic copies for the user.
+
+A temp file is named `<pid>@<host>@<random>.part` (in the store's `tmp/`,
+or `.<name>.<pid>@<host>@<random>.part` beside a user's destination), so
+whoever finds one left behind can tell whether its writer is gone. A file
+written for the user (a pull) appears complete or not at all; the blob store
+keeps its own, durable, writes (`blobstore`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from registry.errors import IntegrityError, NotFoundError, StorageError
+
+CHUNK_SIZE = 8 << 20
+# A temp file whose writer runs on another host is left alone for this long.
+FOREIGN_TEMP_TIMEOUT_S = 24 * 3600
+
+
+@contextlib.contextmanager
+def atomic_file(destination: Path) -> Iterator[BinaryIO]:
+    """A file that appears at `destination` complete, or not at all.
+
+    It is written as a temp file beside the destination and renamed over it,
+    so a failed or killed pull never leaves a partial file. Unlike a blob it
+    is not fsynced: it is a copy of a blob that is, and like `cp` a pull does
+    not wait for the disk (a power cut just after may lose the copy, never
+    the blob).
+    """
+    destination = destination.absolute()
+    prefix = f".{destination.name}."
+    with storage_errors(destination.parent):
+        for stale in destination.parent.glob(f"{glob.escape(prefix)}*@*@*.part"):
+            if abandoned(stale, prefix):  # left by a pull that was killed
+                stale.unlink(missing_ok=True)
+        fd, name = tempfile.mkstemp(
+            dir=destination.parent, prefix=prefix + owner_prefix(), suffix=".part"
+        )
+    temp = Path(name)
+    try:
+        with storage_errors(destination), open(fd, "wb") as out:  # a full disk, a quota
+            yield out
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)
+        with storage_errors(destination):
+            os.replace(temp, destination)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def copy_verified(
+    source: BinaryIO,
+    destination: Path,
+    digest: str,
+    ref: str,
+    verify: bool = True,
+    progress: Callable[[int], None] = lambda _n: None,
+) -> None:
+    """Copy `source` (a blob) to `destination`, checking its SHA-256 on the way.
+
+    On any failure nothing is left at `destination`, and a file already
+    there is kept.
+    """
+    actual = hashlib.sha256()
+    with source, atomic_file(destination) as out:  # the source is closed whatever fails
+        copy_stream(source, out, progress, actual)
+        if verify and actual.hexdigest() != digest:
+            raise IntegrityError(ref, digest, actual.hexdigest())
+
+
+def copy_stream(
+    source: BinaryIO,
+    sink: Any,
+    progress: Callable[[int], None],
+    digest: Any = None,
+) -> None:
+    """Copy `source` to `sink` in large chunks, closing `source`; update `digest` on the way."""
+    buffer = bytearray(CHUNK_SIZE)
+    view = memoryview(buffer)
+    with source:
+        while n := source.readinto(buffer):  # type: ignore[attr-defined]
+            chunk = view[:n]
+            if digest is not None:
+                digest.update(chunk)
+            sink.write(chunk)
+            progress(n)
+
+
+def owner_prefix() -> str:
+    """How a temp file's name says which process writes it: `<pid>@<host>@`."""
+    return f"{os.getpid()}@{socket.gethostname()}@"
+
+
+def abandoned(temp: Path, prefix: str = "") -> bool:
+    """Whether the process that named this temp file is gone (or a day passed, elsewhere)."""
+    pid, _, rest = temp.name.removeprefix(prefix).partition("@")
+    host = rest.partition("@")[0]
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    try:
+        return time.time() - temp.stat().st_mtime > FOREIGN_TEMP_TIMEOUT_S
+    except FileNotFoundError:
+        return False
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def storage_errors(path: Path) -> Iterator[None]:
+    """Report an OSError as a one-line StorageError naming the path involved."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise NotFoundError(f"folder {path}") from None
+    except OSError as exc:
+        if isinstance(exc, StorageError):
+            raise
+        raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from None

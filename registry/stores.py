@@ -1,0 +1,87 @@
+"""What `Registry` needs from whatever holds the checkpoint bytes: the Store interface.
+
+`Registry` speaks only this protocol. `blobstore.BlobStore` implements it on
+a local folder. A remote store (object storage) keeps its objects elsewhere
+and hands out local paths from a verified cache, because loading
+memory-maps a local file.
+
+Every blob is named by the hex SHA-256 of its bytes. A blob is written
+through a `BlobWriting` that hashes on the way and places the blob only on
+`commit`, which the caller runs while it holds the blob's catalog row locked
+(see `Registry.push`, `Registry.gc`).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+
+class BlobWriting(Protocol):
+    """A file-like sink that hashes what it is given and becomes a blob on `commit`."""
+
+    temp_path: Path  # the bytes written so far, on local disk, readable before `commit`
+    size: int
+
+    def write(self, data: bytes | memoryview) -> int: ...
+
+    def finish(self) -> str:
+        """Make the written bytes durable and return their digest; nothing is placed yet."""
+        ...
+
+    @property
+    def chunk_digests(self) -> list[str]:
+        """The SHA-256 of each piece (digests.CHUNK_SIZE), once `finish` has run."""
+        ...
+
+    def commit(self) -> str:
+        """Place the blob where readers find it (not again if it is there); return its digest."""
+        ...
+
+
+class Store(Protocol):
+    """Content-addressed blobs: written once, verified on every read, deleted only by gc."""
+
+    @property
+    def location(self) -> str:
+        """Where the blobs are, fit to print (no secrets)."""
+        ...
+
+    def writer(self) -> AbstractContextManager[BlobWriting]:
+        """A writer whose bytes are dropped unless it was committed."""
+        ...
+
+    def exists(self, digest: str) -> bool: ...
+
+    def size(self, digest: str) -> int:
+        """The blob's size in bytes, 0 if it is missing."""
+        ...
+
+    def local_path(self, digest: str, ref: str) -> Path:
+        """A local file holding the blob, to memory-map; IntegrityError for `ref` if missing."""
+        ...
+
+    def open(self, digest: str, ref: str) -> BinaryIO:
+        """The blob's bytes as a stream; IntegrityError for `ref` if missing."""
+        ...
+
+    def hash(self, digest: str, ref: str) -> str:
+        """Re-hash the stored bytes and return their actual digest."""
+        ...
+
+    def verify(self, digest: str, ref: str, chunk_digests: list[str] | None = None) -> None:
+        """Raise IntegrityError unless the blob is present and its bytes match `digest`."""
+        ...
+
+    def digests(self) -> list[str]:
+        """Every blob stored."""
+        ...
+
+    def remove(self, digest: str) -> int:
+        """Delete a blob (the caller holds its catalog row locked); return the bytes freed."""
+        ...
+
+    def reclaim_temp_files(self, dry_run: bool = False) -> tuple[int, int]:
+        """Delete what writers that are gone left behind; return (files, bytes)."""
+        ...
