@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from registry import catalog, db, files, progress_bars, pushing, refs
-from registry.blobstore import BlobStore
 from registry.config import Settings
 from registry.errors import (
     ArchitectureError,
     BundleError,
     CheckpointError,
+    ConfigurationError,
     DeviceError,
     IntegrityError,
     InvalidReferenceError,
@@ -29,13 +29,14 @@ from registry.errors import (
 from registry.faults import crash_half_way, crash_point
 from registry.progress_bars import Progress
 from registry.records import ModelSummary, ModelVersion, Problem, Reclaimed
+from registry.stores import Store, open_store
 
 if TYPE_CHECKING:
     import torch
     from sqlalchemy import Engine
     from torch import nn
 
-    from registry.stores import BlobWriting, Store
+    from registry.stores import BlobWriting
 
 
 FORMATS = ("original", "safetensors")
@@ -62,9 +63,10 @@ class Registry:
         database_url: str | None = None,
         store: str | os.PathLike[str] | None = None,
         progress: bool | Progress | None = False,
+        cache: str | os.PathLike[str] | None = None,
     ) -> None:
-        self.settings = Settings.resolve(home, database_url, store)
-        self.store: Store = BlobStore(self.settings.store)
+        self.settings = Settings.resolve(home, database_url, store, cache)
+        self.store: Store = open_store(self.settings.store, self.settings.cache)
         self._progress = _progress_factory(progress)
         self._engine: Engine | None = None
 
@@ -213,6 +215,8 @@ class Registry:
                 checkpoints.save_safetensors(weights.state_dict, safe_copy)
                 version.weights_sha256 = safe_copy.finish()
                 writers.append(safe_copy)
+            for writer in writers:
+                writer.publish()  # before the transaction: an upload holds no catalog lock
             with db.session(self.engine, write=True) as s:
                 for writer in writers:
                     digest = writer.finish()
@@ -357,6 +361,26 @@ class Registry:
             source = self.store.open(version.sha256, version.ref)
             files.copy_verified(source, target, version.sha256, version.ref, verify, progress)
         return target
+
+    def write_to(self, ref: str, sink: BinaryIO, verify: bool = True) -> ModelVersion:
+        """Write a version's checkpoint, as pushed, to a stream (standard output, a socket).
+
+        The bytes are hashed on the way; a mismatch raises IntegrityError once
+        they are sent, so the caller must treat the stream as failed.
+
+        Raises:
+            NotFoundError: no such version.
+            IntegrityError: the stored bytes do not match their SHA-256.
+
+        Example:
+            >>> reg.write_to("vgg16@v1", sys.stdout.buffer).ref
+            'vgg16@v1'
+        """
+        version = self.get(ref)
+        with self._progress(f"pull {version.ref}", version.size) as advance:
+            source = self.store.open(version.sha256, version.ref)
+            files.copy_stream_verified(source, sink, version.sha256, version.ref, verify, advance)
+        return version
 
     def state_dict(self, ref: str, verify: bool = True) -> dict[str, torch.Tensor]:
         """A version's weights as a state_dict, memory-mapped where the format allows.
@@ -601,6 +625,24 @@ class Registry:
         temps, temp_bytes = self.store.reclaim_temp_files(dry_run)
         return Reclaimed(blobs=blobs, bytes=freed + temp_bytes, temp_files=temps)
 
+    def prune_cache(self, max_size: int = 0, dry_run: bool = False) -> Reclaimed:
+        """Remove the least recently used blobs from a remote store's cache down to `max_size`.
+
+        Raises:
+            ConfigurationError: the store is a local folder, which has no cache.
+
+        Example:
+            >>> reg.prune_cache(max_size=10 * 2**30).bytes
+            1234567890
+        """
+        prune = getattr(self.store, "prune", None)
+        if prune is None:
+            raise ConfigurationError(
+                f"store {self.store.location} is a local folder: it has no cache to prune"
+            )
+        blobs, freed = prune(max_size, dry_run)
+        return Reclaimed(blobs=blobs, bytes=freed, temp_files=0)
+
     # -- moving models between registries ---------------------------------------------------
 
     def export_bundle(
@@ -667,6 +709,8 @@ class Registry:
             else:
                 shown_as, stream = "the bundle", source
             entries, writers = bundles.read(stream, self.store, stack, shown_as)
+            for writer in writers.values():
+                writer.publish()
             imported = []
             with db.session(self.engine, write=True) as s:
                 for digest, writer in writers.items():

@@ -119,6 +119,9 @@ class BlobWriter:
             self._digest = self._hasher.hexdigest()
         return self._digest
 
+    def publish(self) -> None:
+        """Nothing to send: a local folder is where readers look."""
+
     def commit(self) -> str:
         """Move the finished temp file into place as a read-only blob; return its digest.
 
@@ -151,7 +154,9 @@ class BlobStore:
         if location.startswith("file://"):
             location = location[len("file://") :]
         elif "://" in location:
-            raise ConfigurationError(f"store {location!r}: only local folders are supported so far")
+            raise ConfigurationError(
+                f"store {location!r}: a folder, file://PATH or s3://BUCKET[/PREFIX]"
+            )
         self.root = Path(location).expanduser().absolute()
         self.tmp_dir = self.root / "tmp"
 

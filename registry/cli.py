@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -35,13 +36,28 @@ class RegistryGroup(click.Group):
     "--database-url",
     help="Catalog URL, sqlite:///... or postgresql://... [env REGISTRY_DATABASE_URL].",
 )
-@click.option("--store", help="Blob store folder [env REGISTRY_STORE].")
+@click.option("--store", help="Blob store: a folder or s3://BUCKET[/PREFIX] [env REGISTRY_STORE].")
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False),
+    help="Local cache of an s3:// store's blobs [env REGISTRY_CACHE; default HOME/cache].",
+)
 @click.version_option(version=__version__, prog_name="registry")
 @click.pass_context
-def cli(ctx: click.Context, home: str | None, database_url: str | None, store: str | None) -> None:
+def cli(
+    ctx: click.Context,
+    home: str | None,
+    database_url: str | None,
+    store: str | None,
+    cache: str | None,
+) -> None:
     """A model registry for PyTorch: versioned, verified checkpoints, rebuilt in eval mode."""
     ctx.obj = Registry(
-        home=home, database_url=database_url, store=store, progress=progress_bars.terminal
+        home=home,
+        database_url=database_url,
+        store=store,
+        cache=cache,
+        progress=progress_bars.terminal,
     )
 
 
@@ -167,8 +183,13 @@ def push(
 def pull(
     reg: Registry, ref: str, output: str | None, no_verify: bool, format_: str, as_json: bool
 ) -> None:
-    """Write REF's checkpoint file, bit-exact and verified; print its path."""
+    """Write REF's checkpoint file, bit-exact and verified; print its path (-o - for stdout)."""
     version = reg.get(ref)  # resolved once: the file and the JSON name the same version
+    if output == "-":
+        if format_ != "original":
+            raise click.UsageError("-o - writes the original file; convert to a file instead")
+        reg.write_to(version.ref, sys.stdout.buffer, verify=not no_verify)
+        return
     path = reg.pull(version.ref, output, verify=not no_verify, format=format_)
     _print({"path": str(path), "ref": version.ref, "format": format_} if as_json else path, as_json)
 
@@ -406,6 +427,31 @@ def import_(reg: Registry, file: str, as_json: bool) -> None:
 
 
 @cli.group()
+def cache() -> None:
+    """The local cache of a remote (s3://) store's blobs."""
+
+
+@cache.command()
+@click.option(
+    "--max-size",
+    default="0",
+    show_default=True,
+    help="Keep at most this much, e.g. 10GB or 500MB; the least recently used go first.",
+)
+@click.option("--dry-run", is_flag=True, help="Report what would be removed; remove nothing.")
+@json_option
+@click.pass_obj
+def prune(reg: Registry, max_size: str, dry_run: bool, as_json: bool) -> None:
+    """Remove cached blobs, least recently used first, until the cache is at most --max-size."""
+    result = reg.prune_cache(_parse_size(max_size), dry_run=dry_run)
+    if as_json:
+        _print({"blobs": result.blobs, "bytes": result.bytes, "dry_run": dry_run}, True)
+        return
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} {result.blobs} cached blobs, {_human_size(result.bytes)}")
+
+
+@cli.group()
 def db() -> None:
     """Catalog schema: run migrations, print the revision."""
 
@@ -444,6 +490,14 @@ def _json_or_string(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+def _parse_size(text: str) -> int:
+    """`10GB`, `500MB`, `1.5G`, `1000`: bytes, in units of 1000 as `ls` prints sizes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*", text.upper())
+    if match is None:
+        raise click.BadParameter(f"{text!r}: expected a size such as 10GB or 500MB")
+    return int(float(match[1]) * 1000 ** "_KMGT".index(match[2]))
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:

@@ -5,6 +5,7 @@
 | home         | REGISTRY_HOME           | $XDG_DATA_HOME/registry, else ~/.local/share/registry |
 | database_url | REGISTRY_DATABASE_URL   | sqlite:///<home>/registry.db                    |
 | store        | REGISTRY_STORE          | <home>/blobs                                   |
+| cache        | REGISTRY_CACHE          | <home>/cache (blobs of a remote store)          |
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class Settings:
     home: Path
     database_url: str
     store: str
+    cache: Path
 
     @classmethod
     def resolve(
@@ -28,6 +30,7 @@ class Settings:
         home: str | os.PathLike[str] | None = None,
         database_url: str | None = None,
         store: str | os.PathLike[str] | None = None,
+        cache: str | os.PathLike[str] | None = None,
     ) -> Settings:
         """Settle each setting from the argument, else its env var, else the default."""
         home_path = Path(home or os.environ.get("REGISTRY_HOME") or _default_home())
@@ -40,7 +43,13 @@ class Settings:
         store_location = str(store or os.environ.get("REGISTRY_STORE") or home_path / "blobs")
         if "://" not in store_location:
             store_location = str(Path(store_location).expanduser().absolute())
-        return cls(home=home_path, database_url=url, store=store_location)
+        cache_path = Path(cache or os.environ.get("REGISTRY_CACHE") or home_path / "cache")
+        return cls(
+            home=home_path,
+            database_url=url,
+            store=store_location,
+            cache=cache_path.expanduser().absolute(),
+        )
 
 
 def _default_home() -> Path:

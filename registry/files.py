@@ -73,11 +73,24 @@ def copy_verified(
     On any failure nothing is left at `destination`, and a file already
     there is kept.
     """
-    actual = hashlib.sha256()
     with source, atomic_file(destination) as out:  # the source is closed whatever fails
-        copy_stream(source, out, progress, actual)
-        if verify and actual.hexdigest() != digest:
-            raise IntegrityError(ref, digest, actual.hexdigest())
+        copy_stream_verified(source, out, digest, ref, verify, progress)
+
+
+def copy_stream_verified(
+    source: BinaryIO,
+    sink: BinaryIO,
+    digest: str,
+    ref: str,
+    verify: bool = True,
+    progress: Callable[[int], None] = lambda _n: None,
+) -> None:
+    """Copy a blob to a stream, then raise IntegrityError if its bytes were not `digest`'s."""
+    actual = hashlib.sha256()
+    copy_stream(source, sink, progress, actual)
+    sink.flush()
+    if verify and actual.hexdigest() != digest:
+        raise IntegrityError(ref, digest, actual.hexdigest())
 
 
 def copy_stream(

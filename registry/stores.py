@@ -13,6 +13,7 @@ through a `BlobWriting` that hashes on the way and places the blob only on
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -21,8 +22,13 @@ from typing import BinaryIO, Protocol
 class BlobWriting(Protocol):
     """A file-like sink that hashes what it is given and becomes a blob on `commit`."""
 
-    temp_path: Path  # the bytes written so far, on local disk, readable before `commit`
-    size: int
+    @property
+    def temp_path(self) -> Path:
+        """The bytes written so far, on local disk, readable before `commit`."""
+        ...
+
+    @property
+    def size(self) -> int: ...
 
     def write(self, data: bytes | memoryview) -> int: ...
 
@@ -35,8 +41,19 @@ class BlobWriting(Protocol):
         """The SHA-256 of each piece (digests.CHUNK_SIZE), once `finish` has run."""
         ...
 
+    def publish(self) -> None:
+        """Send the finished bytes where other machines read them (an upload), if anywhere.
+
+        Runs before the catalog transaction, so a long upload holds no lock.
+        """
+        ...
+
     def commit(self) -> str:
-        """Place the blob where readers find it (not again if it is there); return its digest."""
+        """Place the blob where readers find it (not again if it is there); return its digest.
+
+        Runs inside the transaction that holds the blob's row, so gc is not
+        deleting it meanwhile; whatever a gc removed since `publish` is put back.
+        """
         ...
 
 
@@ -85,3 +102,14 @@ class Store(Protocol):
     def reclaim_temp_files(self, dry_run: bool = False) -> tuple[int, int]:
         """Delete what writers that are gone left behind; return (files, bytes)."""
         ...
+
+
+def open_store(location: str, cache: str | os.PathLike[str]) -> Store:
+    """The store a location names: `s3://BUCKET[/PREFIX]` (read through `cache`), else a folder."""
+    if location.startswith("s3://"):
+        from registry.s3store import S3Store
+
+        return S3Store(location, cache)
+    from registry.blobstore import BlobStore
+
+    return BlobStore(location)

@@ -12,6 +12,7 @@ import pytest
 from registry.blobstore import BlobStore
 from registry.errors import ConfigurationError, IntegrityError, StorageError
 from registry.files import copy_stream
+from registry.stores import open_store
 
 DATA = b"checkpoint bytes " * 1000
 DIGEST = hashlib.sha256(DATA).hexdigest()
@@ -46,11 +47,16 @@ def test_root_is_absolute(tmp_path: Path) -> None:
     assert BlobStore(f"file://{tmp_path}/elsewhere").root == tmp_path / "elsewhere"
 
 
-@pytest.mark.parametrize("url", ["s3://bucket/models", "gs://bucket", "https://example.com/b"])
-def test_non_local_store_is_a_configuration_error(url: str) -> None:
+@pytest.mark.parametrize("url", ["gs://bucket", "https://example.com/b"])
+def test_unknown_store_url_is_a_configuration_error(url: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError) as caught:
-        BlobStore(url)
-    assert str(caught.value) == f"store {url!r}: only local folders are supported so far"
+        open_store(url, tmp_path / "cache")
+    assert str(caught.value) == f"store {url!r}: a folder, file://PATH or s3://BUCKET[/PREFIX]"
+
+
+def test_store_urls_pick_their_store(tmp_path: Path) -> None:
+    assert type(open_store("s3://bucket/models", tmp_path)).__name__ == "S3Store"
+    assert isinstance(open_store(str(tmp_path / "blobs"), tmp_path), BlobStore)
 
 
 # --- writing ----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import SMALL_ARCH
 
+from registry import Registry
 from registry.cli import cli
 
 
@@ -309,3 +310,21 @@ def test_every_result_printing_command_speaks_json(run, small_file: Path) -> Non
     assert parsed["verify"] == []
     assert parsed["db current"] == {"revision": "0002"}
     assert parsed["rm"]["ref"] == ref
+
+
+def test_pull_to_standard_output_is_bit_exact(
+    run, cli_reg: Registry, small_file: Path, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from registry.cli import cli
+
+    version = cli_reg.push(small_file, arch=SMALL_ARCH, arch_args={"num_classes": 10})
+    result = CliRunner().invoke(
+        cli,
+        ["--database-url", cli_reg.settings.database_url, "--store", str(tmp_path / "blobs"),
+         "pull", version.ref, "-o", "-"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout_bytes == small_file.read_bytes()
+    assert not Path("-").exists()

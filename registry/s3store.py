@@ -1,0 +1,289 @@
+"""Blobs in S3-compatible object storage, read through a verified local cache.
+
+    s3://<bucket>/<prefix>sha256/<hex>     one object per blob, never overwritten
+    <cache>/                               a local BlobStore: what loading memory-maps
+      sha256/39/3979...(64 hex)
+      tmp/
+
+A push hashes the file into the cache first; the object is uploaded (boto3's
+transfer manager: multipart, parallel) only when the bucket lacks it, and the
+version is recorded only once the upload completed, so an interrupted upload
+leaves no visible object. Reads fill the cache (one streamed GET into a temp
+file, hashed on the way); a cached blob is verified on every use as a
+local one is, and a damaged copy is dropped and fetched again. Credentials,
+region and endpoint come from the standard AWS chain; nothing secret is kept
+in a message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import urlparse
+
+from registry.blobstore import BlobStore, BlobWriter
+from registry.errors import ConfigurationError, IntegrityError, StorageError
+from registry.files import CHUNK_SIZE
+
+# Incomplete multipart uploads older than this are a killed push's: gc aborts them.
+STALE_UPLOAD = timedelta(days=1)
+
+
+class S3Store:
+    """Blobs as objects in a bucket, with a local cache to read them from."""
+
+    def __init__(self, url: str, cache: str | os.PathLike[str]) -> None:
+        parsed = urlparse(url)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise ConfigurationError(f"store {url!r}: expected s3://BUCKET[/PREFIX]")
+        self.bucket = parsed.netloc
+        prefix = parsed.path.strip("/")
+        self.prefix = f"{prefix}/" if prefix else ""
+        self.cache = BlobStore(cache)
+        self._client: Any = None
+
+    @property
+    def location(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            try:
+                import boto3
+                from botocore.config import Config
+            except ImportError:
+                raise ConfigurationError(
+                    f"store {self.location}: the S3 client is not installed; "
+                    'pip install "torch-registry[s3]"'
+                ) from None
+            config = Config(
+                retries={"max_attempts": 5, "mode": "standard"},  # throttling and 5xx
+                # boto3 >= 1.36 sends CRC checksums by default, which MinIO, R2 and
+                # others refuse (boto/boto3#4392); the SHA-256 is the integrity check.
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            )
+            self._client = boto3.client("s3", config=config)
+        return self._client
+
+    def key(self, digest: str) -> str:
+        return f"{self.prefix}sha256/{digest}"
+
+    # -- writing ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def writer(self) -> Iterator[_UploadingWriter]:
+        with self.cache.writer() as writer:
+            yield _UploadingWriter(self, writer)
+
+    def upload(self, path: Path, digest: str) -> None:
+        """Upload a finished, hashed blob unless the bucket holds it already."""
+        if self.exists(digest):
+            return
+        from boto3.s3.transfer import TransferConfig
+
+        with self._errors():
+            self.client.upload_file(
+                str(path), self.bucket, self.key(digest), Config=TransferConfig()
+            )
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def exists(self, digest: str) -> bool:
+        return self._head(digest) is not None
+
+    def size(self, digest: str) -> int:
+        head = self._head(digest)
+        return int(head["ContentLength"]) if head else 0
+
+    def local_path(self, digest: str, ref: str) -> Path:
+        """The cached copy, fetched first when the cache lacks it; its use is remembered."""
+        path = self.cache.path(digest)
+        if self.cache.exists(digest):
+            with contextlib.suppress(OSError):
+                os.utime(path)  # least recently used goes first in `prune`
+        else:
+            self._fetch(digest, ref)
+        return path
+
+    def open(self, digest: str, ref: str) -> BinaryIO:
+        self.local_path(digest, ref)
+        return self.cache.open(digest, ref)
+
+    def verify(self, digest: str, ref: str, chunk_digests: list[str] | None = None) -> None:
+        """Verify the cached copy; a damaged one is dropped, so the next read fetches it again.
+
+        The read that found it still fails: what it built came from bad bytes.
+        """
+        try:
+            self.cache.verify(digest, ref, chunk_digests)
+        except IntegrityError:
+            self.cache.remove(digest)
+            raise
+
+    def prune(self, max_bytes: int, dry_run: bool = False) -> tuple[int, int]:
+        """Remove the least recently used cached blobs until the cache holds `max_bytes`."""
+        blobs = [self.cache.path(d) for d in self.cache.digests()]
+        stats = sorted(((p.stat().st_mtime, p.stat().st_size, p) for p in blobs), reverse=True)
+        kept = removed = freed = 0
+        for _, size, path in stats:  # newest first: keep while it fits
+            if kept + size <= max_bytes:
+                kept += size
+                continue
+            removed, freed = removed + 1, freed + size
+            if not dry_run:
+                path.unlink(missing_ok=True)
+        return removed, freed
+
+    def hash(self, digest: str, ref: str) -> str:
+        """Re-hash the object in the bucket itself, not the cache."""
+        hasher = hashlib.sha256()
+        with self._errors(ref, digest):
+            body = self.client.get_object(Bucket=self.bucket, Key=self.key(digest))["Body"]
+            for chunk in body.iter_chunks(CHUNK_SIZE):
+                hasher.update(chunk)
+        return hasher.hexdigest()
+
+    def digests(self) -> list[str]:
+        found = []
+        with self._errors():
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.key("")
+            )
+            for page in pages:
+                found += [item["Key"].rpartition("/")[2] for item in page.get("Contents", [])]
+        return sorted(d for d in found if len(d) == 64)
+
+    # -- deleting ----------------------------------------------------------------------------
+
+    def remove(self, digest: str) -> int:
+        size = self.size(digest)
+        with self._errors():
+            self.client.delete_object(Bucket=self.bucket, Key=self.key(digest))
+        self.cache.remove(digest)
+        return size
+
+    def reclaim_temp_files(self, dry_run: bool = False) -> tuple[int, int]:
+        """The cache's temp files, and multipart uploads a killed push left over a day ago."""
+        count, freed = self.cache.reclaim_temp_files(dry_run)
+        cutoff = datetime.now(timezone.utc) - STALE_UPLOAD
+        with self._errors():
+            uploads = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self.key(""))
+            for upload in uploads.get("Uploads", []):
+                if upload["Initiated"] < cutoff:
+                    count += 1
+                    if not dry_run:
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
+        return count, freed
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _head(self, digest: str) -> dict[str, Any] | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            with self._errors(passthrough=ClientError):
+                head: dict[str, Any] = self.client.head_object(
+                    Bucket=self.bucket, Key=self.key(digest)
+                )
+                return head
+        except ClientError as exc:
+            if _code(exc) not in _NOT_FOUND:
+                raise self._storage_error(exc) from None
+        with self._errors():  # a missing object, or a missing bucket?
+            self.client.head_bucket(Bucket=self.bucket)
+        return None
+
+    def _fetch(self, digest: str, ref: str) -> None:
+        """Download a blob into the cache, keeping it only if its bytes match `digest`.
+
+        One streamed GET, hashed and written on the way: boto3's ranged download
+        into a stream that cannot seek stalled on multi-part objects here.
+        """
+        with self.cache.writer() as writer, self._errors(ref, digest):
+            body = self.client.get_object(Bucket=self.bucket, Key=self.key(digest))["Body"]
+            for chunk in body.iter_chunks(CHUNK_SIZE):
+                writer.write(chunk)
+            actual = writer.finish()
+            if actual != digest:
+                raise IntegrityError(ref, digest, actual)
+            writer.commit()
+
+    @contextlib.contextmanager
+    def _errors(
+        self, ref: str = "", digest: str = "", passthrough: type[BaseException] | None = None
+    ) -> Iterator[None]:
+        """Turn what botocore raises into one line naming the bucket and endpoint."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except (BotoCoreError, ClientError) as exc:
+            if passthrough is not None and isinstance(exc, passthrough):
+                raise
+            if ref and isinstance(exc, ClientError) and _code(exc) in _NOT_FOUND:
+                raise IntegrityError(ref, digest, None) from None
+            raise self._storage_error(exc) from None
+
+    def _storage_error(self, exc: Exception) -> StorageError:
+        """One line naming the bucket and the endpoint's host:port; never a secret."""
+        from botocore.exceptions import ClientError
+
+        endpoint = urlparse(self.client.meta.endpoint_url)
+        port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+        if isinstance(exc, ClientError) and _code(exc) in (*_NOT_FOUND, "NoSuchBucket"):
+            reason = f"bucket {self.bucket!r} does not exist"
+        else:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+        if secret:
+            reason = reason.replace(secret, "***")
+        return StorageError(f"store {self.location} at {endpoint.hostname}:{port}: {reason}")
+
+
+_NOT_FOUND = ("404", "NoSuchKey", "NotFound")
+
+
+def _code(exc: Any) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+class _UploadingWriter:
+    """A cache writer whose commit uploads the blob first: in the bucket, then in the cache."""
+
+    def __init__(self, store: S3Store, writer: BlobWriter) -> None:
+        self._store, self._writer = store, writer
+        self.temp_path = writer.temp_path
+
+    @property
+    def size(self) -> int:
+        return self._writer.size
+
+    @property
+    def chunk_digests(self) -> list[str]:
+        return self._writer.chunk_digests
+
+    def write(self, data: bytes | memoryview) -> int:
+        return self._writer.write(data)
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def finish(self) -> str:
+        return self._writer.finish()
+
+    def publish(self) -> None:
+        self._store.upload(self._writer.temp_path, self._writer.finish())
+
+    def commit(self) -> str:
+        digest = self._writer.finish()
+        self._store.upload(self._writer.temp_path, digest)  # a gc since publish: upload again
+        return self._writer.commit()
