@@ -475,7 +475,9 @@ def fit(arch: str, model: nn.Module, candidates: Iterable[Weights], origin: Any)
         if "stripped_prefix" in weights.details:
             continue
         prefixes = _prefixes_fitting_names(model, weights.state_dict)
-        fitting = [p for p in prefixes if mismatch(arch, model, _under(weights, p)) is None]
+        fitting = [
+            p for p in prefixes if mismatch(arch, model, weights.under_prefix(p).state_dict) is None
+        ]
         if len(fitting) > 1:
             names = ", ".join(repr(p) for p in fitting)
             raise ArchitectureError(
@@ -491,7 +493,7 @@ def fit(arch: str, model: nn.Module, candidates: Iterable[Weights], origin: Any)
                 f"other keys: pass --strip-prefix {fitting[0]}",
             )
         if prefixes:
-            stripped = mismatch(arch, model, _under(weights, prefixes[0]))
+            stripped = mismatch(arch, model, weights.under_prefix(prefixes[0]).state_dict)
             assert stripped is not None
             raise _with_hint(
                 stripped,
@@ -537,10 +539,6 @@ def _prefixes_fitting_names(model: nn.Module, state_dict: Mapping[str, Any]) -> 
         if names == expected:
             found.append(prefix)
     return found
-
-
-def _under(weights: Weights, prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix) :]: v for k, v in weights.state_dict.items() if k.startswith(prefix)}
 
 
 def mismatch(
