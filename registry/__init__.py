@@ -19,7 +19,9 @@ from registry.errors import (
     AmbiguousReferenceError,
     ArchitectureError,
     ArchitectureMismatchError,
+    BehaviourMismatchError,
     BundleError,
+    CheckInputError,
     CheckpointError,
     ConfigurationError,
     DatabaseError,
@@ -34,7 +36,16 @@ from registry.errors import (
     UnsafeCheckpointError,
     UntrustedArchError,
 )
-from registry.records import ModelSummary, ModelVersion
+from registry.records import (
+    CheckResult,
+    Diff,
+    Lineage,
+    LineageNode,
+    ModelSummary,
+    ModelVersion,
+    TensorChange,
+    TensorInfo,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -50,13 +61,19 @@ __all__ = [
     "AmbiguousReferenceError",
     "ArchitectureError",
     "ArchitectureMismatchError",
+    "BehaviourMismatchError",
     "BundleError",
+    "CheckInputError",
+    "CheckResult",
     "CheckpointError",
     "ConfigurationError",
     "DatabaseError",
     "DeviceError",
+    "Diff",
     "IntegrityError",
     "InvalidReferenceError",
+    "Lineage",
+    "LineageNode",
     "MainModuleWarning",
     "ModelSummary",
     "ModelVersion",
@@ -65,6 +82,8 @@ __all__ = [
     "RegistryError",
     "SchemaOutOfDateError",
     "StorageError",
+    "TensorChange",
+    "TensorInfo",
     "UnsafeCheckpointError",
     "UntrustedArchError",
     "__version__",

@@ -7,19 +7,17 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from registry import catalog, db, files, progress_bars, pushing, refs
+from registry import behaviour, catalog, db, files, manifests, progress_bars, pushing, refs
 from registry.config import Settings
 from registry.errors import (
     ArchitectureError,
-    BundleError,
+    BehaviourMismatchError,
+    CheckInputError,
     CheckpointError,
-    ConfigurationError,
     DeviceError,
-    IntegrityError,
     InvalidReferenceError,
     NotFoundError,
     StorageError,
@@ -28,7 +26,16 @@ from registry.errors import (
 )
 from registry.faults import crash_half_way, crash_point
 from registry.progress_bars import Progress
-from registry.records import ModelSummary, ModelVersion, Problem, Reclaimed
+from registry.records import (
+    CheckResult,
+    Diff,
+    Lineage,
+    ModelSummary,
+    ModelVersion,
+    Problem,
+    Reclaimed,
+    TensorInfo,
+)
 from registry.stores import Store, open_store
 
 if TYPE_CHECKING:
@@ -36,6 +43,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
     from torch import nn
 
+    from registry.models import Fingerprint
     from registry.stores import BlobWriting
 
 
@@ -113,7 +121,7 @@ class Registry:
 
         Example:
             >>> reg.schema_revision()
-            '0002'
+            '0003'
         """
         return db.current_revision(db.open_engine(self.settings.database_url))
 
@@ -126,7 +134,7 @@ class Registry:
 
         Example:
             >>> reg.upgrade()
-            '0002'
+            '0003'
         """
         engine = db.open_engine(self.settings.database_url)
         db.upgrade(engine)
@@ -146,6 +154,8 @@ class Registry:
         trust_pickle: bool = False,
         key: str | None = None,
         strip_prefix: str | None = None,
+        parent: str | None = None,
+        check_input: Sequence[int] | str | None = None,
     ) -> ModelVersion:
         """Register a checkpoint file, an nn.Module or a state_dict as the next version.
 
@@ -159,7 +169,11 @@ class Registry:
         the file's code); `key` picks the entry of a training checkpoint that
         holds the weights; `strip_prefix` takes the keys under an attribute
         prefix (`model.` of a Lightning checkpoint), otherwise found when
-        exactly one fits.
+        exactly one fits. `parent` names the version this one was fine-tuned
+        or derived from, of any model. `check_input` (a shape such as
+        `(1, 3, 224, 224)`) runs the rebuilt model on a seeded input and
+        records its output, for `check` to compare with later. Every push
+        records the tensor manifest (names, dtypes, shapes, digests).
 
         Raises:
             NotFoundError: the file does not exist.
@@ -168,6 +182,8 @@ class Registry:
             ArchitectureError: the arch cannot be found or built.
             ArchitectureMismatchError: the weights do not fit the arch.
             InvalidReferenceError: a bad name, alias or tag key.
+            NotFoundError: `parent` names no version.
+            CheckInputError: the model rejects `check_input`.
 
         Example:
             >>> reg.push("model_weights.pth", arch="vgg16", tags={"dataset": "imagenet"})
@@ -183,6 +199,10 @@ class Registry:
         aliases = [refs.validate_alias(a) for a in aliases]
         if name is not None:
             refs.validate_name(name)
+        shape = behaviour.parse_shape(check_input) if check_input is not None else None
+        parent_ref = refs.parse_ref(parent) if parent is not None else None
+        if parent is not None:
+            self.get(parent)  # fail before the copy, not after
         if isinstance(source, (str, os.PathLike)):
             pushing.preflight(Path(source))
 
@@ -207,6 +227,10 @@ class Registry:
             name = name if name is not None else pushing.default_name(resolved.name)
             version = pushing.new_version(resolved, model, arch_args, weights, description)
             version.blob_sha256, version.extension = original.finish(), extension
+            tensors = manifests.describe(weights.state_dict)
+            fingerprint = None
+            if shape is not None:
+                fingerprint = pushing.fingerprint(resolved, version, weights, shape)
             writers = [original]
             if weights.format == "pickle":  # so that loads never unpickle it again
                 from registry import checkpoints
@@ -224,7 +248,10 @@ class Registry:
                     catalog.claim_blob(s, digest, writer.size, chunks, version.created_at)
                     writer.commit()  # in place before any version refers to it
                 crash_point("push-blob-placed")
-                record, is_new = catalog.add_version(s, name, version, tags, aliases)
+                parent_rows = catalog.resolve(s, parent_ref) if parent_ref else None
+                record, is_new = catalog.add_version(
+                    s, name, version, tags, aliases, tensors, parent_rows, fingerprint
+                )
                 s.flush()
                 crash_point("push-commit")
         return replace(record, is_new=is_new)
@@ -405,6 +432,7 @@ class Registry:
         verify: bool = True,
         trust_arch: bool = False,
         arch: str | Callable[..., nn.Module] | None = None,
+        check: bool = False,
     ) -> nn.Module:
         """Rebuild a version's model with its weights, in eval mode, ready for inference.
 
@@ -412,7 +440,8 @@ class Registry:
         called only with `trust_arch` or a REGISTRY_TRUSTED_ARCHS pattern.
         `arch` rebuilds with a builder you hand in instead (one defined in a
         notebook, or a class that has moved since the push); the weights are
-        still checked against it.
+        still checked against it. `check` reruns the behaviour check recorded
+        at push (on the CPU, before moving to `device`).
 
         Raises:
             NotFoundError: no such version.
@@ -421,6 +450,8 @@ class Registry:
                 (UntrustedArchError: a recorded function nobody trusted).
             ArchitectureMismatchError: the weights do not fit the arch.
             DeviceError: the model cannot be moved to `device`.
+            BehaviourMismatchError: with `check`, the model computes something else.
+            CheckInputError: with `check`, the version has no behaviour check.
 
         Example:
             >>> model = reg.load("vgg16@production", device="cuda")
@@ -429,6 +460,7 @@ class Registry:
         from registry import architectures, checkpoints
 
         version = self.get(ref)
+        recorded = self._fingerprint(version) if check else None
         try:
             if arch is None:
                 resolved = architectures.resolve(version.arch, trust=trust_arch)
@@ -444,6 +476,10 @@ class Registry:
         with self._weights_file(version, verify) as (path, format, details):
             state = checkpoints.load(path, format, details)
             model = architectures.instantiate(resolved, version.arch_args, state, recorded_versions)
+        if recorded is not None:
+            result = self._compare(version, recorded, model)
+            if not result.matches:
+                raise BehaviourMismatchError(version.ref, result.max_abs_diff, result.detail)
         if device is not None:
             try:
                 model = model.to(device)
@@ -477,6 +513,157 @@ class Registry:
                 yield path, format, details
             finally:
                 verifying.result()  # an IntegrityError wins over what corrupt bytes caused
+
+    # -- what changed --------------------------------------------------------------
+
+    def tensors(self, ref: str) -> list[TensorInfo]:
+        """A version's tensor manifest: each tensor's name, dtype, shape and digest.
+
+        Read from the catalog alone. A version recorded before manifests were
+        (schema 0003) gets its manifest from its blob once, then kept.
+
+        Raises:
+            NotFoundError: no such version.
+            IntegrityError: an old version's blob, read to fill its manifest, is damaged.
+
+        Example:
+            >>> [(t.name, t.shape) for t in reg.tensors("vgg16@v1")][-1]
+            ('classifier.6.bias', (1000,))
+        """
+        version = self.get(ref)
+        with db.session(self.engine) as s:
+            _, row = catalog.resolve(s, refs.parse_ref(version.ref))
+            found = catalog.tensors(s, row.id)
+        if found:
+            return found
+        with self._weights_file(version, verify=True) as (path, format, details):
+            from registry import checkpoints
+
+            found = manifests.describe(checkpoints.load(path, format, details))
+        with db.session(self.engine, write=True) as s:
+            _, row = catalog.resolve(s, refs.parse_ref(version.ref))
+            catalog.add_tensors(s, row.id, found)
+        return found
+
+    def lineage(self, ref: str) -> Lineage:
+        """A version's ancestors back to its root, nearest first, and its descendants as a tree.
+
+        Each walk is one recursive query, however long the chain; deleted
+        versions keep their place, marked `deleted`.
+
+        Raises:
+            NotFoundError: no such version.
+
+        Example:
+            >>> reg.lineage("cifar-resnet@v2").to_json()["ancestors"]
+            ['cifar-resnet@v1', 'resnet18@v1']
+        """
+        from registry import lineage
+
+        with db.session(self.engine) as s:
+            model, row = catalog.resolve(s, refs.parse_ref(ref))
+            return lineage.of(s, model, row)
+
+    def diff(self, a: str, b: str | None = None) -> Diff:
+        """Compare two versions tensor by tensor: `a` the older, `b` the newer.
+
+        With one argument, `a` is compared with its parent. Tensors with
+        matching manifest digests are identical without reading either blob;
+        the others are read one pair at a time and measured (`max_abs`,
+        `rel_l2`). Tensors are matched by name, so any two architectures compare.
+
+        Raises:
+            NotFoundError: no such version; with one argument, a version
+                without a parent, or whose parent was deleted.
+            IntegrityError: a tensor read does not match its manifest digest.
+
+        Example:
+            >>> reg.diff("resnet18@v1", "cifar-resnet@v1").summary
+            {'identical': 60, 'changed': 0, 'added': 0, 'removed': 0, 'reshaped': 2}
+        """
+        from registry import diffing
+
+        if b is None:
+            newer = self.get(a)
+            if newer.parent is None:
+                raise NotFoundError(
+                    f"a parent of {newer.ref}", "give two versions: registry diff A B"
+                )
+            try:
+                older = self.get(newer.parent)
+            except NotFoundError:
+                raise NotFoundError(
+                    f"{newer.parent}, the parent of {newer.ref},", "it was deleted"
+                ) from None
+        else:
+            older, newer = self.get(a), self.get(b)
+        left, right = self.tensors(older.ref), self.tensors(newer.ref)
+        if diffing.unread(left, right):
+            return diffing.compare(older.ref, newer.ref, left, right, None, None)
+        with contextlib.ExitStack() as stack:
+            readers = [stack.enter_context(self._tensor_reader(v)) for v in (older, newer)]
+            return diffing.compare(older.ref, newer.ref, left, right, *readers)
+
+    @contextlib.contextmanager
+    def _tensor_reader(self, version: ModelVersion) -> Iterator[Callable[[str], torch.Tensor]]:
+        """One tensor at a time from a version's weights; `diff` checks each against its digest."""
+        from registry import checkpoints
+
+        with (
+            self._weights_file(version, verify=False) as (path, format, details),
+            checkpoints.tensor_reader(path, format, details) as read,
+        ):
+            yield read
+
+    def check(self, ref: str, trust_arch: bool = False) -> CheckResult:
+        """Rebuild a version and compare its output on the seeded check input with the recorded.
+
+        The tolerance, `|new - recorded| <= 1e-4 + 1e-3 * |recorded|`, allows
+        for CPU thread counts and kernels; a mismatch names the largest
+        deviation and what produced the output at push and now (torch,
+        torchvision, the arch's code).
+
+        Raises:
+            CheckInputError: the version was pushed without `check_input`.
+            NotFoundError, IntegrityError, ArchitectureError: as for `load`.
+
+        Example:
+            >>> reg.check("resnet18@v2").matches
+            True
+        """
+        version = self.get(ref)
+        recorded = self._fingerprint(version)
+        model = self.load(version.ref, trust_arch=trust_arch)
+        return self._compare(version, recorded, model)
+
+    def _fingerprint(self, version: ModelVersion) -> Fingerprint:
+        with db.session(self.engine) as s:
+            _, row = catalog.resolve(s, refs.parse_ref(version.ref))
+            found = catalog.fingerprint(s, row.id)
+        if found is None:
+            raise CheckInputError(
+                f"{version.ref} was pushed without --check-input, so there is no recorded "
+                "behaviour to check; push it again with --check-input SHAPE"
+            )
+        return found
+
+    def _compare(
+        self, version: ModelVersion, recorded: Fingerprint, model: nn.Module
+    ) -> CheckResult:
+        from registry import architectures
+
+        outputs = behaviour.run(model, recorded.input_shape)
+        found = behaviour.compare(recorded.outputs, outputs)
+        detail = f"max abs diff {found.max_abs_diff:.3g} at {found.where}"
+        if not found.matches:
+            resolved = architectures.resolve(version.arch, trust=True)
+            now = behaviour.environment(resolved)
+            then = ", ".join(f"{k} {v}" for k, v in recorded.environment.items())
+            today = ", ".join(f"{k} {v}" for k, v in now.items())
+            detail += f" (tolerance {behaviour.TOLERANCE}); at push: {then}; now: {today}"
+        return CheckResult(
+            version.ref, found.matches, found.max_abs_diff, behaviour.TOLERANCE, detail
+        )
 
     # -- aliases, tags, deletion ----------------------------------------------
 
@@ -574,27 +761,10 @@ class Registry:
             >>> reg.verify()
             []
         """
-        versions = [self.get(ref)] if ref is not None else self.search()
-        problems = []
-        for version in versions:
-            digests: list[tuple[str, int | None]] = [(version.sha256, version.size)]
-            if version.weights_sha256:
-                digests.append((version.weights_sha256, None))
-            for digest, size in digests:
-                problem = self._check_blob(version.ref, digest, size)
-                if problem is not None:
-                    problems.append(problem)
-        return problems
+        from registry import maintenance
 
-    def _check_blob(self, ref: str, digest: str, size: int | None) -> Problem | None:
-        try:
-            actual = self.store.hash(digest, ref)
-        except IntegrityError:
-            return Problem(ref, digest, None, "missing")
-        if actual == digest:
-            return None
-        truncated = size is not None and self.store.size(digest) < size
-        return Problem(ref, digest, actual, "truncated" if truncated else "corrupt")
+        versions = [self.get(ref)] if ref is not None else self.search()
+        return maintenance.verify(self.store, versions)
 
     def gc(self, dry_run: bool = False) -> Reclaimed:
         """Delete blobs no version references, and temp files of writers that are gone.
@@ -610,20 +780,9 @@ class Registry:
             >>> reg.gc(dry_run=True).bytes
             553433881
         """
-        on_disk = self.store.digests()  # listed before the catalog is read: see push
-        with db.session(self.engine) as s:
-            unreferenced = (set(on_disk) | catalog.blob_digests(s)) - catalog.referenced_digests(s)
-        blobs = freed = 0
-        for digest in sorted(unreferenced):
-            if dry_run:
-                blobs += int(self.store.exists(digest))
-                freed += self.store.size(digest)
-                continue
-            with db.session(self.engine, write=True) as s:
-                if catalog.lock_unreferenced_blob(s, digest) and self.store.exists(digest):
-                    blobs, freed = blobs + 1, freed + self.store.remove(digest)
-        temps, temp_bytes = self.store.reclaim_temp_files(dry_run)
-        return Reclaimed(blobs=blobs, bytes=freed + temp_bytes, temp_files=temps)
+        from registry import maintenance
+
+        return maintenance.gc(self.engine, self.store, dry_run)
 
     def prune_cache(self, max_size: int = 0, dry_run: bool = False) -> Reclaimed:
         """Remove the least recently used blobs from a remote store's cache down to `max_size`.
@@ -635,13 +794,9 @@ class Registry:
             >>> reg.prune_cache(max_size=10 * 2**30).bytes
             1234567890
         """
-        prune = getattr(self.store, "prune", None)
-        if prune is None:
-            raise ConfigurationError(
-                f"store {self.store.location} is a local folder: it has no cache to prune"
-            )
-        blobs, freed = prune(max_size, dry_run)
-        return Reclaimed(blobs=blobs, bytes=freed, temp_files=0)
+        from registry import maintenance
+
+        return maintenance.prune_cache(self.store, max_size, dry_run)
 
     # -- moving models between registries ---------------------------------------------------
 
@@ -663,19 +818,14 @@ class Registry:
             >>> [v.ref for v in reg.export_bundle(["vgg16@v3"], "models.tar")]
             ['vgg16@v3']
         """
-        from registry import bundles
+        from registry import transfers
 
         found = self.search() if refs_ is None else [self.get(ref) for ref in refs_]
         # Oldest first, each once: the destination numbers them in this order.
         unique = {v.ref: v for v in found}
         versions = sorted(unique.values(), key=lambda v: (v.name, v.version))
-        total = sum(v.size for v in versions)
-        with self._progress("export", total) as advance:
-            if isinstance(destination, (str, os.PathLike)):
-                with files.atomic_file(Path(destination)) as out:
-                    bundles.write(versions, self.store, out, advance)
-            else:
-                bundles.write(versions, self.store, destination, advance)
+        with self._progress("export", sum(v.size for v in versions)) as advance:
+            transfers.export(self.engine, self.store, versions, destination, advance)
         return versions
 
     def import_bundle(self, source: str | os.PathLike[str] | BinaryIO) -> list[ModelVersion]:
@@ -694,34 +844,9 @@ class Registry:
             >>> [(v.ref, v.is_new) for v in reg.import_bundle("models.tar")]
             [('vgg16@v1', True)]
         """
-        from registry import bundles
-        from registry.models import Version
+        from registry import transfers
 
-        with contextlib.ExitStack() as stack:
-            if isinstance(source, (str, os.PathLike)):
-                shown_as = str(source)
-                try:
-                    stream: BinaryIO = stack.enter_context(open(source, "rb"))
-                except FileNotFoundError:
-                    raise NotFoundError(f"file {shown_as!r}") from None
-                except OSError as exc:
-                    raise BundleError(f"cannot read {shown_as}: {exc.strerror}") from None
-            else:
-                shown_as, stream = "the bundle", source
-            entries, writers = bundles.read(stream, self.store, stack, shown_as)
-            for writer in writers.values():
-                writer.publish()
-            imported = []
-            with db.session(self.engine, write=True) as s:
-                for digest, writer in writers.items():
-                    now = datetime.now(timezone.utc)
-                    catalog.claim_blob(s, digest, writer.size, writer.chunk_digests, now)
-                    writer.commit()  # in place before any version refers to it
-                for entry in entries:
-                    row = Version(**entry.fields)
-                    record, is_new = catalog.add_version(s, entry.name, row, entry.tags, [])
-                    imported.append(replace(record, is_new=is_new))
-        return imported
+        return transfers.import_(self.engine, self.store, source)
 
 
 def _progress_factory(choice: bool | Progress | None) -> Progress:

@@ -2,7 +2,8 @@
 
     models.tar
       manifest.json              {"format": "registry-bundle", "bundle_version": 1,
-                                  "versions": [every recorded field of each version]}
+                                  "versions": [every recorded field of each version,
+                                               its fingerprint, its parent's digest]}
       blobs/sha256/<hex>         each blob once: checkpoints, and safe copies of pickles
 
 The manifest comes first, so a bundle streams: `export -o - | ssh prod registry
@@ -10,7 +11,10 @@ import -`. Export checks each blob against its digest while writing it. Import
 takes nothing on trust: every field is validated, every member must be a
 regular file named as above, and every blob must hash to its name and to the
 manifest's size before anything is recorded. Nothing in a bundle is
-unpickled or called.
+unpickled or called. Tensor manifests are not carried: the destination
+computes them from the verified blobs, so a bundle cannot lie about them.
+A version's `ref` in a bundle is its name at the source: it links a parent
+to its children inside the bundle, and the destination numbers its own.
 """
 
 from __future__ import annotations
@@ -50,6 +54,9 @@ class Entry:
     sizes: dict[str, int]  # of each of its blobs, by digest
     fields: dict[str, Any]  # the catalog columns of the version, less its model and number
     tags: dict[str, str]
+    source_ref: str  # its reference at the source, "resnet18@v3"
+    parent: tuple[str, str | None] | None = None  # (source reference, blob digest)
+    fingerprint: dict[str, Any] | None = None  # the Fingerprint row's columns
 
     @property
     def digests(self) -> list[str]:
@@ -61,15 +68,19 @@ class Entry:
 
 def write(
     versions: list[ModelVersion],
+    extras: Mapping[str, dict[str, Any]],
     store: Store,
     sink: IO[bytes],
     progress: Callable[[int], None] = lambda _n: None,
 ) -> None:
-    """Write a bundle of `versions` to `sink`, checking every blob while it is copied."""
+    """Write a bundle of `versions` to `sink`, checking every blob while it is copied.
+
+    `extras` adds fields by reference: `fingerprint`, `parent_sha256`.
+    """
     manifest = {
         "format": FORMAT,
         "bundle_version": BUNDLE_VERSION,
-        "versions": [_describe(v, store) for v in versions],
+        "versions": [{**_describe(v, store), **extras.get(v.ref, {})} for v in versions],
     }
     data = json.dumps(manifest, indent=1, sort_keys=True).encode()
     with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:
@@ -93,7 +104,7 @@ def write(
 
 def _describe(version: ModelVersion, store: Store) -> dict[str, Any]:
     data = version.to_json()
-    for derived in ("ref", "version", "aliases"):  # the destination numbers and names its own
+    for derived in ("version", "aliases", "check_input"):  # the destination numbers its own
         del data[derived]
     if version.weights_sha256:
         data["weights_size"] = store.size(version.weights_sha256)
@@ -256,6 +267,9 @@ def _entries(data: bytes, shown_as: str) -> list[Entry]:
             OverflowError,
         ) as exc:
             raise BundleError(f"{shown_as}: version {i + 1} of its manifest: {exc}") from None
+    refs_seen = [e.source_ref for e in entries]
+    if len(set(refs_seen)) != len(refs_seen):
+        raise BundleError(f"{shown_as}: its manifest lists a version twice")
     return entries
 
 
@@ -293,6 +307,9 @@ def _entry(item: Any) -> Entry:
     created_at = created_at.astimezone(timezone.utc)  # the catalog keeps UTC
     details = _typed(item, "details", dict)
     _check_details(details)
+    source_ref = _typed(item, "ref", str)
+    if refs.parse_ref(source_ref).selector != "version":
+        raise BundleError(f"ref {source_ref[:80]!r} is not NAME@vN")
     fields = {
         "blob_sha256": sha256,
         "weights_sha256": weights,
@@ -307,7 +324,58 @@ def _entry(item: Any) -> Entry:
         "extension": extension,
         "details": details,
     }
-    return Entry(name, sizes, fields, tags)
+    fingerprint = item.get("fingerprint")
+    return Entry(
+        name,
+        sizes,
+        fields,
+        tags,
+        source_ref,
+        _parent(item),
+        _fingerprint(fingerprint) if fingerprint is not None else None,
+    )
+
+
+def _parent(item: Mapping[str, Any]) -> tuple[str, str | None] | None:
+    parent, digest = item.get("parent"), item.get("parent_sha256")
+    if parent is None:
+        return None
+    if not isinstance(parent, str) or refs.parse_ref(parent).selector != "version":
+        raise BundleError(f"parent {str(parent)[:80]!r} is not NAME@vN")
+    if digest is not None and not (isinstance(digest, str) and _HEX64.fullmatch(digest)):
+        raise BundleError("parent_sha256 is not 64 lowercase hex digits")
+    return parent, digest
+
+
+def _fingerprint(item: Any) -> dict[str, Any]:
+    """A behaviour check's recorded output: shapes, names and numbers only."""
+    from registry import behaviour
+
+    if not isinstance(item, Mapping):
+        raise BundleError("fingerprint is not an object")
+    shape = list(behaviour.parse_shape(_typed(item, "input_shape", list)))
+    environment = _typed(item, "environment", dict)
+    for key, value in environment.items():
+        _text(key, "fingerprint.environment key")
+        _text(value, f"fingerprint.environment[{key!r}]")
+    outputs = _typed(item, "outputs", list)
+    for output in outputs:
+        if not isinstance(output, Mapping):
+            raise BundleError("fingerprint.outputs holds something else than objects")
+        _text(_typed(output, "path", str), "fingerprint output path")
+        _text(_typed(output, "dtype", str), "fingerprint output dtype")
+        numbers = [
+            *_typed(output, "shape", list),
+            *_typed(output, "indices", list),
+            *_typed(output, "values", list),
+            output.get("mean"),
+            output.get("std"),
+        ]
+        if not all(n is None or isinstance(n, (int, float)) for n in numbers):
+            raise BundleError("fingerprint outputs hold something else than numbers")
+        if len(output["indices"]) != len(output["values"]):
+            raise BundleError("fingerprint outputs do not have as many indices as values")
+    return {"input_shape": shape, "outputs": outputs, "environment": environment}
 
 
 def _count(item: Mapping[str, Any], key: str) -> int:

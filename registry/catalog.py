@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 from registry import refs
 from registry.digests import CHUNK_SIZE
 from registry.errors import AmbiguousReferenceError, NotFoundError
-from registry.models import Alias, Blob, Model, Tag, Version
-from registry.records import ModelSummary, ModelVersion
+from registry.models import Alias, Blob, Fingerprint, Lineage, Model, Tag, Tensor, Version
+from registry.records import ModelSummary, ModelVersion, TensorInfo
 
 
 def resolve(s: Session, ref: refs.Ref) -> tuple[Model, Version]:
@@ -112,12 +112,16 @@ def add_version(
     version: Version,
     tags: Mapping[str, str],
     aliases: Sequence[str],
+    tensors: Sequence[TensorInfo] = (),
+    parent: tuple[Model, Version] | None = None,
+    fingerprint: Fingerprint | None = None,
 ) -> tuple[ModelVersion, bool]:
     """Record a pushed version, or find the identical one already there.
 
     Returns the version and whether it is new. Identical means the same
-    bytes, arch and arguments under the same model name. The caller has
-    claimed the version's blobs already.
+    bytes, arch and arguments under the same model name; an identical version
+    keeps its own manifest, parent and fingerprint. The caller has claimed the
+    version's blobs already.
     """
     now = version.created_at
     model = lock_model(s, name, now)
@@ -137,6 +141,21 @@ def add_version(
         s.add(version)
         s.flush()
         row = version
+        add_tensors(s, row.id, tensors)
+        if parent is not None:
+            parent_model, parent_row = parent
+            s.add(
+                Lineage(
+                    model_id=model.id,
+                    version=row.version,
+                    parent_model_id=parent_model.id,
+                    parent_version=parent_row.version,
+                )
+            )
+        if fingerprint is not None:
+            fingerprint.version_id = row.id
+            s.add(fingerprint)
+        s.flush()
     set_tags(s, row, tags)
     for alias in aliases:
         set_alias(s, model, alias, row)
@@ -179,6 +198,34 @@ def delete_tag(s: Session, version: Version, ref: str, key: str) -> None:
     gone = s.execute(delete(Tag).where(Tag.version_id == version.id, Tag.key == key))
     if gone.rowcount == 0:  # type: ignore[attr-defined]  # a CursorResult
         raise NotFoundError(f"tag {key!r} on {ref}")
+
+
+def add_tensors(s: Session, version_id: int, tensors: Sequence[TensorInfo]) -> None:
+    """Record a version's tensor manifest; a manifest recorded meanwhile is kept."""
+    if not tensors:
+        return
+    rows = [
+        {
+            "version_id": version_id,
+            "position": i,
+            "name": t.name,
+            "dtype": t.dtype,
+            "shape": list(t.shape),
+            "digest": t.digest,
+        }
+        for i, t in enumerate(tensors)
+    ]
+    s.execute(_insert(s, Tensor).values(rows).on_conflict_do_nothing())
+
+
+def tensors(s: Session, version_id: int) -> list[TensorInfo]:
+    """A version's tensor manifest in state_dict order; empty if none was recorded."""
+    query = select(Tensor).where(Tensor.version_id == version_id).order_by(Tensor.position)
+    return [TensorInfo(t.name, t.dtype, tuple(t.shape), t.digest) for t in s.scalars(query)]
+
+
+def fingerprint(s: Session, version_id: int) -> Fingerprint | None:
+    return s.get(Fingerprint, version_id)
 
 
 def delete_version(s: Session, version: Version) -> None:
@@ -264,6 +311,11 @@ def records(s: Session, rows: Sequence[tuple[str, Version]]) -> list[ModelVersio
     digests = {v.blob_sha256 for _, v in rows}
     blobs = s.execute(select(Blob.sha256, Blob.size).where(Blob.sha256.in_(digests)))
     sizes = {digest: size for digest, size in blobs}
+    parents = _parents(s, [v for _, v in rows])
+    checks = select(Fingerprint.version_id, Fingerprint.input_shape)
+    check_inputs = {
+        i: shape for i, shape in s.execute(checks.where(Fingerprint.version_id.in_(ids)))
+    }
     return [
         ModelVersion(
             name=name,
@@ -283,9 +335,27 @@ def records(s: Session, rows: Sequence[tuple[str, Version]]) -> list[ModelVersio
             tags=tags[v.id],
             aliases=tuple(aliases[v.id]),
             details=dict(v.details),
+            parent=parents.get((v.model_id, v.version)),
+            check_input=tuple(check_inputs[v.id]) if v.id in check_inputs else None,
         )
         for name, v in rows
     ]
+
+
+def _parents(s: Session, rows: Sequence[Version]) -> dict[tuple[int, int], str]:
+    """The parent reference of each version that has one, by (model id, number)."""
+    wanted = {(v.model_id, v.version) for v in rows}
+    query = (
+        select(Lineage.model_id, Lineage.version, Model.name, Lineage.parent_version)
+        .join(Model, Model.id == Lineage.parent_model_id)
+        .where(Lineage.model_id.in_({model_id for model_id, _ in wanted}))
+        .where(Lineage.version.in_({number for _, number in wanted}))
+    )
+    return {
+        (model_id, number): f"{name}@v{parent_number}"
+        for model_id, number, name, parent_number in s.execute(query)
+        if (model_id, number) in wanted
+    }
 
 
 def utc(moment: datetime) -> datetime:

@@ -21,7 +21,7 @@ import json
 import re
 import struct
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -308,6 +308,29 @@ def load(path: Path, format: str, details: Mapping[str, Any]) -> dict[str, torch
             state = state[details["key"]]
     prefix = details.get("stripped_prefix")
     return _strip(state, prefix) if prefix else dict(state)
+
+
+@contextlib.contextmanager
+def tensor_reader(
+    path: Path, format: str, details: Mapping[str, Any]
+) -> Iterator[Callable[[str], torch.Tensor]]:
+    """A function reading one recorded tensor at a time: `diff` holds one, not the model.
+
+    safetensors reads just that tensor's bytes; a torch zip is memory-mapped,
+    so only the pages of the tensors asked for are read.
+    """
+    prefix = details.get("stripped_prefix") or ""
+    if format != "safetensors":
+        state = load(path, format, details)
+        yield state.__getitem__
+        return
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as file:
+            yield lambda name: file.get_tensor(prefix + name)
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a valid safetensors file: {exc}") from None
 
 
 def save(state_dict: Mapping[str, torch.Tensor], sink: Any) -> None:

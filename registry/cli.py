@@ -14,8 +14,10 @@ import click
 
 from registry import __version__, progress_bars, refs
 from registry.api import Registry
-from registry.errors import RegistryError
-from registry.records import ModelSummary, ModelVersion
+from registry.errors import NotFoundError, RegistryError
+from registry.records import Lineage, ModelSummary, ModelVersion
+
+MAX_INDENT = 32  # levels of a lineage tree drawn as indentation
 
 
 class RegistryGroup(click.Group):
@@ -123,6 +125,15 @@ def key_values(
     is_flag=True,
     help="Read a whole-model pickle (torch.save(model)); this runs code from the file.",
 )
+@click.option(
+    "--parent", metavar="REF", help="The version this one was fine-tuned or derived from."
+)
+@click.option(
+    "--check-input",
+    metavar="SHAPE",
+    help="Record the model's output on a seeded input of this shape, e.g. 1,3,224,224, "
+    "for `registry check`.",
+)
 @json_option
 @click.pass_obj
 def push(
@@ -137,6 +148,8 @@ def push(
     key: str | None,
     strip_prefix: str | None,
     trust_pickle: bool,
+    parent: str | None,
+    check_input: str | None,
     as_json: bool,
 ) -> None:
     """Register checkpoint FILE as the model's next version; print NAME@vN sha256:<hex>.
@@ -155,6 +168,8 @@ def push(
         trust_pickle=trust_pickle,
         key=key,
         strip_prefix=strip_prefix,
+        parent=parent,
+        check_input=check_input,
     )
     if not version.is_new:
         click.echo(f"{version.ref} already holds these bytes; no new version made", err=True)
@@ -206,6 +221,7 @@ def pull(
     is_flag=True,
     help="Call the recorded builder even if it is a function, not an nn.Module class.",
 )
+@click.option("--check", is_flag=True, help="Rerun the behaviour check recorded at push.")
 @json_option
 @click.pass_obj
 def load(
@@ -215,6 +231,7 @@ def load(
     device: str | None,
     no_verify: bool,
     trust_arch: bool,
+    check: bool,
     as_json: bool,
 ) -> None:
     """Rebuild REF's model with its weights in eval mode and report on it."""
@@ -222,7 +239,9 @@ def load(
 
     shape = _parse_shape(input_shape) if input_shape else None
     version = reg.get(ref)
-    model = reg.load(version.ref, device=device, verify=not no_verify, trust_arch=trust_arch)
+    model = reg.load(
+        version.ref, device=device, verify=not no_verify, trust_arch=trust_arch, check=check
+    )
     result: dict[str, Any] = {
         "ref": version.ref,
         "class": f"{type(model).__module__}.{type(model).__qualname__}",
@@ -286,18 +305,124 @@ def ls(
 
 @cli.command()
 @click.argument("ref")
+@click.option("--tensors", is_flag=True, help="Also list every tensor: name, dtype, shape.")
 @json_option
 @click.pass_obj
-def show(reg: Registry, ref: str, as_json: bool) -> None:
-    """Print every recorded field of REF."""
-    data = reg.get(ref).to_json()
+def show(reg: Registry, ref: str, tensors: bool, as_json: bool) -> None:
+    """Print every recorded field of REF (a deleted parent is marked so)."""
+    version = reg.get(ref)
+    data = version.to_json()
+    listed = reg.tensors(version.ref) if tensors else []
     if as_json:
+        if tensors:
+            data["tensors"] = [t.to_json() for t in listed]
         _print(data, True)
         return
+    if version.parent is not None and not _exists(reg, version.parent):
+        data["parent"] = f"{version.parent} (deleted)"
     width = max(map(len, data))
     for key, value in data.items():
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
         click.echo(f"{key + ':':<{width + 1}} {text}")
+    if tensors:
+        click.echo(f"tensors: {len(listed)}")
+        _table(
+            ["  NAME", "DTYPE", "SHAPE"],
+            [[f"  {t.name}", t.dtype, "x".join(map(str, t.shape)) or "scalar"] for t in listed],
+        )
+
+
+@cli.command()
+@click.argument("ref")
+@json_option
+@click.pass_obj
+def lineage(reg: Registry, ref: str, as_json: bool) -> None:
+    """Print REF's ancestors back to the root and its descendants as an indented tree."""
+    found = reg.lineage(ref)
+    if as_json:
+        click.echo(_lineage_json(found))
+        return
+    for depth, ancestor in enumerate(reversed(found.ancestors)):
+        click.echo(f"{_indent(depth)}{ancestor.ref}{' (deleted)' if ancestor.deleted else ''}")
+    base = len(found.ancestors)
+    click.echo(f"{_indent(base)}{found.ref}  <-")
+    for child in found.descendants:
+        for depth, node in child.walk():
+            mark = " (deleted)" if node.deleted else ""
+            click.echo(f"{_indent(base + 1 + depth)}{node.ref}{mark}")
+
+
+def _indent(depth: int) -> str:
+    """Two spaces a level; past MAX_INDENT levels the depth is written, not drawn."""
+    if depth <= MAX_INDENT:
+        return "  " * depth
+    return "  " * MAX_INDENT + f"[{depth}] "
+
+
+def _lineage_json(found: Lineage) -> str:
+    """The lineage as compact JSON, written without recursion: chains nest thousands deep."""
+    out = [f'{{"ref": {json.dumps(found.ref)}, "ancestors": ']
+    out.append(json.dumps([a.ref for a in found.ancestors]) + ', "descendants": [')
+    pending, first = [iter(found.descendants)], [True]
+    while pending:
+        node = next(pending[-1], None)
+        if node is None:
+            pending.pop()
+            first.pop()
+            out.append("]}")  # a node's children and the node; last, the list and the whole
+            continue
+        out.append("" if first[-1] else ", ")
+        first[-1] = False
+        out.append(
+            f'{{"ref": {json.dumps(node.ref)}, "deleted": {json.dumps(node.deleted)}, "children": ['
+        )
+        pending.append(iter(node.children))
+        first.append(True)
+    return "".join(out)
+
+
+@cli.command()
+@click.argument("a")
+@click.argument("b", required=False)
+@json_option
+@click.pass_obj
+def diff(reg: Registry, a: str, b: str | None, as_json: bool) -> None:
+    """Compare versions A (older) and B (newer) tensor by tensor; with A alone, its parent and A.
+
+    Tensors with equal recorded digests are identical without reading the
+    blobs; the others are read one at a time and measured (max_abs, rel_l2).
+    """
+    from registry.diffing import grouped
+
+    found = reg.diff(a, b)
+    if as_json:
+        _print(found.to_json(), True)
+        return
+    click.echo(f"diff {found.a} {found.b}")
+    _table([], [[f"  {name}", status, detail] for name, status, detail in grouped(found)])
+    click.echo(", ".join(f"{n} {status}" for status, n in found.summary.items()))
+
+
+@cli.command()
+@click.argument("ref")
+@click.option(
+    "--trust-arch",
+    is_flag=True,
+    help="Call the recorded builder even if it is a function, not an nn.Module class.",
+)
+@json_option
+@click.pass_obj
+def check(reg: Registry, ref: str, trust_arch: bool, as_json: bool) -> None:
+    """Rebuild REF and rerun the check input recorded at push; exit 1 if the output differs."""
+    from registry.errors import BehaviourMismatchError
+
+    result = reg.check(ref, trust_arch=trust_arch)
+    if as_json:
+        _print(result.to_json(), True)
+    if not result.matches:
+        raise BehaviourMismatchError(result.ref, result.max_abs_diff, result.detail)
+    if not as_json:
+        click.echo(f"{result.ref}: behaviour matches (max abs diff {result.max_abs_diff:.3g})")
 
 
 @cli.command()
@@ -485,6 +610,14 @@ def _print(data: Any, as_json: bool) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False) if as_json else data)
 
 
+def _exists(reg: Registry, ref: str) -> bool:
+    try:
+        reg.get(ref)
+    except NotFoundError:
+        return False
+    return True
+
+
 def _json_or_string(text: str) -> Any:
     try:
         return json.loads(text)
@@ -558,8 +691,12 @@ def _version_row(v: ModelVersion) -> list[str]:
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows, strict=True)]
-    for row in [headers, *rows]:
+    """Columns padded to their widest cell; no header line when `headers` is empty."""
+    lines = [headers, *rows] if headers else rows
+    if not lines:
+        return
+    widths = [max(len(str(c)) for c in column) for column in zip(*lines, strict=True)]
+    for row in lines:
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 

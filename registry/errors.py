@@ -157,6 +157,20 @@ class StorageError(RegistryError, OSError):
     """The blob store or a destination path cannot be read or written."""
 
 
+class CheckInputError(RegistryError, ValueError):
+    """A behaviour check cannot run: no recorded check input, or the model rejects the shape."""
+
+
+class BehaviourMismatchError(RegistryError):
+    """A rebuilt model computes something else than it did at push."""
+
+    def __init__(self, ref: str, max_abs_diff: float, detail: str) -> None:
+        self.ref = ref
+        self.max_abs_diff = max_abs_diff
+        self.detail = detail
+        super().__init__(f"{ref} behaves differently: {detail}")
+
+
 class MainModuleWarning(UserWarning):
     """A version's builder lives in `__main__`: only a process defining it can rebuild it."""
 

@@ -1,11 +1,16 @@
 """SQLAlchemy 2 declarative models of the catalog.
 
     models ──< versions >── blobs
-                 │  ╰──< tags
+                 │  ├──< tags
+                 │  ├──< tensors            the tensor manifest, in state_dict order
+                 │  ╰──── fingerprints      a behaviour check's recorded output
     models ──< aliases >── versions
+    models ──< lineage >── models           (model, version) -> (parent model, version)
 
 `models.last_version` is the counter version numbers are drawn from, so a
-number is never handed out twice, even after its version is deleted.
+number is never handed out twice, even after its version is deleted. That
+makes (model, number) a version's lasting name: `lineage` links versions by
+it, so a deleted version's children keep their parent and their ancestors.
 Migrations never import this module; `tests/test_migrations.py` checks the two agree.
 """
 
@@ -110,3 +115,49 @@ class Alias(Base):
     )
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     version_id: Mapped[int] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"))
+
+
+class Tensor(Base):
+    """One entry of a version's state_dict: read by `show --tensors` and `diff` per version."""
+
+    __tablename__ = "tensors"
+
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    dtype: Mapped[str] = mapped_column(String(32))
+    shape: Mapped[list[int]] = mapped_column(JSON)
+    # SHA-256 of the tensor's bytes; equal digests make a diff skip reading both.
+    digest: Mapped[str | None] = mapped_column(String(64))
+
+
+class Lineage(Base):
+    """A version's parent, by model and number: neither side's deletion removes the link."""
+
+    __tablename__ = "lineage"
+    __table_args__ = (
+        Index("ix_lineage_parent_model_id_parent_version", "parent_model_id", "parent_version"),
+    )
+
+    model_id: Mapped[int] = mapped_column(
+        ForeignKey("models.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    parent_model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    parent_version: Mapped[int] = mapped_column(Integer)
+
+
+class Fingerprint(Base):
+    """What a version's model computed at push on the seeded check input (`--check-input`)."""
+
+    __tablename__ = "fingerprints"
+
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    input_shape: Mapped[list[int]] = mapped_column(JSON)
+    outputs: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # torch, torchvision and the arch's code as they were at push, for the mismatch message.
+    environment: Mapped[dict[str, str]] = mapped_column(JSON)

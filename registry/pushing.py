@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import getpass
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from registry import refs
 from registry.errors import ArchitectureError, InvalidReferenceError, NotFoundError
-from registry.models import Version
+from registry.models import Fingerprint, Version
 
 if TYPE_CHECKING:
     from torch import nn
@@ -115,6 +115,22 @@ def new_version(
         num_params=architectures.count_params(model),
         torch_version=torch.__version__,
         details=details,
+    )
+
+
+def fingerprint(
+    arch: Arch, version: Version, weights: Weights, shape: Sequence[int]
+) -> Fingerprint:
+    """Run the model as a load will rebuild it on the seeded check input; record its output."""
+    from registry import architectures, behaviour
+
+    model = architectures.instantiate(
+        arch, version.arch_args, weights.state_dict, version.details["module_versions"]
+    )
+    return Fingerprint(
+        input_shape=list(shape),
+        outputs=behaviour.run(model, shape),
+        environment=behaviour.environment(arch),
     )
 
 

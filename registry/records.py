@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -28,6 +29,8 @@ class ModelVersion:
     tags: dict[str, str] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)
+    parent: str | None = None  # the version it was derived from ("resnet18@v1"), maybe deleted
+    check_input: tuple[int, ...] | None = None  # the behaviour check's input shape, if recorded
     # True only on the record `push` returns when it made a new version (not in JSON).
     is_new: bool = field(default=False, compare=False, repr=False)
 
@@ -40,6 +43,7 @@ class ModelVersion:
         del data["is_new"]
         data["aliases"] = list(self.aliases)
         data["created_at"] = self.created_at.isoformat()
+        data["check_input"] = list(self.check_input) if self.check_input else None
         return data
 
 
@@ -84,3 +88,126 @@ class ModelSummary:
         data["aliases"] = list(self.aliases)
         data["updated_at"] = self.updated_at.isoformat() if self.updated_at else None
         return data
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One entry of a version's tensor manifest."""
+
+    name: str
+    dtype: str  # "float32"
+    shape: tuple[int, ...]
+    digest: str | None  # SHA-256 of its bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class LineageNode:
+    """A version in a lineage tree; a deleted one keeps its place and its links."""
+
+    ref: str
+    deleted: bool = False
+    children: tuple[LineageNode, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """`{"ref", "deleted", "children": [...]}`, built without recursion: chains run deep."""
+        top: dict[str, Any] = {}
+        pending = [(self, top)]
+        while pending:
+            node, data = pending.pop()
+            data.update(ref=node.ref, deleted=node.deleted, children=[])
+            for child in node.children:
+                data["children"].append({})
+                pending.append((child, data["children"][-1]))
+        return top
+
+    def walk(self) -> Iterator[tuple[int, LineageNode]]:
+        """This node and those under it, depth first, each with its depth (this one 0)."""
+        pending: list[tuple[int, LineageNode]] = [(0, self)]
+        while pending:
+            depth, node = pending.pop()
+            yield depth, node
+            pending.extend((depth + 1, child) for child in reversed(node.children))
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """A version's ancestors, nearest first, and its descendants as a tree."""
+
+    ref: str
+    ancestors: tuple[LineageNode, ...]  # without children: a chain
+    descendants: tuple[LineageNode, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ref": self.ref,
+            "ancestors": [a.ref for a in self.ancestors],
+            "descendants": [d.to_json() for d in self.descendants],
+        }
+
+
+@dataclass(frozen=True)
+class TensorChange:
+    """How one tensor differs from A to B: identical, changed, added, removed or reshaped."""
+
+    name: str
+    status: str
+    max_abs: float | None = None  # changed only: the largest |B - A|
+    rel_l2: float | None = None  # changed only: ||B - A|| / ||A||
+    detail: str = ""  # added, removed, reshaped: dtype and shape (text output only)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "max_abs": _finite(self.max_abs),
+            "rel_l2": _finite(self.rel_l2),
+        }
+
+
+DIFF_STATUSES = ("identical", "changed", "added", "removed", "reshaped")
+
+
+@dataclass(frozen=True)
+class Diff:
+    """Two versions compared tensor by tensor, A the older, B the newer."""
+
+    a: str
+    b: str
+    tensors: tuple[TensorChange, ...]
+
+    @property
+    def summary(self) -> dict[str, int]:
+        counts = dict.fromkeys(DIFF_STATUSES, 0)
+        for change in self.tensors:
+            counts[change.status] += 1
+        return counts
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "a": self.a,
+            "b": self.b,
+            "summary": self.summary,
+            "tensors": [t.to_json() for t in self.tensors],
+        }
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """A behaviour check: the rebuilt model's output on the seeded input against the recorded."""
+
+    ref: str
+    matches: bool
+    max_abs_diff: float
+    tolerance: str  # "|new - recorded| <= 1e-4 + 1e-3 * |recorded|"
+    detail: str = ""  # where the largest deviation is, and what changed since the push
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _finite(value: float | None) -> float | None:
+    """JSON has no infinity: an unbounded ratio (A was all zeros) is null."""
+    return value if value is None or (value == value and abs(value) != float("inf")) else None

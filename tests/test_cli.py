@@ -189,8 +189,8 @@ def test_debug_shows_the_traceback(run, monkeypatch: pytest.MonkeyPatch) -> None
 def test_db_current_and_upgrade(run) -> None:
     assert run("db", "current") == (0, "none\n", "")
     code, out, _ = run("db", "upgrade")
-    assert code == 0 and out.endswith("at revision 0002\n")
-    assert run("db", "current") == (0, "0002\n", "")
+    assert code == 0 and out.endswith("at revision 0003\n")
+    assert run("db", "current") == (0, "0003\n", "")
 
 
 def test_every_command_has_help() -> None:
@@ -238,6 +238,9 @@ def test_python_dash_m_registry() -> None:
         ["ls"],
         ["ls", "tiny"],
         ["show", "tiny"],
+        ["show", "tiny", "--tensors"],
+        ["lineage", "tiny"],
+        ["diff", "tiny@v1", "tiny@v1"],
         ["alias", "tiny@v1", "production"],
         ["tag", "tiny@v1", "stage=dev"],
         ["verify"],
@@ -308,7 +311,7 @@ def test_every_result_printing_command_speaks_json(run, small_file: Path) -> Non
     assert parsed["alias"]["aliases"] == ["production"]
     assert parsed["tag"]["tags"] == {"k": "v"}
     assert parsed["verify"] == []
-    assert parsed["db current"] == {"revision": "0002"}
+    assert parsed["db current"] == {"revision": "0003"}
     assert parsed["rm"]["ref"] == ref
 
 

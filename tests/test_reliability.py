@@ -397,7 +397,17 @@ def catalog_state(database_url: str) -> tuple[list, list[str]]:
         engine.dispose()
 
 
-TABLES = ["alembic_version", "aliases", "blobs", "models", "tags", "versions"]
+TABLES = [
+    "alembic_version",
+    "aliases",
+    "blobs",
+    "fingerprints",
+    "lineage",
+    "models",
+    "tags",
+    "tensors",
+    "versions",
+]
 
 
 def test_concurrent_first_use_runs_the_migrations_once(database_url: str, tmp_path: Path) -> None:

@@ -1,0 +1,69 @@
+"""Store maintenance: re-hash blobs, collect the unreferenced ones, trim a remote store's cache."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine
+
+from registry import catalog, db
+from registry.errors import ConfigurationError, IntegrityError
+from registry.records import ModelVersion, Problem, Reclaimed
+from registry.stores import Store
+
+
+def verify(store: Store, versions: list[ModelVersion]) -> list[Problem]:
+    """Re-hash each version's blobs (its file, and a pickle's safe copy); report the bad ones."""
+    problems = []
+    for version in versions:
+        digests: list[tuple[str, int | None]] = [(version.sha256, version.size)]
+        if version.weights_sha256:
+            digests.append((version.weights_sha256, None))
+        for digest, size in digests:
+            problem = _check_blob(store, version.ref, digest, size)
+            if problem is not None:
+                problems.append(problem)
+    return problems
+
+
+def _check_blob(store: Store, ref: str, digest: str, size: int | None) -> Problem | None:
+    try:
+        actual = store.hash(digest, ref)
+    except IntegrityError:
+        return Problem(ref, digest, None, "missing")
+    if actual == digest:
+        return None
+    truncated = size is not None and store.size(digest) < size
+    return Problem(ref, digest, actual, "truncated" if truncated else "corrupt")
+
+
+def gc(engine: Engine, store: Store, dry_run: bool) -> Reclaimed:
+    """Delete unreferenced blobs, each while its catalog row is locked, and stale temp files.
+
+    The store is listed before the catalog is read: a push places its blob
+    before it records the version, so a blob listed here is either
+    referenced by then or free to go (see `Registry.push`).
+    """
+    on_disk = store.digests()
+    with db.session(engine) as s:
+        unreferenced = (set(on_disk) | catalog.blob_digests(s)) - catalog.referenced_digests(s)
+    blobs = freed = 0
+    for digest in sorted(unreferenced):
+        if dry_run:
+            blobs += int(store.exists(digest))
+            freed += store.size(digest)
+            continue
+        with db.session(engine, write=True) as s:
+            if catalog.lock_unreferenced_blob(s, digest) and store.exists(digest):
+                blobs, freed = blobs + 1, freed + store.remove(digest)
+    temps, temp_bytes = store.reclaim_temp_files(dry_run)
+    return Reclaimed(blobs=blobs, bytes=freed + temp_bytes, temp_files=temps)
+
+
+def prune_cache(store: Store, max_size: int, dry_run: bool) -> Reclaimed:
+    """Trim a remote store's local cache to `max_size` bytes, least recently used first."""
+    prune = getattr(store, "prune", None)
+    if prune is None:
+        raise ConfigurationError(
+            f"store {store.location} is a local folder: it has no cache to prune"
+        )
+    blobs, freed = prune(max_size, dry_run)
+    return Reclaimed(blobs=blobs, bytes=freed, temp_files=0)

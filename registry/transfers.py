@@ -1,0 +1,159 @@
+"""Export and import: versions moved between a registry and a bundle (see `bundles`).
+
+Export adds what the version records do not hold: each behaviour
+fingerprint, and each parent's blob digest, so the destination can find a
+parent it already has. Import records nothing until every blob of the
+bundle is verified; then, in one transaction, each version becomes the next
+of its model, with its parent linked when both ends are present (in the
+bundle, or already at the destination with the same name and bytes), its
+fingerprint, and a tensor manifest computed from the verified blob.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from registry import bundles, catalog, db, files, refs
+from registry.errors import BundleError, NotFoundError
+from registry.models import Fingerprint, Model, Version
+from registry.records import ModelVersion, TensorInfo
+from registry.stores import BlobWriting, Store
+
+
+def export(
+    engine: Engine,
+    store: Store,
+    versions: list[ModelVersion],
+    destination: str | os.PathLike[str] | BinaryIO,
+    progress: Callable[[int], None],
+) -> None:
+    """Write `versions` to a bundle at a path (atomically) or to a binary stream."""
+    extras = _extras(engine, versions)
+    if isinstance(destination, (str, os.PathLike)):
+        with files.atomic_file(Path(destination)) as out:
+            bundles.write(versions, extras, store, out, progress)
+    else:
+        bundles.write(versions, extras, store, destination, progress)
+
+
+def _extras(engine: Engine, versions: list[ModelVersion]) -> dict[str, dict[str, Any]]:
+    extras: dict[str, dict[str, Any]] = {v.ref: {} for v in versions}
+    with db.session(engine) as s:
+        for version in versions:
+            _, row = catalog.resolve(s, refs.parse_ref(version.ref))
+            found = catalog.fingerprint(s, row.id)
+            if found is not None:
+                extras[version.ref]["fingerprint"] = {
+                    "input_shape": found.input_shape,
+                    "outputs": found.outputs,
+                    "environment": found.environment,
+                }
+            if version.parent is not None:
+                with contextlib.suppress(NotFoundError):  # a deleted parent has no digest
+                    _, parent = catalog.resolve(s, refs.parse_ref(version.parent))
+                    extras[version.ref]["parent_sha256"] = parent.blob_sha256
+    return extras
+
+
+def import_(
+    engine: Engine, store: Store, source: str | os.PathLike[str] | BinaryIO
+) -> list[ModelVersion]:
+    """Record a bundle's versions; see `Registry.import_bundle`."""
+    with contextlib.ExitStack() as stack:
+        if isinstance(source, (str, os.PathLike)):
+            shown_as = str(source)
+            try:
+                stream: BinaryIO = stack.enter_context(open(source, "rb"))
+            except FileNotFoundError:
+                raise NotFoundError(f"file {shown_as!r}") from None
+            except OSError as exc:
+                raise BundleError(f"cannot read {shown_as}: {exc.strerror}") from None
+        else:
+            shown_as, stream = "the bundle", source
+        entries, writers = bundles.read(stream, store, stack, shown_as)
+        manifests = {e.source_ref: _manifest(e, writers) for e in entries}
+        for writer in writers.values():
+            writer.publish()
+        imported: dict[str, ModelVersion] = {}
+        with db.session(engine, write=True) as s:
+            for digest, writer in writers.items():
+                now = datetime.now(timezone.utc)
+                catalog.claim_blob(s, digest, writer.size, writer.chunk_digests, now)
+                writer.commit()  # in place before any version refers to it
+            for entry in _parents_first(entries):
+                record, is_new = catalog.add_version(
+                    s,
+                    entry.name,
+                    Version(**entry.fields),
+                    entry.tags,
+                    [],
+                    manifests[entry.source_ref],
+                    _parent(s, entry, imported),
+                    Fingerprint(**entry.fingerprint) if entry.fingerprint else None,
+                )
+                imported[entry.source_ref] = replace(record, is_new=is_new)
+    return [imported[e.source_ref] for e in entries]
+
+
+def _manifest(entry: bundles.Entry, writers: dict[str, BlobWriting]) -> list[TensorInfo]:
+    """The tensor manifest of a version, computed from its verified, not yet placed, blob."""
+    from registry import checkpoints, manifests
+
+    fields = entry.fields
+    if fields["weights_sha256"]:
+        format, details, digest = "safetensors", {}, fields["weights_sha256"]
+    else:
+        format, details, digest = fields["format"], fields["details"], fields["blob_sha256"]
+    state = checkpoints.load(writers[digest].temp_path, format, details)
+    return manifests.describe(state)
+
+
+def _parents_first(entries: Sequence[bundles.Entry]) -> list[bundles.Entry]:
+    """The entries in bundle order, except that a parent in the bundle precedes its children."""
+    by_ref = {e.source_ref: e for e in entries}
+    ordered: list[bundles.Entry] = []
+    placed: set[str] = set()
+    for entry in entries:
+        chain = []
+        while entry.source_ref not in placed:
+            chain.append(entry)
+            placed.add(entry.source_ref)
+            parent = entry.parent[0] if entry.parent else None
+            if parent not in by_ref:
+                break
+            entry = by_ref[parent]
+        ordered += reversed(chain)
+    return ordered
+
+
+def _parent(
+    s: Session, entry: bundles.Entry, imported: dict[str, ModelVersion]
+) -> tuple[Model, Version] | None:
+    """The destination's version for an entry's parent: imported with it, or already here."""
+    if entry.parent is None:
+        return None
+    source_ref, digest = entry.parent
+    found = imported.get(source_ref)
+    if found is not None:
+        return catalog.resolve(s, refs.parse_ref(found.ref))
+    if digest is None:
+        return None
+    name = refs.parse_ref(source_ref).name
+    query = (
+        select(Model, Version)
+        .join(Version, Version.model_id == Model.id)
+        .where(Model.name == name, Version.blob_sha256 == digest)
+        .order_by(Version.version.desc())
+        .limit(1)
+    )
+    row = s.execute(query).first()
+    return (row[0], row[1]) if row else None

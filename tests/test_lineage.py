@@ -1,0 +1,173 @@
+"""Lineage: parents across models, trees with branches, deleted versions, long chains."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from sqlalchemy import event, insert, select, update
+
+from registry import NotFoundError, Registry
+from registry.models import Lineage as LineageRow
+from registry.models import Model, Version
+
+TINY = {"arch": "tiny_models:TinyNet", "arch_args": {"width": 4, "num_classes": 5}}
+
+
+def push_child(reg: Registry, model, name: str, parent: str | None, seed: int) -> str:
+    """Push `model` with its head re-drawn from `seed`, so every push is new bytes."""
+    import torch
+
+    torch.manual_seed(seed)
+    torch.nn.init.normal_(model.head.weight)
+    return reg.push(model, name=name, parent=parent, **TINY).ref
+
+
+@pytest.fixture
+def tree(reg: Registry, tiny_model) -> dict[str, str]:
+    """base@v1 ─┬─ ft@v1 ── ft@v2 ── ft@v3
+    └─ other@v1 ── other@v2"""
+    refs = {"base": push_child(reg, tiny_model, "base", None, 1)}
+    refs["ft1"] = push_child(reg, tiny_model, "ft", refs["base"], 2)
+    refs["ft2"] = push_child(reg, tiny_model, "ft", refs["ft1"], 3)
+    refs["ft3"] = push_child(reg, tiny_model, "ft", refs["ft2"], 4)
+    refs["other1"] = push_child(reg, tiny_model, "other", refs["base"], 5)
+    refs["other2"] = push_child(reg, tiny_model, "other", refs["other1"], 6)
+    return refs
+
+
+def test_parent_is_recorded_across_models_and_shown(reg: Registry, tree: dict[str, str]) -> None:
+    assert reg.get("ft@v1").parent == "base@v1"
+    assert reg.get("base@v1").parent is None
+    assert reg.get("other@v2").to_json()["parent"] == "other@v1"
+    assert [v.parent for v in reg.versions("ft")] == ["ft@v2", "ft@v1", "base@v1"]
+
+
+def test_lineage_gives_ancestors_nearest_first_and_descendants_as_a_tree(
+    reg: Registry, tree: dict[str, str]
+) -> None:
+    assert reg.lineage("ft@v3").to_json() == {
+        "ref": "ft@v3",
+        "ancestors": ["ft@v2", "ft@v1", "base@v1"],
+        "descendants": [],
+    }
+    root = reg.lineage("base@v1").to_json()
+    assert root["ancestors"] == []
+
+    def shape(nodes: list[dict]) -> list:
+        return [(n["ref"], shape(n["children"])) for n in nodes]
+
+    assert shape(root["descendants"]) == [
+        ("ft@v1", [("ft@v2", [("ft@v3", [])])]),
+        ("other@v1", [("other@v2", [])]),
+    ]
+
+
+def test_a_deleted_middle_version_keeps_its_place_and_its_children_keep_their_parent(
+    reg: Registry, tree: dict[str, str], run
+) -> None:
+    reg.delete("ft@v2")
+    assert reg.get("ft@v3").parent == "ft@v2"
+    found = reg.lineage("ft@v3")
+    assert [(a.ref, a.deleted) for a in found.ancestors] == [
+        ("ft@v2", True),
+        ("ft@v1", False),
+        ("base@v1", False),
+    ]
+    chain = reg.lineage("ft@v1").descendants
+    assert [(n.ref, n.deleted) for _, n in chain[0].walk()] == [("ft@v2", True), ("ft@v3", False)]
+
+
+def test_cli_lineage_prints_an_indented_tree_and_json(run, cli_reg: Registry, tiny_model) -> None:
+    base = push_child(cli_reg, tiny_model, "base", None, 1)
+    child = push_child(cli_reg, tiny_model, "ft", base, 2)
+    push_child(cli_reg, tiny_model, "ft", child, 3)
+    push_child(cli_reg, tiny_model, "other", base, 4)
+    cli_reg.delete("ft@v1")
+    code, out, _ = run("lineage", "base")
+    assert code == 0
+    assert out == "base@v1  <-\n  ft@v1 (deleted)\n    ft@v2\n  other@v1\n"
+    code, out, _ = run("lineage", "ft@v2")
+    assert out == "base@v1\n  ft@v1 (deleted)\n    ft@v2  <-\n"
+    code, out, _ = run("lineage", "ft@v2", "--json")
+    assert json.loads(out) == {"ref": "ft@v2", "ancestors": ["ft@v1", "base@v1"], "descendants": []}
+    code, out, _ = run("show", "ft@v2")
+    assert "parent:         ft@v1 (deleted)" in out
+
+
+def test_a_parent_that_does_not_exist_is_one_line_and_nothing_is_stored(
+    run, cli_reg: Registry, tiny_model, tmp_path
+) -> None:
+    import torch
+
+    path = tmp_path / "tiny.pt"
+    torch.save(tiny_model.state_dict(), path)
+    args = ["--arch", TINY["arch"], "--arg", "width=4", "--arg", "num_classes=5"]
+    code, out, err = run("push", str(path), *args, "--parent", "nope@v1")
+    assert (code, out) == (1, "")
+    assert err == "Error: model 'nope' not found; see `registry ls` for the models there are\n"
+    assert cli_reg.models() == []
+
+
+def test_a_push_of_known_bytes_keeps_the_versions_own_parent(reg: Registry, tiny_model) -> None:
+    first = reg.push(tiny_model, name="a", **TINY)
+    import torch
+
+    torch.nn.init.zeros_(tiny_model.head.bias)
+    second = reg.push(tiny_model, name="a", parent=first.ref, **TINY)
+    again = reg.push(tiny_model, name="a", parent="a@v2", **TINY)  # no loop a@v2 -> a@v2
+    assert (again.ref, again.is_new, again.parent) == (second.ref, False, "a@v1")
+
+
+def test_a_10000_version_chain_is_walked_in_one_query(reg: Registry, tiny_model, run) -> None:
+    """Lineage is a recursive query: its cost is the chain's length, not a round trip per link."""
+    first = reg.push(tiny_model, name="long", **TINY)
+    length = 10_000
+    with reg.engine.begin() as conn:
+        template = dict(conn.execute(select(Version.__table__)).mappings().one())
+        del template["id"]
+        model_id = template["model_id"]
+        conn.execute(insert(Version), [{**template, "version": n} for n in range(2, length + 1)])
+        links = [
+            {
+                "model_id": model_id,
+                "version": n,
+                "parent_model_id": model_id,
+                "parent_version": n - 1,
+            }
+            for n in range(2, length + 1)
+        ]
+        conn.execute(insert(LineageRow), links)
+        conn.execute(update(Model).values(last_version=length))
+
+    statements: list[str] = []
+    event.listen(reg.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    tip = reg.lineage(f"long@v{length}")
+    from_tip = len(statements)
+    root = reg.lineage(first.ref)
+    from_root = len(statements) - from_tip
+    assert from_tip <= 4 and from_root <= 4, statements
+    assert len(tip.ancestors) == length - 1 and tip.ancestors[-1].ref == first.ref
+    assert max(depth for depth, _ in root.descendants[0].walk()) == length - 2
+
+    code, out, _ = run("lineage", first.ref, "--json")
+    assert code == 0
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(4 * length)  # Python's parser recurses per level; the CLI did not
+    try:
+        parsed = json.loads(out)
+    finally:
+        sys.setrecursionlimit(limit)
+    nested, depth = parsed["descendants"], 0
+    while nested:
+        nested, depth = nested[0]["children"], depth + 1
+    assert depth == length - 1
+    code, out, _ = run("lineage", first.ref)
+    lines = out.splitlines()
+    assert len(lines) == length and lines[-1] == f"{'  ' * 32}[{length - 1}] long@v{length}"
+
+
+def test_lineage_of_a_missing_version_is_not_found(reg: Registry) -> None:
+    with pytest.raises(NotFoundError):
+        reg.lineage("nothing@v1")
