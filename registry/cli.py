@@ -42,7 +42,14 @@ class RegistryGroup(click.Group):
 @click.option(
     "--cache",
     type=click.Path(file_okay=False),
-    help="Local cache of an s3:// store's blobs [env REGISTRY_CACHE; default HOME/cache].",
+    help="Local cache of an s3:// store's or a server's blobs [env REGISTRY_CACHE; "
+    "default HOME/cache].",
+)
+@click.option(
+    "--remote",
+    metavar="URL",
+    help="Read through a `registry serve` at URL instead of a catalog and store "
+    "[env REGISTRY_REMOTE; token from REGISTRY_TOKEN].",
 )
 @click.version_option(version=__version__, prog_name="registry")
 @click.pass_context
@@ -52,6 +59,7 @@ def cli(
     database_url: str | None,
     store: str | None,
     cache: str | None,
+    remote: str | None,
 ) -> None:
     """A model registry for PyTorch: versioned, verified checkpoints, rebuilt in eval mode."""
     ctx.obj = Registry(
@@ -59,6 +67,7 @@ def cli(
         database_url=database_url,
         store=store,
         cache=cache,
+        remote=remote,
         progress=progress_bars.terminal,
     )
 
@@ -574,6 +583,25 @@ def prune(reg: Registry, max_size: str, dry_run: bool, as_json: bool) -> None:
         return
     verb = "would remove" if dry_run else "removed"
     click.echo(f"{verb} {result.blobs} cached blobs, {_human_size(result.bytes)}")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+    help="Port to listen on; 0 picks a free one.",
+)  # fmt: skip
+@click.option(
+    "--token",
+    envvar="REGISTRY_SERVE_TOKEN",
+    help="Require this bearer token on every request [env REGISTRY_SERVE_TOKEN].",
+)
+@click.pass_obj
+def serve(reg: Registry, host: str, port: int, token: str | None) -> None:
+    """Serve a read-only web page and HTTP API over this registry; print the URL first."""
+    from registry import web
+
+    web.serve(reg, host, port, token)
 
 
 @cli.group()
