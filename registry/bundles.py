@@ -257,7 +257,7 @@ def _entries(data: bytes, shown_as: str) -> list[Entry]:
     entries = []
     for i, item in enumerate(versions):
         try:
-            entries.append(_entry(item))
+            entries.append(_entry(item, i))
         except (
             BundleError,
             InvalidReferenceError,
@@ -273,7 +273,7 @@ def _entries(data: bytes, shown_as: str) -> list[Entry]:
     return entries
 
 
-def _entry(item: Any) -> Entry:
+def _entry(item: Any, index: int) -> Entry:
     """Check one manifest record field by field; it is somebody else's data."""
     if not isinstance(item, Mapping):
         raise BundleError("not an object")
@@ -307,8 +307,8 @@ def _entry(item: Any) -> Entry:
     created_at = created_at.astimezone(timezone.utc)  # the catalog keeps UTC
     details = _typed(item, "details", dict)
     _check_details(details)
-    source_ref = _typed(item, "ref", str)
-    if refs.parse_ref(source_ref).selector != "version":
+    source_ref = item.get("ref", f"entry {index + 1}")  # bundles before schema 0003 lack it
+    if "ref" in item and refs.parse_ref(_typed(item, "ref", str)).selector != "version":
         raise BundleError(f"ref {source_ref[:80]!r} is not NAME@vN")
     fields = {
         "blob_sha256": sha256,

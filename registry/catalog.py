@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from registry import refs
 from registry.digests import CHUNK_SIZE
-from registry.errors import AmbiguousReferenceError, NotFoundError
+from registry.errors import AmbiguousReferenceError, InvalidReferenceError, NotFoundError
 from registry.models import Alias, Blob, Fingerprint, Lineage, Model, Tag, Tensor, Version
 from registry.records import ModelSummary, ModelVersion, TensorInfo
 
@@ -120,8 +120,8 @@ def add_version(
 
     Returns the version and whether it is new. Identical means the same
     bytes, arch and arguments under the same model name; an identical version
-    keeps its own manifest, parent and fingerprint. The caller has claimed the
-    version's blobs already.
+    keeps its manifest, and its parent and fingerprint if it has them, else
+    gains those given. The caller has claimed the version's blobs already.
     """
     now = version.created_at
     model = lock_model(s, name, now)
@@ -142,24 +142,40 @@ def add_version(
         s.flush()
         row = version
         add_tensors(s, row.id, tensors)
-        if parent is not None:
-            parent_model, parent_row = parent
-            s.add(
-                Lineage(
-                    model_id=model.id,
-                    version=row.version,
-                    parent_model_id=parent_model.id,
-                    parent_version=parent_row.version,
-                )
-            )
-        if fingerprint is not None:
-            fingerprint.version_id = row.id
-            s.add(fingerprint)
-        s.flush()
+    if parent is not None and s.get(Lineage, (model.id, row.version)) is None:
+        _link(s, model, row, *parent)
+    if fingerprint is not None and s.get(Fingerprint, row.id) is None:
+        fingerprint.version_id = row.id
+        s.add(fingerprint)
+    s.flush()
     set_tags(s, row, tags)
     for alias in aliases:
         set_alias(s, model, alias, row)
     return records(s, [(name, row)])[0], is_new
+
+
+def _link(s: Session, model: Model, row: Version, parent_model: Model, parent: Version) -> None:
+    """Record `parent` as the version's parent, unless that would close a loop."""
+    from registry import lineage
+
+    loop = (parent_model.id, parent.version) == (model.id, row.version) or any(
+        node.ref == f"{model.name}@v{row.version}"
+        for node in lineage.ancestors(s, parent_model.id, parent.version)
+    )
+    if loop:
+        raise InvalidReferenceError(
+            f"{parent_model.name}@v{parent.version}",
+            "parent",
+            f"it descends from {model.name}@v{row.version}, which cannot be its own ancestor",
+        )
+    s.add(
+        Lineage(
+            model_id=model.id,
+            version=row.version,
+            parent_model_id=parent_model.id,
+            parent_version=parent.version,
+        )
+    )
 
 
 def _same_weights(a: Version, b: Version) -> bool:

@@ -8,14 +8,17 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+from click.shell_completion import CompletionItem
 
 from registry import __version__, progress_bars, refs
-from registry.api import Registry
 from registry.errors import NotFoundError, RegistryError
 from registry.records import Lineage, ModelSummary, ModelVersion
+
+if TYPE_CHECKING:  # imported when a command runs: completion and --help skip SQLAlchemy
+    from registry.api import Registry
 
 MAX_INDENT = 32  # levels of a lineage tree drawn as indentation
 
@@ -62,6 +65,8 @@ def cli(
     remote: str | None,
 ) -> None:
     """A model registry for PyTorch: versioned, verified checkpoints, rebuilt in eval mode."""
+    from registry.api import Registry
+
     ctx.obj = Registry(
         home=home,
         database_url=database_url,
@@ -70,6 +75,25 @@ def cli(
         remote=remote,
         progress=progress_bars.terminal,
     )
+
+
+def complete_names(
+    ctx: click.Context, _param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """Model names starting with what was typed (see `registry.completion`)."""
+    from registry import completion
+
+    return [CompletionItem(n) for n in completion.names(ctx.find_root().params, incomplete)]
+
+
+def complete_refs(
+    ctx: click.Context, _param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """Model names, then `NAME@vN` and `NAME@ALIAS` once an `@` is typed."""
+    from registry import completion
+
+    found = completion.references(ctx.find_root().params, incomplete)
+    return [CompletionItem(ref) for ref in found]
 
 
 def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -186,7 +210,7 @@ def push(
 
 
 @cli.command()
-@click.argument("ref")
+@click.argument("ref", shell_complete=complete_refs)
 @click.option(
     "-o",
     "--output",
@@ -219,7 +243,7 @@ def pull(
 
 
 @cli.command()
-@click.argument("ref")
+@click.argument("ref", shell_complete=complete_refs)
 @click.option(
     "--input-shape", help="Run one forward pass on zeros of this shape, e.g. 1,3,224,224."
 )
@@ -257,18 +281,22 @@ def load(
         "num_params": count_params(model),
         "training": model.training,
     }
+    if check:
+        result["behaviour"] = "matches"  # else reg.load raised
     if shape is not None:
         result["output_shape"] = _forward_shape(model, shape, device)
     if as_json:
         _print(result, True)
         return
     click.echo(f"{version.ref}: {result['class']}, {result['num_params']:,} parameters, eval mode")
+    if check:
+        click.echo("behaviour matches the check recorded at push")
     if shape is not None:
         click.echo(f"output shape: {result['output_shape']}")
 
 
 @cli.command(name="ls")
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=complete_names)
 @click.option(
     "--tag",
     "tags",
@@ -313,7 +341,7 @@ def ls(
 
 
 @cli.command()
-@click.argument("ref")
+@click.argument("ref", shell_complete=complete_refs)
 @click.option("--tensors", is_flag=True, help="Also list every tensor: name, dtype, shape.")
 @json_option
 @click.pass_obj
@@ -342,7 +370,7 @@ def show(reg: Registry, ref: str, tensors: bool, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("ref")
+@click.argument("ref", shell_complete=complete_refs)
 @json_option
 @click.pass_obj
 def lineage(reg: Registry, ref: str, as_json: bool) -> None:
@@ -391,8 +419,8 @@ def _lineage_json(found: Lineage) -> str:
 
 
 @cli.command()
-@click.argument("a")
-@click.argument("b", required=False)
+@click.argument("a", shell_complete=complete_refs)
+@click.argument("b", required=False, shell_complete=complete_refs)
 @json_option
 @click.pass_obj
 def diff(reg: Registry, a: str, b: str | None, as_json: bool) -> None:
@@ -413,7 +441,7 @@ def diff(reg: Registry, a: str, b: str | None, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("ref")
+@click.argument("ref", shell_complete=complete_refs)
 @click.option(
     "--trust-arch",
     is_flag=True,
@@ -435,7 +463,7 @@ def check(reg: Registry, ref: str, trust_arch: bool, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("ref_or_name")
+@click.argument("ref_or_name", shell_complete=complete_refs)
 @click.argument("alias")
 @click.option("--delete", is_flag=True, help="Remove ALIAS from model REF_OR_NAME instead.")
 @json_option
@@ -452,7 +480,7 @@ def alias(reg: Registry, ref_or_name: str, alias: str, delete: bool, as_json: bo
 
 
 @cli.command()
-@click.argument("ref")
+@click.argument("ref", shell_complete=complete_refs)
 @click.argument("tags", nargs=-1, callback=key_values("tag"), metavar="K=V...")
 @click.option("--delete", "delete_keys", multiple=True, metavar="K", help="Remove tag K.")
 @json_option
@@ -471,7 +499,7 @@ def tag(
 
 
 @cli.command()
-@click.argument("ref")
+@click.argument("ref", shell_complete=complete_refs)
 @json_option
 @click.pass_obj
 def rm(reg: Registry, ref: str, as_json: bool) -> None:
@@ -481,7 +509,7 @@ def rm(reg: Registry, ref: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("ref", required=False)
+@click.argument("ref", required=False, shell_complete=complete_refs)
 @json_option
 @click.pass_obj
 def verify(reg: Registry, ref: str | None, as_json: bool) -> None:
@@ -517,7 +545,7 @@ def gc(reg: Registry, dry_run: bool, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("refs", nargs=-1, metavar="REF...")
+@click.argument("refs", nargs=-1, metavar="REF...", shell_complete=complete_refs)
 @click.option("--all", "everything", is_flag=True, help="Export every version.")
 @click.option(
     "-o",

@@ -40,6 +40,13 @@ def test_push_records_and_check_matches(reg: Registry, tiny_model) -> None:
     assert reg.load(version.ref, check=True).training is False
 
 
+def test_a_repeat_push_adds_the_check_a_version_lacked(reg: Registry, tiny_model) -> None:
+    version = reg.push(tiny_model, **TINY)
+    again = reg.push(tiny_model, check_input="1,3,8,8", **TINY)
+    assert (again.ref, again.is_new, again.check_input) == (version.ref, False, (1, 3, 8, 8))
+    assert reg.check(version.ref).matches
+
+
 def test_the_tolerance_allows_for_cpu_thread_counts(reg: Registry) -> None:
     from torchvision.models import resnet18
 

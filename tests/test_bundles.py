@@ -192,6 +192,11 @@ HOSTILE = {
         with_manifest(lambda v: v.update(created_at="0001-01-01T00:00:00+01:00")),
         "version 1 of its manifest",
     ),
+    "bad-parent": (with_manifest(lambda v: v.update(parent="../x")), "invalid model name"),
+    "bad-fingerprint": (
+        with_manifest(lambda v: v.update(fingerprint={"input_shape": [1], "outputs": "x"})),
+        "environment is missing",
+    ),
     "sparse-member": (
         lambda info, data: (
             [(info, data)] if info.name == "manifest.json" else [(sparse(info), data)]
@@ -204,6 +209,22 @@ HOSTILE = {
 def sparse(info: tarfile.TarInfo) -> tarfile.TarInfo:
     info.type = tarfile.GNUTYPE_SPARSE
     return info
+
+
+def test_a_bundle_of_the_previous_release_still_imports(
+    reg: Registry, target: Registry, tiny_model: nn.Module, tmp_path: Path
+) -> None:
+    """Bundles written before lineage carry no ref, parent or fingerprint."""
+
+    def previous(version: dict) -> None:
+        for field in ("ref", "parent"):
+            del version[field]
+
+    bundle = tmp_path / "old.tar"
+    bundle.write_bytes(rebuilt(bundle_bytes(reg, tiny_model, tmp_path), with_manifest(previous)))
+    (imported,) = target.import_bundle(bundle)
+    assert (imported.ref, imported.parent, imported.is_new) == ("tiny@v1", None, True)
+    assert target.tensors(imported.ref) == reg.tensors("tiny@v1")
 
 
 @pytest.mark.parametrize("case", HOSTILE)

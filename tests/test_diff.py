@@ -138,7 +138,8 @@ def test_diff_of_a_version_without_parent_is_one_line(run, cli_reg: Registry, ti
     assert run("diff", "root@v1") == (
         1,
         "",
-        "Error: a parent of root@v1 not found; give two versions: registry diff A B\n",
+        "Error: parent of root@v1 not found; it was pushed without --parent; give two "
+        "versions: registry diff A B\n",
     )
     with pytest.raises(NotFoundError):
         cli_reg.diff("root@v1")

@@ -8,7 +8,7 @@ import sys
 import pytest
 from sqlalchemy import event, insert, select, update
 
-from registry import NotFoundError, Registry
+from registry import InvalidReferenceError, NotFoundError, Registry
 from registry.models import Lineage as LineageRow
 from registry.models import Model, Version
 
@@ -110,14 +110,21 @@ def test_a_parent_that_does_not_exist_is_one_line_and_nothing_is_stored(
     assert cli_reg.models() == []
 
 
-def test_a_push_of_known_bytes_keeps_the_versions_own_parent(reg: Registry, tiny_model) -> None:
-    first = reg.push(tiny_model, name="a", **TINY)
+def test_a_push_of_known_bytes_gains_a_parent_but_never_a_loop(reg: Registry, tiny_model) -> None:
     import torch
 
+    original = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    first = reg.push(original, name="a", **TINY)
     torch.nn.init.zeros_(tiny_model.head.bias)
     second = reg.push(tiny_model, name="a", parent=first.ref, **TINY)
-    again = reg.push(tiny_model, name="a", parent="a@v2", **TINY)  # no loop a@v2 -> a@v2
+    again = reg.push(tiny_model, name="a", parent="a@v1", **TINY)
     assert (again.ref, again.is_new, again.parent) == (second.ref, False, "a@v1")
+    with pytest.raises(InvalidReferenceError, match="cannot be its own ancestor"):
+        reg.push(original, name="a", parent="a@v2", **TINY)  # a@v1 under its own child
+    assert reg.get("a@v1").parent is None
+    other = reg.push(tiny_model, name="b", **TINY)
+    assert other.parent is None
+    assert reg.push(tiny_model, name="b", parent="a@v2", **TINY).parent == "a@v2"
 
 
 def test_a_10000_version_chain_is_walked_in_one_query(reg: Registry, tiny_model, run) -> None:
