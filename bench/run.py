@@ -32,6 +32,9 @@ from harness import Result, seconds
 from registry import db
 
 ROOT = Path(__file__).resolve().parent.parent
+# Sections after this line of the report come from scripts run by hand (bench/diff.py,
+# bench/s3.py, bench/serve_load.py); a rewrite keeps them.
+BY_HAND = "<!-- measured by hand below: bench/run.py keeps this part -->"
 DISK_NEEDED_FOR_VGG16 = 3_000_000_000  # the checkpoint, a stocked registry, a push, a copy
 
 
@@ -215,7 +218,7 @@ def main(argv: list[str]) -> None:
             )
         report = render(args, argv, selected, machine, sections, notes)
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(report)
+        args.output.write_text(report + by_hand(args.output))
         print(f"wrote {args.output}")
         print_targets(sections)
     finally:
@@ -369,6 +372,12 @@ def table(results: list[Result]) -> list[str]:
             cells.append("")
         lines.append("| " + " | ".join(cells) + " |")
     return lines[1:]
+
+
+def by_hand(report: Path) -> str:
+    """The hand-measured sections of the current report, kept across rewrites."""
+    old = report.read_text() if report.exists() else ""
+    return "\n" + old[old.index(BY_HAND) :] if BY_HAND in old else ""
 
 
 def print_targets(sections: list[tuple[Figure, str, list[Result], list[str]]]) -> None:

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import importlib
 import ipaddress
 import logging
 import os
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -74,6 +76,8 @@ def serve(reg: Registry, host: str, port: int, token: str | None) -> None:
     bound_port = sock.getsockname()[1]
     shown_host = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"http://{shown_host}:{bound_port}/", flush=True)
+    # Diffs and old manifests need torch, seconds to import: do it now, not in a request.
+    threading.Thread(target=importlib.import_module, args=("torch",), daemon=True).start()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     config = uvicorn.Config(
         create_app(reg, token),
@@ -174,7 +178,11 @@ class _Access:
             if self._matches(offered):
                 response.set_cookie(COOKIE, offered, httponly=True, samesite="strict")
             await response(scope, receive, record)
-        elif self.token and not self._matches(_presented(request)):
+        elif (
+            self.token
+            and not request.url.path.startswith("/static/")  # the stylesheet is no secret
+            and not self._matches(_presented(request))
+        ):
             await _refused(request)(scope, receive, record)
         else:
             await self.app(scope, receive, record)
@@ -211,7 +219,8 @@ def _error(request: Request, status: int, message: str) -> Response:
         return JSONResponse({"error": message}, status_code=status)
     body = (
         "<!doctype html><html><head><meta charset='utf-8'><title>registry: error</title>"
-        "<link rel='stylesheet' href='/static/style.css'></head><body><main>"
+        "<link rel='stylesheet' href='/static/style.css'></head><body>"
+        "<header><a href='/'>registry</a></header><main>"
         f"<h1>{status}</h1><p class='error'>{_escape(message)}</p>"
         "<p><a href='/'>All models</a></p></main></body></html>"
     )
@@ -364,8 +373,8 @@ class _Pages:
 
     @_registry_errors
     def models(self, request: Request) -> Response:
-        query = request.query_params.get("q", "").strip().lower()
-        models = [m for m in self.reg.models() if query in m.name]
+        query = request.query_params.get("q", "").strip()
+        models = [m for m in self.reg.models() if query.lower() in m.name]
         return self._render(request, "models.html", models=models, query=query)
 
     @_registry_errors
