@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import importlib
 import ipaddress
 import logging
 import os
 import signal
 import socket
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -76,8 +74,6 @@ def serve(reg: Registry, host: str, port: int, token: str | None) -> None:
     bound_port = sock.getsockname()[1]
     shown_host = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"http://{shown_host}:{bound_port}/", flush=True)
-    # Diffs and old manifests need torch, seconds to import: do it now, not in a request.
-    threading.Thread(target=importlib.import_module, args=("torch",), daemon=True).start()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     config = uvicorn.Config(
         create_app(reg, token),
