@@ -14,7 +14,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from registry.api import Registry
 from registry.errors import (
     AmbiguousReferenceError,
     ArchitectureError,
@@ -30,6 +29,7 @@ from registry.errors import (
     InvalidReferenceError,
     MainModuleWarning,
     NotFoundError,
+    ReadOnlyError,
     RegistryError,
     SchemaOutOfDateError,
     StorageError,
@@ -50,6 +50,8 @@ from registry.records import (
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+    from registry.api import Registry
 
 DISTRIBUTION = "torch-registry"  # the name on the package index; `registry` was taken
 try:
@@ -78,6 +80,7 @@ __all__ = [
     "ModelSummary",
     "ModelVersion",
     "NotFoundError",
+    "ReadOnlyError",
     "Registry",
     "RegistryError",
     "SchemaOutOfDateError",
@@ -94,6 +97,15 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    """`registry.Registry`, imported on first use: the CLI's completion never needs SQLAlchemy."""
+    if name == "Registry":
+        from registry.api import Registry
+
+        return Registry
+    raise AttributeError(f"module 'registry' has no attribute {name!r}")
+
+
 def push(
     source: str | os.PathLike[str] | nn.Module | Mapping[str, torch.Tensor],
     arch: str | Callable[..., nn.Module],
@@ -107,6 +119,8 @@ def push(
     strip_prefix: str | None = None,
 ) -> ModelVersion:
     """Push to the default Registry (env vars / defaults); see `Registry.push`."""
+    from registry.api import Registry
+
     with Registry() as reg:
         return reg.push(
             source,
@@ -129,12 +143,16 @@ def pull(
     format: str = "original",
 ) -> Path:
     """Pull from the default Registry, verified; see `Registry.pull`."""
+    from registry.api import Registry
+
     with Registry() as reg:
         return reg.pull(ref, destination, verify=verify, format=format)
 
 
 def get(ref: str) -> ModelVersion:
     """A version of the default Registry; see `Registry.get`."""
+    from registry.api import Registry
+
     with Registry() as reg:
         return reg.get(ref)
 
@@ -147,5 +165,7 @@ def load(
     arch: str | Callable[..., nn.Module] | None = None,
 ) -> nn.Module:
     """Load a model from the default Registry, in eval mode; see `Registry.load`."""
+    from registry.api import Registry
+
     with Registry() as reg:
         return reg.load(ref, device=device, verify=verify, trust_arch=trust_arch, arch=arch)

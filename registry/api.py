@@ -20,6 +20,7 @@ from registry.errors import (
     DeviceError,
     InvalidReferenceError,
     NotFoundError,
+    ReadOnlyError,
     StorageError,
     UntrustedArchError,
     first_line,
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from registry.models import Fingerprint
+    from registry.remote import RemoteCatalog
     from registry.stores import BlobWriting
 
 
@@ -59,9 +61,17 @@ class Registry:
     for long pushes and pulls (a widget in Jupyter, via tqdm); by default they
     are silent.
 
+    `remote` (or REGISTRY_REMOTE), the URL of a `registry serve`, reads
+    everything through that server instead, with `token` (or REGISTRY_TOKEN):
+    what reads works (get, versions, search, models, tensors, lineage, diff,
+    pull, write_to, state_dict, load), its files fetched into the verified
+    cache; what writes raises ReadOnlyError.
+
     Example:
         >>> reg = Registry(progress=True)
         >>> reg.push("model_weights.pth", arch="vgg16").ref
+        'vgg16@v1'
+        >>> Registry(remote="http://models.internal:8765", token="...").get("vgg16").ref
         'vgg16@v1'
     """
 
@@ -72,9 +82,19 @@ class Registry:
         store: str | os.PathLike[str] | None = None,
         progress: bool | Progress | None = False,
         cache: str | os.PathLike[str] | None = None,
+        remote: str | None = None,
+        token: str | None = None,
     ) -> None:
-        self.settings = Settings.resolve(home, database_url, store, cache)
-        self.store: Store = open_store(self.settings.store, self.settings.cache)
+        self.settings = Settings.resolve(home, database_url, store, cache, remote, token)
+        self._remote: RemoteCatalog | None = None
+        if self.settings.remote is not None:
+            from registry.remote import Client, RemoteCatalog, RemoteStore
+
+            client = Client(self.settings.remote, self.settings.token)
+            self._remote = RemoteCatalog(client)
+            self.store: Store = RemoteStore(client, self.settings.cache)
+        else:
+            self.store = open_store(self.settings.store, self.settings.cache)
         self._progress = _progress_factory(progress)
         self._engine: Engine | None = None
 
@@ -89,6 +109,8 @@ class Registry:
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+        if self._remote is not None:
+            self._remote.client.close()
 
     def __enter__(self) -> Registry:
         return self
@@ -97,11 +119,14 @@ class Registry:
         self.close()
 
     def __repr__(self) -> str:
+        if self._remote is not None:  # never the token
+            return f"Registry(remote={self._remote.url!r})"
         url, store = self.safe_database_url, self.store.location
         return f"Registry(database_url={url!r}, store={store!r})"
 
     @property
     def engine(self) -> Engine:
+        self._local("this", "a catalog")
         if self._engine is None:
             engine = db.open_engine(self.settings.database_url)
             db.ensure_schema(engine)
@@ -123,6 +148,7 @@ class Registry:
             >>> reg.schema_revision()
             '0003'
         """
+        self._local("db current", "a catalog")
         return db.current_revision(db.open_engine(self.settings.database_url))
 
     def upgrade(self) -> str:
@@ -136,6 +162,7 @@ class Registry:
             >>> reg.upgrade()
             '0003'
         """
+        self._local("db upgrade", "a catalog")
         engine = db.open_engine(self.settings.database_url)
         db.upgrade(engine)
         return db.current_revision(engine) or "none"
@@ -191,6 +218,7 @@ class Registry:
         """
         from registry import architectures
 
+        self._local("push")
         builder = arch if isinstance(arch, str) else architectures.of(arch)
         if isinstance(arch, str):
             architectures.warn_if_main(arch)
@@ -282,6 +310,8 @@ class Registry:
             >>> reg.get("vgg16@production").sha256
             '98066c3be41efb2e137dab889b902e4a87df4865b78ab34f0afa4decd2c7151b'
         """
+        if self._remote is not None:
+            return self._remote.get(ref)
         with db.session(self.engine) as s:
             model, row = catalog.resolve(s, refs.parse_ref(ref))
             return catalog.records(s, [(model.name, row)])[0]
@@ -304,6 +334,8 @@ class Registry:
             ['vgg16@v3', 'vgg16@v1']
         """
         refs.validate_name(name)
+        if self._remote is not None:
+            return self._remote.search(name=name, arch=arch, tags=tags, limit=limit)
         with db.session(self.engine) as s:
             catalog.model_row(s, name)
             return catalog.search(s, name=name, arch=arch, tags=tags, limit=limit)
@@ -324,6 +356,11 @@ class Registry:
             >>> [v.ref for v in reg.search(arch="resnet18", limit=2)]
             ['cifar-resnet@v4', 'resnet18@v2']
         """
+        if self._remote is not None:
+            try:
+                return self._remote.search(name=name, arch=arch, tags=tags, limit=limit)
+            except NotFoundError:  # no such model: no versions match, as in a catalog
+                return []
         with db.session(self.engine) as s:
             return catalog.search(s, name=name, arch=arch, tags=tags, limit=limit)
 
@@ -337,6 +374,8 @@ class Registry:
             >>> [(m.name, m.latest_version) for m in reg.models()]
             [('resnet18', 2), ('vgg16', 3)]
         """
+        if self._remote is not None:
+            return self._remote.models()
         with db.session(self.engine) as s:
             return catalog.summaries(s)
 
@@ -408,6 +447,31 @@ class Registry:
             source = self.store.open(version.sha256, version.ref)
             files.copy_stream_verified(source, sink, version.sha256, version.ref, verify, advance)
         return version
+
+    def local_file(self, ref: str, verify: bool = True) -> Path:
+        """A local path of a version's checkpoint as pushed, verified before it is returned.
+
+        The store's own file (or a remote store's cached copy): read it, never
+        write to it; `pull` makes a copy of your own. The bytes are hashed in
+        parallel pieces where the catalog has their digests.
+
+        Raises:
+            NotFoundError: no such version.
+            IntegrityError: the stored bytes do not match their SHA-256.
+
+        Example:
+            >>> reg.local_file("vgg16@v1")
+            PosixPath('/home/me/.local/share/registry/blobs/sha256/39/3979...')
+        """
+        version = self.get(ref)
+        path = self.store.local_path(version.sha256, version.ref)
+        if verify:
+            chunks = None  # a server sends no chunk digests: then one pass
+            if self._remote is None:
+                with db.session(self.engine) as s:
+                    chunks = catalog.chunk_digests(s, version.sha256)
+            self.store.verify(version.sha256, version.ref, chunks)
+        return path
 
     def state_dict(self, ref: str, verify: bool = True) -> dict[str, torch.Tensor]:
         """A version's weights as a state_dict, memory-mapped where the format allows.
@@ -498,6 +562,11 @@ class Registry:
         is raised and whatever the caller built from them is dropped.
         """
         if version.weights_sha256:
+            self._local(
+                f"reading {version.ref}'s weights",
+                "their safe copy (it was pushed as a trusted pickle), which the server does "
+                "not send; pull the original file, or load it where the store is",
+            )
             digest, format, details = version.weights_sha256, "safetensors", {}
         else:
             digest, format, details = version.sha256, version.format, version.details
@@ -505,8 +574,10 @@ class Registry:
         if not verify:
             yield path, format, details
             return
-        with db.session(self.engine) as s:
-            chunks = catalog.chunk_digests(s, digest)
+        chunks = None  # a server sends no chunk digests: the cached copy is hashed in one pass
+        if self._remote is None:
+            with db.session(self.engine) as s:
+                chunks = catalog.chunk_digests(s, digest)
         with ThreadPoolExecutor(1, "registry-verify") as pool:
             verifying = pool.submit(self.store.verify, digest, version.ref, chunks)
             try:
@@ -530,6 +601,8 @@ class Registry:
             >>> [(t.name, t.shape) for t in reg.tensors("vgg16@v1")][-1]
             ('classifier.6.bias', (1000,))
         """
+        if self._remote is not None:
+            return self._remote.tensors(ref)
         version = self.get(ref)
         with db.session(self.engine) as s:
             _, row = catalog.resolve(s, refs.parse_ref(version.ref))
@@ -560,6 +633,8 @@ class Registry:
         """
         from registry import lineage
 
+        if self._remote is not None:
+            return self._remote.lineage(ref)
         with db.session(self.engine) as s:
             model, row = catalog.resolve(s, refs.parse_ref(ref))
             return lineage.of(s, model, row)
@@ -587,7 +662,8 @@ class Registry:
             newer = self.get(a)
             if newer.parent is None:
                 raise NotFoundError(
-                    f"a parent of {newer.ref}", "give two versions: registry diff A B"
+                    f"parent of {newer.ref}",
+                    "it was pushed without --parent; give two versions: registry diff A B",
                 )
             try:
                 older = self.get(newer.parent)
@@ -597,6 +673,8 @@ class Registry:
                 ) from None
         else:
             older, newer = self.get(a), self.get(b)
+        if self._remote is not None:
+            return self._remote.diff(older.ref, newer.ref)
         left, right = self.tensors(older.ref), self.tensors(newer.ref)
         if diffing.unread(left, right):
             return diffing.compare(older.ref, newer.ref, left, right, None, None)
@@ -631,12 +709,14 @@ class Registry:
             >>> reg.check("resnet18@v2").matches
             True
         """
+        self._local("check", "the behaviour recorded in the catalog; run it where the catalog is")
         version = self.get(ref)
         recorded = self._fingerprint(version)
         model = self.load(version.ref, trust_arch=trust_arch)
         return self._compare(version, recorded, model)
 
     def _fingerprint(self, version: ModelVersion) -> Fingerprint:
+        self._local("check", "the behaviour recorded in the catalog; run it where the catalog is")
         with db.session(self.engine) as s:
             _, row = catalog.resolve(s, refs.parse_ref(version.ref))
             found = catalog.fingerprint(s, row.id)
@@ -678,6 +758,7 @@ class Registry:
             >>> reg.set_alias("vgg16@v2", "production").ref
             'vgg16@v2'
         """
+        self._local("alias")
         refs.validate_alias(alias)
         with db.session(self.engine, write=True) as s:
             model, row = catalog.resolve(s, refs.parse_ref(ref))
@@ -694,6 +775,7 @@ class Registry:
         Example:
             >>> reg.delete_alias("vgg16", "staging")
         """
+        self._local("alias --delete")
         refs.validate_name(name)
         refs.validate_alias(alias)
         with db.session(self.engine, write=True) as s:
@@ -710,6 +792,7 @@ class Registry:
             >>> reg.set_tags("vgg16@v1", {"dataset": "imagenet"}).tags
             {'dataset': 'imagenet'}
         """
+        self._local("tag")
         tags = {refs.validate_tag_key(k): str(v) for k, v in tags.items()}
         with db.session(self.engine, write=True) as s:
             model, row = catalog.resolve(s, refs.parse_ref(ref))
@@ -727,6 +810,7 @@ class Registry:
             >>> reg.delete_tag("vgg16@v1", "dataset").tags
             {}
         """
+        self._local("tag --delete")
         with db.session(self.engine, write=True) as s:
             model, row = catalog.resolve(s, refs.parse_ref(ref))
             catalog.delete_tag(s, row, f"{model.name}@v{row.version}", key)
@@ -743,6 +827,7 @@ class Registry:
             >>> reg.delete("vgg16@v1").ref
             'vgg16@v1'
         """
+        self._local("rm")
         with db.session(self.engine, write=True) as s:
             model, row = catalog.resolve(s, refs.parse_ref(ref))
             record = catalog.records(s, [(model.name, row)])[0]
@@ -763,6 +848,7 @@ class Registry:
         """
         from registry import maintenance
 
+        self._local("verify", "the store itself; run it where the store is")
         versions = [self.get(ref)] if ref is not None else self.search()
         return maintenance.verify(self.store, versions)
 
@@ -782,6 +868,7 @@ class Registry:
         """
         from registry import maintenance
 
+        self._local("gc")
         return maintenance.gc(self.engine, self.store, dry_run)
 
     def prune_cache(self, max_size: int = 0, dry_run: bool = False) -> Reclaimed:
@@ -820,6 +907,7 @@ class Registry:
         """
         from registry import transfers
 
+        self._local("export")
         found = self.search() if refs_ is None else [self.get(ref) for ref in refs_]
         # Oldest first, each once: the destination numbers them in this order.
         unique = {v.ref: v for v in found}
@@ -846,7 +934,13 @@ class Registry:
         """
         from registry import transfers
 
+        self._local("import")
         return transfers.import_(self.engine, self.store, source)
+
+    def _local(self, operation: str, need: str = "a catalog and a store") -> None:
+        """Refuse, on a registry read through a server, what needs the catalog or store itself."""
+        if self._remote is not None:
+            raise ReadOnlyError(self._remote.url, operation, need)
 
 
 def _progress_factory(choice: bool | Progress | None) -> Progress:

@@ -157,6 +157,16 @@ class StorageError(RegistryError, OSError):
     """The blob store or a destination path cannot be read or written."""
 
 
+class ReadOnlyError(RegistryError):
+    """A registry read through a `registry serve` was asked what only a catalog or store can do."""
+
+    def __init__(self, url: str, operation: str, need: str = "a catalog and a store") -> None:
+        self.url = url
+        self.operation = operation
+        self.need = need
+        super().__init__(f"registry at {url} is read-only: {operation} needs {need}")
+
+
 class CheckInputError(RegistryError, ValueError):
     """A behaviour check cannot run: no recorded check input, or the model rejects the shape."""
 

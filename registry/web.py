@@ -275,14 +275,22 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _split_ref(path: str) -> tuple[str, str | None]:
-    """`resnet18@v1/tensors` -> (`resnet18@v1`, `tensors`); a plain reference -> (ref, None)."""
+def _split_ref(reg: Registry, path: str) -> tuple[str, str | None]:
+    """`resnet18@v1/tensors` -> (`resnet18@v1`, `tensors`); a plain reference -> (ref, None).
+
+    `team/tensors` is the model of that name when it exists, else model
+    `team`'s tensors: namespaced models make the path ambiguous.
+    """
     head, _, tail = path.rpartition("/")
-    if tail in SUB_RESOURCES and head:
-        try:
-            refs.parse_ref(head)
-        except InvalidReferenceError:
-            return path, None
+    if tail not in SUB_RESOURCES or not head:
+        return path, None
+    try:
+        refs.parse_ref(head)
+    except InvalidReferenceError:
+        return path, None
+    try:
+        reg.get(path)
+    except RegistryError:
         return head, tail
     return path, None
 
@@ -319,7 +327,7 @@ class _Api:
     def ref(self, request: Request) -> Response:
         from starlette.responses import JSONResponse
 
-        ref, part = _split_ref(request.path_params["ref"])
+        ref, part = _split_ref(self.reg, request.path_params["ref"])
         ref = _checked_ref(ref)
         if part == "tensors":
             return JSONResponse([t.to_json() for t in self.reg.tensors(ref)])
@@ -343,8 +351,7 @@ class _Api:
         from starlette.responses import FileResponse
 
         version = self.reg.get(_checked_ref(request.path_params["ref"]))
-        path = self.reg.store.local_path(version.sha256, version.ref)
-        self.reg.store.verify(version.sha256, version.ref, None)  # before a byte is sent
+        path = self.reg.local_file(version.ref)  # verified before a byte is sent
         filename = f"{version.name.rsplit('/', 1)[-1]}-v{version.version}{version.extension}"
         return FileResponse(
             path,

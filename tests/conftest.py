@@ -71,7 +71,16 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, models_dir: Path) -> Iterator[None]:
     """No test touches the real home; each runs in its own folder with the user's models."""
-    for name in ("REGISTRY_DATABASE_URL", "REGISTRY_STORE", "REGISTRY_DEBUG"):
+    for name in (
+        "REGISTRY_DATABASE_URL",
+        "REGISTRY_STORE",
+        "REGISTRY_CACHE",
+        "REGISTRY_DEBUG",
+        "REGISTRY_REMOTE",
+        "REGISTRY_TOKEN",
+        "REGISTRY_SERVE_TOKEN",
+        "REGISTRY_TRUSTED_ARCHS",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("REGISTRY_HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)

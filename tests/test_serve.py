@@ -67,6 +67,7 @@ def served(
         model.head.weight.mul_(2)
     reg.push(model, name="base", aliases=["production"], parent="base@v1", **TINY)
     reg.push(model, name="team/detector", **TINY)
+    reg.push(model, name="team/tensors", **TINY)  # a name that looks like a sub-resource
     reg.close()
     server = Server(home)
     yield server, home
@@ -102,6 +103,9 @@ def test_every_api_route_answers_as_the_cli_json(served: tuple[Server, Path]) ->
         assert response.json() == cli_json(home, *command), path
     tensors = get(server, "/api/refs/base%40v1/tensors").json()
     assert tensors == cli_json(home, "show", "base@v1", "--tensors")["tensors"]  # type: ignore[index]
+    assert get(server, "/api/refs/team/tensors").json()["ref"] == "team/tensors@v1"
+    namespaced = get(server, "/api/refs/team/tensors/tensors").json()
+    assert namespaced == cli_json(home, "show", "team/tensors", "--tensors")["tensors"]  # type: ignore[index]
 
 
 def test_files_are_the_pushed_bytes_with_etag_name_and_range(
@@ -251,7 +255,7 @@ def test_pages_have_titles_and_link_from_the_top(served: tuple[Server, Path]) ->
     assert 'href="/refs/base@v2"' in model.text and "<title>base · registry</title>" in model.text
     version = get(server, "/refs/base@v2")
     assert 'href="/api/files/base@v2"' in version.text and "head.weight" in version.text
-    assert get(server, "/?q=team").text.count('href="/models/') == 1
+    assert get(server, "/?q=team").text.count('href="/models/') == 2
     assert "no parent" in get(server, "/refs/base@v1").text
 
 
