@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from registry import behaviour, catalog, db, files, manifests, progress_bars, pushing, refs
 from registry.config import Settings
@@ -18,6 +18,7 @@ from registry.errors import (
     CheckInputError,
     CheckpointError,
     DeviceError,
+    IntegrityError,
     InvalidReferenceError,
     NotFoundError,
     ReadOnlyError,
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 
 
 FORMATS = ("original", "safetensors")
+T = TypeVar("T")
 
 
 class Registry:
@@ -417,15 +419,22 @@ class Registry:
         if format == "safetensors":
             from registry import checkpoints
 
-            with self._weights_file(version, verify) as (path, weights_format, details):
-                state = checkpoints.load(path, weights_format, details)
-            with files.atomic_file(target) as out:
-                checkpoints.save_safetensors(state, out)
+            def convert() -> None:
+                with self._weights_file(version, verify) as (path, weights_format, details):
+                    state = checkpoints.load(path, weights_format, details)
+                with files.atomic_file(target) as out:
+                    checkpoints.save_safetensors(state, out)
+
+            self._read_blobs(convert, _weights_digest(version))
             return target
-        with self._progress(f"pull {version.ref}", version.size) as advance:
-            progress = crash_half_way("pull-copy", version.size, advance)
-            source = self.store.open(version.sha256, version.ref)
-            files.copy_verified(source, target, version.sha256, version.ref, verify, progress)
+
+        def copy() -> None:
+            with self._progress(f"pull {version.ref}", version.size) as advance:
+                progress = crash_half_way("pull-copy", version.size, advance)
+                source = self.store.open(version.sha256, version.ref)
+                files.copy_verified(source, target, version.sha256, version.ref, verify, progress)
+
+        self._read_blobs(copy, version.sha256)
         return target
 
     def write_to(self, ref: str, sink: BinaryIO, verify: bool = True) -> ModelVersion:
@@ -445,7 +454,13 @@ class Registry:
         version = self.get(ref)
         with self._progress(f"pull {version.ref}", version.size) as advance:
             source = self.store.open(version.sha256, version.ref)
-            files.copy_stream_verified(source, sink, version.sha256, version.ref, verify, advance)
+            try:
+                files.copy_stream_verified(
+                    source, sink, version.sha256, version.ref, verify, advance
+                )
+            except IntegrityError:
+                self.store.evict(version.sha256)  # sent already: the next read fetches afresh
+                raise
         return version
 
     def local_file(self, ref: str, verify: bool = True) -> Path:
@@ -486,8 +501,13 @@ class Registry:
         """
         from registry import checkpoints
 
-        with self._weights_file(self.get(ref), verify) as (path, format, details):
-            return checkpoints.load(path, format, details)
+        version = self.get(ref)
+
+        def read() -> dict[str, torch.Tensor]:
+            with self._weights_file(version, verify) as (path, format, details):
+                return checkpoints.load(path, format, details)
+
+        return self._read_blobs(read, _weights_digest(version))
 
     def load(
         self,
@@ -537,9 +557,15 @@ class Registry:
         except ArchitectureError as exc:
             raise ArchitectureError(f"cannot rebuild {version.ref}: {exc}") from None
         recorded_versions = version.details.get("module_versions")
-        with self._weights_file(version, verify) as (path, format, details):
-            state = checkpoints.load(path, format, details)
-            model = architectures.instantiate(resolved, version.arch_args, state, recorded_versions)
+
+        def build() -> nn.Module:
+            with self._weights_file(version, verify) as (path, format, details):
+                state = checkpoints.load(path, format, details)
+                return architectures.instantiate(
+                    resolved, version.arch_args, state, recorded_versions
+                )
+
+        model = self._read_blobs(build, _weights_digest(version))
         if recorded is not None:
             result = self._compare(version, recorded, model)
             if not result.matches:
@@ -550,6 +576,22 @@ class Registry:
             except (RuntimeError, AssertionError, ValueError) as exc:
                 raise DeviceError(device, first_line(exc)) from None
         return model.eval()
+
+    def _read_blobs(self, read: Callable[[], T], *digests: str) -> T:
+        """`read()`, and once more if its bytes did not verify but the store can fetch them again.
+
+        A remote store's cached copy can be damaged while the bucket's object is
+        not: the copies are evicted and the second read fetches, verifies and
+        uses fresh ones, so the read that found the damage still succeeds. An
+        IntegrityError from the second read, or from a local store, is final.
+        """
+        try:
+            return read()
+        except IntegrityError:
+            evicted = [self.store.evict(digest) for digest in digests]
+            if not all(evicted):
+                raise
+        return read()
 
     @contextlib.contextmanager
     def _weights_file(
@@ -609,10 +651,13 @@ class Registry:
             found = catalog.tensors(s, row.id)
         if found:
             return found
-        with self._weights_file(version, verify=True) as (path, format, details):
-            from registry import checkpoints
+        from registry import checkpoints
 
-            found = manifests.describe(checkpoints.load(path, format, details))
+        def describe() -> list[TensorInfo]:
+            with self._weights_file(version, verify=True) as (path, format, details):
+                return manifests.describe(checkpoints.load(path, format, details))
+
+        found = self._read_blobs(describe, _weights_digest(version))
         with db.session(self.engine, write=True) as s:
             _, row = catalog.resolve(s, refs.parse_ref(version.ref))
             catalog.add_tensors(s, row.id, found)
@@ -678,9 +723,13 @@ class Registry:
         left, right = self.tensors(older.ref), self.tensors(newer.ref)
         if diffing.unread(left, right):
             return diffing.compare(older.ref, newer.ref, left, right, None, None)
-        with contextlib.ExitStack() as stack:
-            readers = [stack.enter_context(self._tensor_reader(v)) for v in (older, newer)]
-            return diffing.compare(older.ref, newer.ref, left, right, *readers)
+
+        def compare() -> Diff:
+            with contextlib.ExitStack() as stack:
+                readers = [stack.enter_context(self._tensor_reader(v)) for v in (older, newer)]
+                return diffing.compare(older.ref, newer.ref, left, right, *readers)
+
+        return self._read_blobs(compare, _weights_digest(older), _weights_digest(newer))
 
     @contextlib.contextmanager
     def _tensor_reader(self, version: ModelVersion) -> Iterator[Callable[[str], torch.Tensor]]:
@@ -949,3 +998,8 @@ def _progress_factory(choice: bool | Progress | None) -> Progress:
     if choice is False or choice is None:
         return progress_bars.silent
     return choice
+
+
+def _weights_digest(version: ModelVersion) -> str:
+    """The blob holding a version's weights: a trusted pickle's safe copy, else the file."""
+    return version.weights_sha256 or version.sha256

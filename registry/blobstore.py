@@ -242,6 +242,10 @@ class BlobStore:
                 hasher.update(chunk)
         return hasher.hexdigest()
 
+    def evict(self, digest: str) -> bool:
+        """A local store's blob is the only copy: nothing to fetch again, nothing dropped."""
+        return False
+
     def verify(self, digest: str, ref: str, chunk_digests: list[str] | None = None) -> None:
         """Raise IntegrityError unless the blob is present and its bytes match `digest`.
 

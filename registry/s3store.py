@@ -18,6 +18,7 @@ in a message.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 from collections.abc import Iterator
@@ -32,6 +33,9 @@ from registry.files import CHUNK_SIZE
 
 # Incomplete multipart uploads older than this are a killed push's: gc aborts them.
 STALE_UPLOAD = timedelta(days=1)
+# Tries of each request (throttling, 5xx, a dropped connection) unless AWS_MAX_ATTEMPTS
+# or the config file's max_attempts says otherwise.
+MAX_ATTEMPTS = 6
 
 
 class S3Store:
@@ -56,20 +60,26 @@ class S3Store:
         if self._client is None:
             try:
                 import boto3
+                import botocore.session
                 from botocore.config import Config
             except ImportError:
                 raise ConfigurationError(
                     f"store {self.location}: the S3 client is not installed; "
                     'pip install "torch-registry[s3]"'
                 ) from None
+            # A session of its own reads the credentials when this store is first used,
+            # not when the process first used boto3 (boto3's default session keeps those).
+            session = botocore.session.get_session()
+            session.register_component("data_loader", _service_descriptions())
+            attempts = session.get_config_variable("max_attempts") or MAX_ATTEMPTS
             config = Config(
-                retries={"max_attempts": 5, "mode": "standard"},  # throttling and 5xx
+                retries={"total_max_attempts": attempts, "mode": "standard"},
                 # boto3 >= 1.36 sends CRC checksums by default, which MinIO, R2 and
                 # others refuse (boto/boto3#4392); the SHA-256 is the integrity check.
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
             )
-            self._client = boto3.client("s3", config=config)
+            self._client = boto3.Session(botocore_session=session).client("s3", config=config)
         return self._client
 
     def key(self, digest: str) -> str:
@@ -117,15 +127,21 @@ class S3Store:
         return self.cache.open(digest, ref)
 
     def verify(self, digest: str, ref: str, chunk_digests: list[str] | None = None) -> None:
-        """Verify the cached copy; a damaged one is dropped, so the next read fetches it again.
+        """Verify the cached copy; a damaged one is evicted, so reading again fetches it.
 
-        The read that found it still fails: what it built came from bad bytes.
+        This still raises: it runs while the caller reads the copy, so what the
+        caller built came from bad bytes and must be built again.
         """
         try:
             self.cache.verify(digest, ref, chunk_digests)
         except IntegrityError:
-            self.cache.remove(digest)
+            self.evict(digest)
             raise
+
+    def evict(self, digest: str) -> bool:
+        """Drop a blob's cached copy, whose bytes did not verify; True: reading again fetches it."""
+        self.cache.remove(digest)
+        return True
 
     def prune(self, max_bytes: int, dry_run: bool = False) -> tuple[int, int]:
         """Remove the least recently used cached blobs until the cache holds `max_bytes`."""
@@ -222,10 +238,14 @@ class S3Store:
         self, ref: str = "", digest: str = "", passthrough: type[BaseException] | None = None
     ) -> Iterator[None]:
         """Turn what botocore raises into one line naming the bucket and endpoint."""
+        from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             yield
+        except S3UploadFailedError as exc:  # boto3's upload_file wraps a request's ClientError
+            cause = exc.__context__
+            raise self._storage_error(cause if isinstance(cause, ClientError) else exc) from None
         except (BotoCoreError, ClientError) as exc:
             if passthrough is not None and isinstance(exc, passthrough):
                 raise
@@ -235,25 +255,57 @@ class S3Store:
 
     def _storage_error(self, exc: Exception) -> StorageError:
         """One line naming the bucket and the endpoint's host:port; never a secret."""
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import (
+            ClientError,
+            IncompleteReadError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
 
         endpoint = urlparse(self.client.meta.endpoint_url)
         port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-        if isinstance(exc, ClientError) and _code(exc) in (*_NOT_FOUND, "NoSuchBucket"):
+        code = _code(exc) if isinstance(exc, ClientError) else ""
+        if code in (*_NOT_FOUND, "NoSuchBucket"):
             reason = f"bucket {self.bucket!r} does not exist"
+        elif isinstance(exc, ClientError) and (code in _DENIED or _status(exc) == 403):
+            reason = (
+                f"access denied ({code}): check the credentials (AWS_ACCESS_KEY_ID, "
+                "AWS_SECRET_ACCESS_KEY, AWS_PROFILE) and that they may use this bucket"
+            )
+        elif isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+            reason = f"{exc}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+        elif isinstance(exc, IncompleteReadError):
+            got, size = exc.kwargs["actual_bytes"], exc.kwargs["expected_bytes"]
+            reason = f"the connection closed after {got} of {size} bytes"
         else:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            url = getattr(exc, "kwargs", {}).get("endpoint_url")
+            if url:  # the request's URL: the endpoint is named already, the key is noise
+                reason = reason.replace(f'"{url}"', "").rstrip(": .")
         secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
         if secret:
             reason = reason.replace(secret, "***")
         return StorageError(f"store {self.location} at {endpoint.hostname}:{port}: {reason}")
 
 
+@functools.cache
+def _service_descriptions() -> Any:
+    """botocore's reader of API descriptions, shared by every store's session: parsed once."""
+    import botocore.loaders
+
+    return botocore.loaders.create_loader()
+
+
 _NOT_FOUND = ("404", "NoSuchKey", "NotFound")
+_DENIED = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken")
 
 
 def _code(exc: Any) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _status(exc: Any) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
 
 
 class _UploadingWriter:

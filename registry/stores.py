@@ -91,6 +91,13 @@ class Store(Protocol):
         """Raise IntegrityError unless the blob is present and its bytes match `digest`."""
         ...
 
+    def evict(self, digest: str) -> bool:
+        """Drop a local copy of a blob that did not verify; True if reading again fetches it.
+
+        A remote store's cache can fetch the blob again; a local store holds the only copy.
+        """
+        ...
+
     def digests(self) -> list[str]:
         """Every blob stored."""
         ...

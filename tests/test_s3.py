@@ -105,20 +105,47 @@ def test_an_object_in_the_bucket_is_not_uploaded_again(
     assert boto3.client("s3").head_object(Bucket=bucket, Key=key)["LastModified"] == before
 
 
-def test_a_damaged_cached_copy_is_dropped_and_fetched_again(
-    team: Registry, tiny_model: nn.Module
+def damage(cached: Path) -> bytes:
+    """Flip a byte in the middle of a cached blob; return its good bytes."""
+    good = cached.read_bytes()
+    data = bytearray(good)
+    data[len(data) // 2] ^= 0xFF
+    cached.chmod(0o644)
+    cached.write_bytes(bytes(data))
+    return good
+
+
+@pytest.mark.parametrize("read", ["load", "pull"])
+def test_the_read_that_finds_a_damaged_cached_copy_fetches_it_again(
+    team: Registry, tiny_model: nn.Module, tmp_path: Path, read: str
 ) -> None:
+    """Only bytes that match the catalog's digest are used, and the cache heals."""
     version = team.push(tiny_model, arch=ARCH, name="tiny", arch_args=ARGS)
     cached = team.settings.cache / "sha256" / version.sha256[:2] / version.sha256
-    cached.chmod(0o644)
-    data = bytearray(cached.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    cached.write_bytes(bytes(data))
+    good = damage(cached)
+    if read == "load":
+        assert outputs_equal(tiny_model, team.load(version.ref))
+    else:
+        assert team.pull(version.ref, tmp_path / "out.pt").read_bytes() == good
+    assert cached.read_bytes() == good
+    assert team.verify() == []  # the bucket itself was never damaged
+
+
+def test_a_damaged_cached_copy_of_a_tampered_object_is_refused(
+    team: Registry, bucket: str, tiny_model: nn.Module
+) -> None:
+    """The fresh copy must match too: a tampered object is refused, and nothing is cached."""
+    import boto3
+
+    version = team.push(tiny_model, arch=ARCH, name="tiny", arch_args=ARGS)
+    cached = team.settings.cache / "sha256" / version.sha256[:2] / version.sha256
+    damage(cached)
+    boto3.client("s3").put_object(
+        Bucket=bucket, Key=f"team/sha256/{version.sha256}", Body=b"not the checkpoint"
+    )
     with pytest.raises(IntegrityError):
         team.load(version.ref)
     assert not cached.exists()
-    assert outputs_equal(tiny_model, team.load(version.ref))  # only good bytes are used
-    assert team.verify() == []  # the bucket itself was never damaged
 
 
 def test_a_warm_cache_loads_while_the_bucket_is_unreachable(
