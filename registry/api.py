@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
     from torch import nn
 
+    from registry.digests import Check
     from registry.models import Fingerprint
     from registry.remote import RemoteCatalog
     from registry.stores import BlobWriting
@@ -148,7 +149,7 @@ class Registry:
 
         Example:
             >>> reg.schema_revision()
-            '0003'
+            '0004'
         """
         self._local("db current", "a catalog")
         return db.current_revision(db.open_engine(self.settings.database_url))
@@ -162,7 +163,7 @@ class Registry:
 
         Example:
             >>> reg.upgrade()
-            '0003'
+            '0004'
         """
         self._local("db upgrade", "a catalog")
         engine = db.open_engine(self.settings.database_url)
@@ -274,8 +275,7 @@ class Registry:
             with db.session(self.engine, write=True) as s:
                 for writer in writers:
                     digest = writer.finish()
-                    chunks = writer.chunk_digests
-                    catalog.claim_blob(s, digest, writer.size, chunks, version.created_at)
+                    catalog.claim_blob(s, digest, writer.size, writer.check, version.created_at)
                     writer.commit()  # in place before any version refers to it
                 crash_point("push-blob-placed")
                 parent_rows = catalog.resolve(s, parent_ref) if parent_ref else None
@@ -481,11 +481,7 @@ class Registry:
         version = self.get(ref)
         path = self.store.local_path(version.sha256, version.ref)
         if verify:
-            chunks = None  # a server sends no chunk digests: then one pass
-            if self._remote is None:
-                with db.session(self.engine) as s:
-                    chunks = catalog.chunk_digests(s, version.sha256)
-            self.store.verify(version.sha256, version.ref, chunks)
+            self.store.verify(version.sha256, version.ref, self._verification(version.sha256))
         return path
 
     def state_dict(self, ref: str, verify: bool = True) -> dict[str, torch.Tensor]:
@@ -593,6 +589,13 @@ class Registry:
                 raise
         return read()
 
+    def _verification(self, digest: str) -> Check | None:
+        """What a read of `digest` verifies against; a server sends none: then one SHA-256 pass."""
+        if self._remote is not None:
+            return None
+        with db.session(self.engine) as s:
+            return catalog.verification(s, digest)
+
     @contextlib.contextmanager
     def _weights_file(
         self, version: ModelVersion, verify: bool
@@ -616,12 +619,9 @@ class Registry:
         if not verify:
             yield path, format, details
             return
-        chunks = None  # a server sends no chunk digests: the cached copy is hashed in one pass
-        if self._remote is None:
-            with db.session(self.engine) as s:
-                chunks = catalog.chunk_digests(s, digest)
+        check = self._verification(digest)
         with ThreadPoolExecutor(1, "registry-verify") as pool:
-            verifying = pool.submit(self.store.verify, digest, version.ref, chunks)
+            verifying = pool.submit(self.store.verify, digest, version.ref, check)
             try:
                 yield path, format, details
             finally:
@@ -899,7 +899,7 @@ class Registry:
 
         self._local("verify", "the store itself; run it where the store is")
         versions = [self.get(ref)] if ref is not None else self.search()
-        return maintenance.verify(self.store, versions)
+        return maintenance.verify(self.engine, self.store, versions)
 
     def gc(self, dry_run: bool = False) -> Reclaimed:
         """Delete blobs no version references, and temp files of writers that are gone.

@@ -26,7 +26,7 @@ from functools import cache
 from pathlib import Path
 from typing import BinaryIO
 
-from registry.digests import Hasher, chunks_match
+from registry.digests import Check, Hasher, matches
 from registry.errors import ConfigurationError, IntegrityError, StorageError
 from registry.files import (
     CHUNK_SIZE,
@@ -105,9 +105,9 @@ class BlobWriter:
         return self._file.write(data)
 
     @property
-    def chunk_digests(self) -> list[str]:
-        """The SHA-256 of each CHUNK_SIZE piece, once `finish` has run."""
-        return self._hasher.chunks
+    def check(self) -> Check:
+        """What reads verify the blob against (its BLAKE3), once `finish` has run."""
+        return self._hasher.check
 
     def flush(self) -> None:
         self._file.flush()
@@ -246,15 +246,16 @@ class BlobStore:
         """A local store's blob is the only copy: nothing to fetch again, nothing dropped."""
         return False
 
-    def verify(self, digest: str, ref: str, chunk_digests: list[str] | None = None) -> None:
+    def verify(self, digest: str, ref: str, check: Check | None = None) -> None:
         """Raise IntegrityError unless the blob is present and its bytes match `digest`.
 
-        With the chunk digests recorded at push, the chunks are hashed in parallel.
+        With the BLAKE3 (or chunk digests) recorded at push, the file is hashed
+        on every core; a mismatch is confirmed, and reported, by its SHA-256.
         """
-        if chunk_digests:
+        if check is not None and (check.blake3 or check.chunks):
             if not self.exists(digest):
                 raise IntegrityError(ref, digest, None)
-            if chunks_match(self.path(digest), chunk_digests):
+            if matches(self.path(digest), check):
                 return
         actual = self.hash(digest, ref)
         if actual != digest:

@@ -11,11 +11,11 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import delete, exists, func, select
+from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from registry import refs
-from registry.digests import CHUNK_SIZE
+from registry.digests import CHUNK_SIZE, Check
 from registry.errors import AmbiguousReferenceError, InvalidReferenceError, NotFoundError
 from registry.models import Alias, Blob, Fingerprint, Lineage, Model, Tag, Tensor, Version
 from registry.records import ModelSummary, ModelVersion, TensorInfo
@@ -68,21 +68,34 @@ def lock_model(s: Session, name: str, now: datetime) -> Model:
     return s.scalars(select(Model).where(Model.name == name).with_for_update()).one()
 
 
-def claim_blob(s: Session, digest: str, size: int, chunk_digests: list[str], now: datetime) -> None:
-    """Create or lock a blob's row until commit: `gc` cannot delete the blob meanwhile."""
-    chunks = {"size": size, "chunk_size": CHUNK_SIZE, "chunk_digests": chunk_digests}
-    blob = _insert(s, Blob).values(sha256=digest, created_at=now, **chunks)
-    s.execute(blob.on_conflict_do_update(index_elements=["sha256"], set_=chunks))
+def claim_blob(s: Session, digest: str, size: int, check: Check, now: datetime) -> None:
+    """Create or lock a blob's row until commit: `gc` cannot delete the blob meanwhile.
+
+    The row gains the BLAKE3 reads verify against (a blob recorded before
+    BLAKE3 keeps its chunk digests too).
+    """
+    found = {"size": size, "blake3": check.blake3}
+    blob = _insert(s, Blob).values(sha256=digest, created_at=now, **found)
+    s.execute(blob.on_conflict_do_update(index_elements=["sha256"], set_=found))
 
 
-def chunk_digests(s: Session, digest: str) -> list[str] | None:
-    """The chunk digests recorded for a blob, if they were made with today's chunk size."""
+def verification(s: Session, digest: str) -> Check | None:
+    """What reads of a blob verify against: its BLAKE3, else chunk digests of today's size."""
     row = s.execute(
-        select(Blob.chunk_size, Blob.chunk_digests).where(Blob.sha256 == digest)
+        select(Blob.blake3, Blob.chunk_size, Blob.chunk_digests).where(Blob.sha256 == digest)
     ).first()
-    if row is None or row.chunk_size != CHUNK_SIZE:
+    if row is None:
         return None
-    return list(row.chunk_digests or [])
+    if row.blake3:
+        return Check(blake3=row.blake3)
+    if row.chunk_size != CHUNK_SIZE or not row.chunk_digests:
+        return None
+    return Check(chunks=list(row.chunk_digests))
+
+
+def record_blake3(s: Session, digest: str, value: str) -> None:
+    """Record the BLAKE3 of a blob recorded before BLAKE3 (`verify` checked its SHA-256 first)."""
+    s.execute(update(Blob).where(Blob.sha256 == digest).values(blake3=value))
 
 
 def lock_unreferenced_blob(s: Session, digest: str) -> bool:

@@ -5,13 +5,19 @@ from __future__ import annotations
 from sqlalchemy import Engine
 
 from registry import catalog, db
+from registry.blobstore import BlobStore
+from registry.digests import blake3_of
 from registry.errors import ConfigurationError, IntegrityError
 from registry.records import ModelVersion, Problem, Reclaimed
 from registry.stores import Store
 
 
-def verify(store: Store, versions: list[ModelVersion]) -> list[Problem]:
-    """Re-hash each version's blobs (its file, and a pickle's safe copy); report the bad ones."""
+def verify(engine: Engine, store: Store, versions: list[ModelVersion]) -> list[Problem]:
+    """Re-hash each version's blobs (its file, and a pickle's safe copy); report the bad ones.
+
+    A local blob recorded before BLAKE3 that passes gets its BLAKE3 recorded,
+    so later reads verify on every core.
+    """
     problems = []
     for version in versions:
         digests: list[tuple[str, int | None]] = [(version.sha256, version.size)]
@@ -21,7 +27,18 @@ def verify(store: Store, versions: list[ModelVersion]) -> list[Problem]:
             problem = _check_blob(store, version.ref, digest, size)
             if problem is not None:
                 problems.append(problem)
+            elif isinstance(store, BlobStore):
+                _record_blake3(engine, store, digest)
     return problems
+
+
+def _record_blake3(engine: Engine, store: BlobStore, digest: str) -> None:
+    with db.session(engine) as s:
+        found = catalog.verification(s, digest)
+    if found is None or not found.blake3:
+        value = blake3_of(store.path(digest))
+        with db.session(engine, write=True) as s:
+            catalog.record_blake3(s, digest, value)
 
 
 def _check_blob(store: Store, ref: str, digest: str, size: int | None) -> Problem | None:

@@ -66,6 +66,9 @@ class Blob(Base):
     # SHA-256 of each registry.digests.CHUNK_SIZE piece, for parallel verification (0002).
     chunk_size: Mapped[int | None] = mapped_column(Integer)
     chunk_digests: Mapped[list[str] | None] = mapped_column(JSON)
+    # BLAKE3 of the bytes, what reads verify against on every core (0004); older blobs
+    # verify with their chunk digests until `registry verify` records it.
+    blake3: Mapped[str | None] = mapped_column(String(64))
 
 
 class Version(Base):

@@ -35,6 +35,7 @@ from urllib.parse import quote
 from registry import refs
 from registry.blobstore import BlobStore, BlobWriter
 from registry.diffing import _kind
+from registry.digests import Check
 from registry.errors import (
     ConfigurationError,
     IntegrityError,
@@ -360,10 +361,10 @@ class RemoteStore:
         self.local_path(digest, ref)
         return self.cache.open(digest, ref)
 
-    def verify(self, digest: str, ref: str, chunk_digests: list[str] | None = None) -> None:
+    def verify(self, digest: str, ref: str, check: Check | None = None) -> None:
         """Verify the cached copy; a damaged one is evicted, so reading again fetches it."""
         try:
-            self.cache.verify(digest, ref, chunk_digests)
+            self.cache.verify(digest, ref, check)
         except IntegrityError:
             self.evict(digest)
             raise

@@ -28,6 +28,7 @@ from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
 from registry.blobstore import BlobStore, BlobWriter
+from registry.digests import Check
 from registry.errors import ConfigurationError, IntegrityError, StorageError
 from registry.files import CHUNK_SIZE
 
@@ -126,14 +127,14 @@ class S3Store:
         self.local_path(digest, ref)
         return self.cache.open(digest, ref)
 
-    def verify(self, digest: str, ref: str, chunk_digests: list[str] | None = None) -> None:
+    def verify(self, digest: str, ref: str, check: Check | None = None) -> None:
         """Verify the cached copy; a damaged one is evicted, so reading again fetches it.
 
         This still raises: it runs while the caller reads the copy, so what the
         caller built came from bad bytes and must be built again.
         """
         try:
-            self.cache.verify(digest, ref, chunk_digests)
+            self.cache.verify(digest, ref, check)
         except IntegrityError:
             self.evict(digest)
             raise
@@ -320,8 +321,8 @@ class _UploadingWriter:
         return self._writer.size
 
     @property
-    def chunk_digests(self) -> list[str]:
-        return self._writer.chunk_digests
+    def check(self) -> Check:
+        return self._writer.check
 
     def write(self, data: bytes | memoryview) -> int:
         return self._writer.write(data)

@@ -18,6 +18,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from registry.digests import Check
+
 
 class BlobWriting(Protocol):
     """A file-like sink that hashes what it is given and becomes a blob on `commit`."""
@@ -37,8 +39,8 @@ class BlobWriting(Protocol):
         ...
 
     @property
-    def chunk_digests(self) -> list[str]:
-        """The SHA-256 of each piece (digests.CHUNK_SIZE), once `finish` has run."""
+    def check(self) -> Check:
+        """What reads verify the blob against (its BLAKE3), once `finish` has run."""
         ...
 
     def publish(self) -> None:
@@ -87,7 +89,7 @@ class Store(Protocol):
         """Re-hash the stored bytes and return their actual digest."""
         ...
 
-    def verify(self, digest: str, ref: str, chunk_digests: list[str] | None = None) -> None:
+    def verify(self, digest: str, ref: str, check: Check | None = None) -> None:
         """Raise IntegrityError unless the blob is present and its bytes match `digest`."""
         ...
 

@@ -87,7 +87,7 @@ def import_(
         with db.session(engine, write=True) as s:
             for digest, writer in writers.items():
                 now = datetime.now(timezone.utc)
-                catalog.claim_blob(s, digest, writer.size, writer.chunk_digests, now)
+                catalog.claim_blob(s, digest, writer.size, writer.check, now)
                 writer.commit()  # in place before any version refers to it
             for entry in _parents_first(entries):
                 record, is_new = catalog.add_version(

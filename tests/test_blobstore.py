@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from registry import Registry
 from registry.blobstore import BlobStore
 from registry.errors import ConfigurationError, IntegrityError, StorageError
 from registry.files import copy_stream
@@ -163,3 +164,38 @@ def test_verify_reports_missing_blob(store: BlobStore) -> None:
     with pytest.raises(IntegrityError) as caught:
         store.verify(DIGEST, "m@v2")
     assert (caught.value.ref, caught.value.expected, caught.value.actual) == ("m@v2", DIGEST, None)
+
+
+def test_verify_records_blake3_for_a_blob_recorded_before_it(reg: Registry, tiny_model) -> None:
+    """A pre-0004 blob verifies with its chunk digests until `verify` records its BLAKE3."""
+    from sqlalchemy import select, update
+
+    from registry.digests import blake3_of
+    from registry.models import Blob
+
+    version = reg.push(
+        tiny_model, arch="tiny_models:TinyNet", arch_args={"width": 4, "num_classes": 5}
+    )
+    with reg.engine.begin() as conn:
+        conn.execute(update(Blob).values(blake3=None))
+    assert reg.load(version.ref) is not None  # falls back to SHA-256
+    assert reg.verify() == []
+    with reg.engine.connect() as conn:
+        recorded = conn.execute(select(Blob.blake3).where(Blob.sha256 == version.sha256)).scalar()
+    assert recorded == blake3_of(reg.store.path(version.sha256))  # type: ignore[attr-defined]
+
+
+def test_a_flipped_byte_fails_the_blake3_check_and_names_the_actual_sha256(
+    reg: Registry, tiny_model
+) -> None:
+    version = reg.push(
+        tiny_model, arch="tiny_models:TinyNet", arch_args={"width": 4, "num_classes": 5}
+    )
+    blob = reg.store.path(version.sha256)  # type: ignore[attr-defined]
+    blob.chmod(0o644)
+    data = bytearray(blob.read_bytes())
+    data[100] ^= 0x01
+    blob.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError) as caught:
+        reg.load(version.ref)
+    assert caught.value.actual == hashlib.sha256(bytes(data)).hexdigest()

@@ -1,4 +1,4 @@
-"""Whole-file and per-chunk SHA-256, and parallel chunk verification."""
+"""SHA-256 and BLAKE3 in one pass, and the parallel checks reads use (BLAKE3, legacy chunks)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import hashlib
 import os
 from pathlib import Path
 
+import blake3
 import pytest
 
-from registry.digests import CHUNK_SIZE, Hasher, chunks_match
+from registry.digests import CHUNK_SIZE, Check, Hasher, blake3_of, chunks_match, matches
 
 
 def chunked(data: bytes) -> list[str]:
@@ -28,7 +29,7 @@ def test_hasher_matches_hashlib_whatever_the_write_sizes(size: int) -> None:
         for start in range(0, size, piece):
             hasher.update(data[start : start + piece])
         assert hasher.hexdigest() == hashlib.sha256(data).hexdigest()
-        assert hasher.chunks == chunked(data)
+        assert hasher.check == Check(blake3=blake3.blake3(data).hexdigest())
 
 
 def test_chunks_match_detects_any_change(tmp_path: Path) -> None:
@@ -45,3 +46,17 @@ def test_chunks_match_detects_any_change(tmp_path: Path) -> None:
     path.write_bytes(b"")
     assert not chunks_match(path, digests)
     assert chunks_match(path, [])
+
+
+def test_blake3_of_a_file_matches_the_one_recorded_and_catches_a_flip(tmp_path: Path) -> None:
+    data = bytearray(os.urandom(3 * CHUNK_SIZE + 5))
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    recorded = Check(blake3=blake3.blake3(bytes(data)).hexdigest())
+    assert blake3_of(path) == recorded.blake3 and matches(path, recorded)
+    data[2 * CHUNK_SIZE + 1] ^= 0x01
+    path.write_bytes(data)
+    assert not matches(path, recorded)
+    path.write_bytes(b"")
+    assert blake3_of(path) == blake3.blake3(b"").hexdigest()
+    assert matches(path, Check(chunks=[])) is False  # nothing recorded: nothing vouched
