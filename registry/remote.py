@@ -28,14 +28,13 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from urllib.parse import quote
 
 from registry import refs
 from registry.blobstore import BlobStore, BlobWriter
+from registry.caching import CachedStore
 from registry.diffing import _kind
-from registry.digests import Check
 from registry.errors import (
     ConfigurationError,
     IntegrityError,
@@ -322,7 +321,7 @@ class RemoteCatalog:
             raise self.client.unexpected(path, "an answer the registry does not write") from None
 
 
-class RemoteStore:
+class RemoteStore(CachedStore):
     """A registry server's checkpoint files, read through a verified local cache.
 
     The read side of the Store protocol; whatever would write or delete a blob
@@ -347,33 +346,6 @@ class RemoteStore:
     def size(self, digest: str) -> int:
         return self.cache.size(digest)
 
-    def local_path(self, digest: str, ref: str) -> Path:
-        """The cached copy, fetched first when the cache lacks it; its use is remembered."""
-        path = self.cache.path(digest)
-        if self.cache.exists(digest):
-            with contextlib.suppress(OSError):
-                os.utime(path)  # least recently used goes first in `prune`
-        else:
-            self._fetch(digest, ref)
-        return path
-
-    def open(self, digest: str, ref: str) -> BinaryIO:
-        self.local_path(digest, ref)
-        return self.cache.open(digest, ref)
-
-    def verify(self, digest: str, ref: str, check: Check | None = None) -> None:
-        """Verify the cached copy; a damaged one is evicted, so reading again fetches it."""
-        try:
-            self.cache.verify(digest, ref, check)
-        except IntegrityError:
-            self.evict(digest)
-            raise
-
-    def evict(self, digest: str) -> bool:
-        """Drop a blob's cached copy, whose bytes did not verify; True: reading again fetches it."""
-        self.cache.remove(digest)
-        return True
-
     def hash(self, digest: str, ref: str) -> str:
         self._refuse("verify", "the store itself; run it where the store is")
 
@@ -386,20 +358,6 @@ class RemoteStore:
     def reclaim_temp_files(self, dry_run: bool = False) -> tuple[int, int]:
         """The cache's temp files whose downloader is gone."""
         return self.cache.reclaim_temp_files(dry_run)
-
-    def prune(self, max_bytes: int, dry_run: bool = False) -> tuple[int, int]:
-        """Remove the least recently used cached blobs until the cache holds `max_bytes`."""
-        blobs = [self.cache.path(d) for d in self.cache.digests()]
-        stats = sorted(((p.stat().st_mtime, p.stat().st_size, p) for p in blobs), reverse=True)
-        kept = removed = freed = 0
-        for _, size, path in stats:  # newest first: keep while it fits
-            if kept + size <= max_bytes:
-                kept += size
-                continue
-            removed, freed = removed + 1, freed + size
-            if not dry_run:
-                path.unlink(missing_ok=True)
-        return removed, freed
 
     def _fetch(self, digest: str, ref: str) -> None:
         """Download a blob into the cache, keeping it only if its bytes match `digest`."""

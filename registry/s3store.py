@@ -24,10 +24,11 @@ import os
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import urlparse
 
 from registry.blobstore import BlobStore, BlobWriter
+from registry.caching import CachedStore
 from registry.digests import Check
 from registry.errors import ConfigurationError, IntegrityError, StorageError
 from registry.files import CHUNK_SIZE
@@ -39,7 +40,7 @@ STALE_UPLOAD = timedelta(days=1)
 MAX_ATTEMPTS = 6
 
 
-class S3Store:
+class S3Store(CachedStore):
     """Blobs as objects in a bucket, with a local cache to read them from."""
 
     def __init__(self, url: str, cache: str | os.PathLike[str]) -> None:
@@ -112,51 +113,6 @@ class S3Store:
     def size(self, digest: str) -> int:
         head = self._head(digest)
         return int(head["ContentLength"]) if head else 0
-
-    def local_path(self, digest: str, ref: str) -> Path:
-        """The cached copy, fetched first when the cache lacks it; its use is remembered."""
-        path = self.cache.path(digest)
-        if self.cache.exists(digest):
-            with contextlib.suppress(OSError):
-                os.utime(path)  # least recently used goes first in `prune`
-        else:
-            self._fetch(digest, ref)
-        return path
-
-    def open(self, digest: str, ref: str) -> BinaryIO:
-        self.local_path(digest, ref)
-        return self.cache.open(digest, ref)
-
-    def verify(self, digest: str, ref: str, check: Check | None = None) -> None:
-        """Verify the cached copy; a damaged one is evicted, so reading again fetches it.
-
-        This still raises: it runs while the caller reads the copy, so what the
-        caller built came from bad bytes and must be built again.
-        """
-        try:
-            self.cache.verify(digest, ref, check)
-        except IntegrityError:
-            self.evict(digest)
-            raise
-
-    def evict(self, digest: str) -> bool:
-        """Drop a blob's cached copy, whose bytes did not verify; True: reading again fetches it."""
-        self.cache.remove(digest)
-        return True
-
-    def prune(self, max_bytes: int, dry_run: bool = False) -> tuple[int, int]:
-        """Remove the least recently used cached blobs until the cache holds `max_bytes`."""
-        blobs = [self.cache.path(d) for d in self.cache.digests()]
-        stats = sorted(((p.stat().st_mtime, p.stat().st_size, p) for p in blobs), reverse=True)
-        kept = removed = freed = 0
-        for _, size, path in stats:  # newest first: keep while it fits
-            if kept + size <= max_bytes:
-                kept += size
-                continue
-            removed, freed = removed + 1, freed + size
-            if not dry_run:
-                path.unlink(missing_ok=True)
-        return removed, freed
 
     def hash(self, digest: str, ref: str) -> str:
         """Re-hash the object in the bucket itself, not the cache."""

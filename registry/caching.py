@@ -1,0 +1,77 @@
+"""The verified local cache that remote stores (S3, a `registry serve`) read through.
+
+    <cache>/                     a BlobStore: what loading memory-maps
+      sha256/39/3979...(64 hex)  atomic, read-only, verified on every use
+      tmp/                       fetches in flight
+
+A remote store fetches a blob the cache lacks (`_fetch`); the rest is here:
+handing out the cached copy, remembering its use for `prune` (least
+recently used first), and evicting a copy that failed verification, so
+that reading again fetches a fresh one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+from registry.blobstore import BlobStore
+from registry.digests import Check
+from registry.errors import IntegrityError
+
+
+class CachedStore:
+    """The read side every remote store shares, over `self.cache`."""
+
+    cache: BlobStore
+
+    def _fetch(self, digest: str, ref: str) -> None:
+        """Bring a blob into the cache, verified against `digest`."""
+        raise NotImplementedError
+
+    def local_path(self, digest: str, ref: str) -> Path:
+        """The cached copy, fetched first when the cache lacks it; its use is remembered."""
+        path = self.cache.path(digest)
+        if self.cache.exists(digest):
+            with contextlib.suppress(OSError):
+                os.utime(path)  # least recently used goes first in `prune`
+        else:
+            self._fetch(digest, ref)
+        return path
+
+    def open(self, digest: str, ref: str) -> BinaryIO:
+        self.local_path(digest, ref)
+        return self.cache.open(digest, ref)
+
+    def verify(self, digest: str, ref: str, check: Check | None = None) -> None:
+        """Verify the cached copy; a damaged one is evicted, so reading again fetches it.
+
+        This still raises: it runs while the caller reads the copy, so what the
+        caller built came from bad bytes and must be built again.
+        """
+        try:
+            self.cache.verify(digest, ref, check)
+        except IntegrityError:
+            self.evict(digest)
+            raise
+
+    def evict(self, digest: str) -> bool:
+        """Drop a blob's cached copy, whose bytes did not verify; True: reading again fetches it."""
+        self.cache.remove(digest)
+        return True
+
+    def prune(self, max_bytes: int, dry_run: bool = False) -> tuple[int, int]:
+        """Remove the least recently used cached blobs until the cache holds `max_bytes`."""
+        blobs = [self.cache.path(d) for d in self.cache.digests()]
+        stats = sorted(((p.stat().st_mtime, p.stat().st_size, p) for p in blobs), reverse=True)
+        kept = removed = freed = 0
+        for _, size, path in stats:  # newest first: keep while it fits
+            if kept + size <= max_bytes:
+                kept += size
+                continue
+            removed, freed = removed + 1, freed + size
+            if not dry_run:
+                path.unlink(missing_ok=True)
+        return removed, freed
