@@ -46,11 +46,9 @@ def compare(
     for old in a:
         new = in_b.get(old.name)
         if new is None:
-            changes.append(TensorChange(old.name, "removed", detail=_kind(old)))
+            changes.append(TensorChange(old.name, "removed", detail=kind(old)))
         elif (old.dtype, old.shape) != (new.dtype, new.shape):
-            changes.append(
-                TensorChange(old.name, "reshaped", detail=f"{_kind(old)} -> {_kind(new)}")
-            )
+            changes.append(TensorChange(old.name, "reshaped", detail=f"{kind(old)} -> {kind(new)}"))
         elif not _needs_reading(old, new):
             changes.append(TensorChange(old.name, "identical"))
         else:
@@ -60,7 +58,7 @@ def compare(
             changes.append(_measure(old.name, left, right))
             del left, right  # before the next pair is read
     in_a = {t.name for t in a}
-    changes += [TensorChange(t.name, "added", detail=_kind(t)) for t in b if t.name not in in_a]
+    changes += [TensorChange(t.name, "added", detail=kind(t)) for t in b if t.name not in in_a]
     return Diff(a_ref, b_ref, tuple(changes))
 
 
@@ -97,7 +95,8 @@ def _measure(name: str, a: torch.Tensor, b: torch.Tensor) -> TensorChange:
     return TensorChange(name, "changed", max_abs=max_abs, rel_l2=rel_l2)
 
 
-def _kind(info: TensorInfo) -> str:
+def kind(info: TensorInfo) -> str:
+    """`float32 [1000, 4096]`: how a diff shows an added, removed or reshaped tensor."""
     return f"{info.dtype} {list(info.shape)}"
 
 

@@ -34,7 +34,7 @@ from urllib.parse import quote
 from registry import refs
 from registry.blobstore import BlobStore, BlobWriter
 from registry.caching import CachedStore
-from registry.diffing import _kind
+from registry.diffing import kind
 from registry.errors import (
     ConfigurationError,
     IntegrityError,
@@ -304,11 +304,11 @@ class RemoteCatalog:
         changes = []
         for change in found.tensors:
             if change.status == "added" and change.name in new:
-                change = dataclasses.replace(change, detail=_kind(new[change.name]))
+                change = dataclasses.replace(change, detail=kind(new[change.name]))
             elif change.status == "removed" and change.name in old:
-                change = dataclasses.replace(change, detail=_kind(old[change.name]))
+                change = dataclasses.replace(change, detail=kind(old[change.name]))
             elif change.status == "reshaped" and change.name in old and change.name in new:
-                kinds = f"{_kind(old[change.name])} -> {_kind(new[change.name])}"
+                kinds = f"{kind(old[change.name])} -> {kind(new[change.name])}"
                 change = dataclasses.replace(change, detail=kinds)
             changes.append(change)
         return dataclasses.replace(found, tensors=tuple(changes))
