@@ -98,7 +98,17 @@ def fill(url: str, models: int, per_model: int) -> float:
         conn.execute(
             tables["models"].insert(),
             [
-                {"id": m + 1, "name": model_name(m), "last_version": per_model, "created_at": EPOCH}
+                {
+                    "id": m + 1,
+                    "name": model_name(m),
+                    "last_version": per_model,
+                    "created_at": EPOCH,
+                    # what pushes keep on the model row (schema 0005), for the versions below
+                    "num_versions": per_model,
+                    "latest_version": per_model,
+                    "updated_at": EPOCH + timedelta(seconds=(m + 1) * per_model - 1),
+                    "size": sum(44_800_000 + k for k in range(m * per_model, (m + 1) * per_model)),
+                }
                 for m in range(models)
             ],
         )

@@ -149,7 +149,7 @@ class Registry:
 
         Example:
             >>> reg.schema_revision()
-            '0004'
+            '0005'
         """
         self._local("db current", "a catalog")
         return db.current_revision(db.open_engine(self.settings.database_url))
@@ -163,7 +163,7 @@ class Registry:
 
         Example:
             >>> reg.upgrade()
-            '0004'
+            '0005'
         """
         self._local("db upgrade", "a catalog")
         engine = db.open_engine(self.settings.database_url)

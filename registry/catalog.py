@@ -155,6 +155,11 @@ def add_version(
         s.flush()
         row = version
         add_tensors(s, row.id, tensors)
+        model.num_versions += 1
+        model.latest_version = row.version
+        when = utc(row.created_at)
+        model.updated_at = max(utc(model.updated_at), when) if model.updated_at else when
+        model.size += s.scalar(select(Blob.size).where(Blob.sha256 == row.blob_sha256)) or 0
     if parent is not None and s.get(Lineage, (model.id, row.version)) is None:
         _link(s, model, row, *parent)
     if fingerprint is not None and s.get(Fingerprint, row.id) is None:
@@ -258,8 +263,24 @@ def fingerprint(s: Session, version_id: int) -> Fingerprint | None:
 
 
 def delete_version(s: Session, version: Version) -> None:
-    """Remove a version; its tags and aliases go with it (ON DELETE CASCADE)."""
+    """Remove a version; its tags and aliases go with it (ON DELETE CASCADE).
+
+    Its model's summary is computed again from the versions left, under the
+    model's row lock.
+    """
+    model = s.scalars(select(Model).where(Model.id == version.model_id).with_for_update()).one()
     s.execute(delete(Version).where(Version.id == version.id))
+    left = s.execute(
+        select(
+            func.count(Version.id),
+            func.max(Version.version),
+            func.max(Version.created_at),
+            func.coalesce(func.sum(Blob.size), 0),
+        )
+        .join(Blob, Blob.sha256 == Version.blob_sha256)
+        .where(Version.model_id == model.id)
+    ).one()
+    model.num_versions, model.latest_version, model.updated_at, model.size = left
 
 
 def search(
@@ -286,22 +307,11 @@ def search(
 
 
 def summaries(s: Session) -> list[ModelSummary]:
-    """Every model with its version count, newest version, total size and aliases."""
-    query = (
-        select(
-            Model.id,
-            Model.name,
-            func.count(Version.id),
-            func.max(Version.version),
-            func.max(Version.created_at),
-            func.coalesce(func.sum(Blob.size), 0),
-        )
-        .outerjoin(Version, Version.model_id == Model.id)
-        .outerjoin(Blob, Blob.sha256 == Version.blob_sha256)
-        .group_by(Model.id, Model.name)
-        .order_by(Model.name)
-    )
-    rows = s.execute(query).all()
+    """Every model with its version count, newest version, total size and aliases.
+
+    One row per model, kept by push and delete: no aggregate over the versions.
+    """
+    rows = s.scalars(select(Model).order_by(Model.name)).all()
     aliases: dict[int, list[str]] = {}
     alias_rows = select(Alias.model_id, Alias.name, Version.version).join(
         Version, Version.id == Alias.version_id
@@ -310,14 +320,14 @@ def summaries(s: Session) -> list[ModelSummary]:
         aliases.setdefault(model_id, []).append(f"{alias}=v{number}")
     return [
         ModelSummary(
-            name=name,
-            num_versions=count,
-            latest_version=latest,
-            updated_at=utc(updated) if updated else None,
-            size=int(size),
-            aliases=tuple(aliases.get(model_id, ())),
+            name=m.name,
+            num_versions=m.num_versions,
+            latest_version=m.latest_version,
+            updated_at=utc(m.updated_at) if m.updated_at else None,
+            size=int(m.size),
+            aliases=tuple(aliases.get(m.id, ())),
         )
-        for model_id, name, count, latest, updated, size in rows
+        for m in rows
     ]
 
 

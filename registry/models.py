@@ -53,6 +53,12 @@ class Model(Base):
     name: Mapped[str] = mapped_column(String(128), unique=True)
     last_version: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # What `ls` shows, kept by every push, import and delete (0005): listing the models
+    # reads one row each instead of aggregating every version.
+    num_versions: Mapped[int] = mapped_column(Integer, default=0)
+    latest_version: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    size: Mapped[int] = mapped_column(BigInteger, default=0)  # bytes of its versions' files
 
 
 class Blob(Base):

@@ -311,3 +311,42 @@ def test_cli_push_of_identical_bytes_says_so(run, cli_reg: Registry, tiny_model,
     assert (code, again) == (0, out)
     assert err == "tinynet@v1 already holds these bytes; no new version made\n"
     assert cli_reg.get("tinynet").tags == {"k": "v"}
+
+
+def test_model_summaries_follow_pushes_deletes_and_imports(reg: Registry, tmp_path) -> None:
+    """`ls` reads counters kept on each model row: they must equal the versions' own figures."""
+    import torch
+
+    from registry.records import ModelSummary
+
+    def expected(name: str) -> ModelSummary:
+        versions = reg.versions(name)
+        return ModelSummary(
+            name=name,
+            num_versions=len(versions),
+            latest_version=max((v.version for v in versions), default=None),
+            updated_at=max((v.created_at for v in versions), default=None),
+            size=sum(v.size for v in versions),
+            aliases=tuple(f"{a}=v{v.version}" for v in versions for a in v.aliases),
+        )
+
+    args = {"arch": "torch.nn:Linear", "arch_args": {"in_features": 4, "out_features": 2}}
+    for width in range(3):
+        torch.manual_seed(width)
+        reg.push(torch.nn.Linear(4, 2), name="m", aliases=["production"] if width else [], **args)
+    assert [m for m in reg.models() if m.name == "m"] == [expected("m")]
+    reg.delete("m@v3")
+    assert reg.models() == [expected("m")]
+    reg.delete("m@v1")
+    assert reg.models() == [expected("m")]
+    reg.export_bundle(["m@v2"], tmp_path / "b.tar")
+    target = Registry(home=tmp_path / "target")
+    target.import_bundle(tmp_path / "b.tar")
+    (imported,) = target.models()
+    assert (imported.num_versions, imported.latest_version, imported.size) == (
+        1,
+        1,
+        reg.get("m@v2").size,
+    )
+    reg.delete("m@v2")
+    assert reg.models() == [ModelSummary("m", 0, None, None, 0, ())]

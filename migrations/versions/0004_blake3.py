@@ -25,5 +25,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("blobs") as batch:
+    # SQLite >= 3.35 drops a column in place; recreating the table would cascade its
+    # deletion into the rows that reference it (foreign keys are on).
+    with op.batch_alter_table("blobs", recreate="never") as batch:
         batch.drop_column("blake3")
