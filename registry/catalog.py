@@ -65,7 +65,10 @@ def lock_model(s: Session, name: str, now: datetime) -> Model:
     """
     new_model = _insert(s, Model).values(name=name, last_version=0, created_at=now)
     s.execute(new_model.on_conflict_do_nothing(index_elements=["name"]))
-    return s.scalars(select(Model).where(Model.name == name).with_for_update()).one()
+    # populate_existing: a row the session read before the lock (resolving a parent)
+    # would otherwise keep its stale counters.
+    locked = select(Model).where(Model.name == name).with_for_update()
+    return s.scalars(locked.execution_options(populate_existing=True)).one()
 
 
 def claim_blob(s: Session, digest: str, size: int, check: Check, now: datetime) -> None:
@@ -95,7 +98,7 @@ def verification(s: Session, digest: str) -> Check | None:
 
 def record_blake3(s: Session, digest: str, value: str) -> None:
     """Record the BLAKE3 of a blob recorded before BLAKE3 (`verify` checked its SHA-256 first)."""
-    s.execute(update(Blob).where(Blob.sha256 == digest).values(blake3=value))
+    s.execute(update(Blob).where(Blob.sha256 == digest, Blob.blake3.is_(None)).values(blake3=value))
 
 
 def lock_unreferenced_blob(s: Session, digest: str) -> bool:
@@ -268,7 +271,8 @@ def delete_version(s: Session, version: Version) -> None:
     Its model's summary is computed again from the versions left, under the
     model's row lock.
     """
-    model = s.scalars(select(Model).where(Model.id == version.model_id).with_for_update()).one()
+    locked = select(Model).where(Model.id == version.model_id).with_for_update()
+    model = s.scalars(locked.execution_options(populate_existing=True)).one()
     s.execute(delete(Version).where(Version.id == version.id))
     left = s.execute(
         select(

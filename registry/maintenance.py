@@ -6,8 +6,9 @@ from sqlalchemy import Engine
 
 from registry import catalog, db
 from registry.blobstore import BlobStore
-from registry.digests import blake3_of
+from registry.digests import Hasher
 from registry.errors import ConfigurationError, IntegrityError
+from registry.files import CHUNK_SIZE
 from registry.records import ModelVersion, Problem, Reclaimed
 from registry.stores import Store
 
@@ -33,12 +34,21 @@ def verify(engine: Engine, store: Store, versions: list[ModelVersion]) -> list[P
 
 
 def _record_blake3(engine: Engine, store: BlobStore, digest: str) -> None:
+    """Record the BLAKE3 of bytes whose SHA-256 is checked in the same pass."""
     with db.session(engine) as s:
         found = catalog.verification(s, digest)
-    if found is None or not found.blake3:
-        value = blake3_of(store.path(digest))
+    if found is not None and found.blake3:
+        return
+    hasher = Hasher()
+    try:
+        with open(store.path(digest), "rb") as blob:
+            while chunk := blob.read(CHUNK_SIZE):
+                hasher.update(chunk)
+    except FileNotFoundError:  # collected since it was checked
+        return
+    if hasher.hexdigest() == digest and hasher.check.blake3:
         with db.session(engine, write=True) as s:
-            catalog.record_blake3(s, digest, value)
+            catalog.record_blake3(s, digest, hasher.check.blake3)
 
 
 def _check_blob(store: Store, ref: str, digest: str, size: int | None) -> Problem | None:
