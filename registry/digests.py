@@ -17,8 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import blake3
+if TYPE_CHECKING:
+    import blake3
 
 CHUNK_SIZE = 16 << 20
 _PARALLEL_MIN = 1 << 20  # smaller writes are hashed inline: a thread hop costs more
@@ -41,8 +43,10 @@ class Hasher:
     """Hash a stream fed in order: its SHA-256 (the identity) and its BLAKE3 (for reads)."""
 
     def __init__(self) -> None:
+        import blake3  # here, not at import: `registry ls` never hashes
+
         self._sha256 = hashlib.sha256()
-        self._blake3 = blake3.blake3()
+        self._blake3: blake3.blake3 = blake3.blake3()
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data).cast("B")
@@ -65,6 +69,8 @@ class Hasher:
 
 def blake3_of(path: Path) -> str:
     """The BLAKE3 of a file, memory-mapped and hashed on every core."""
+    import blake3
+
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
     if path.stat().st_size:  # an empty file cannot be mapped
         hasher.update_mmap(str(path))
