@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast test-long lint bench clean
 
 install: $(STAMP)
 
@@ -24,7 +24,11 @@ test: $(STAMP)
 
 # The inner loop: everything but the slow tests (the torchvision zoo, big files).
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow and not long"
+
+# The team-scale reliability runs (issue #15): minutes each; .ci/run runs them after `make test`.
+test-long: $(STAMP)
+	$(PY) -m pytest -m long
 
 bench: $(STAMP)
 	$(PY) bench/run.py
