@@ -17,6 +17,12 @@ POINTS = (
     "push-blob-placed",  # blob renamed into place, catalog not yet committed
     "push-commit",  # version row written, just before COMMIT
     "pull-copy",  # half-way through writing the destination's temp file
+    "s3-upload",  # half-way through uploading a blob to the bucket
+    "s3-uploaded",  # object in the bucket, catalog not yet committed
+    "cache-fill",  # half-way through filling a cache entry from the bucket
+    "remote-fill",  # half-way through filling a cache entry from `registry serve`
+    "import-blob",  # half-way through writing a bundle's blob into the store
+    "import-commit",  # a bundle's blobs placed, catalog not yet committed
 )
 
 
