@@ -431,8 +431,11 @@ class Registry:
         def copy() -> None:
             with self._progress(f"pull {version.ref}", version.size) as advance:
                 progress = crash_half_way("pull-copy", version.size, advance)
+                blake3 = self._blake3_check(version) if verify else None
                 source = self.store.open(version.sha256, version.ref)
-                files.copy_verified(source, target, version.sha256, version.ref, verify, progress)
+                files.copy_verified(
+                    source, target, version.sha256, version.ref, verify, progress, blake3
+                )
 
         self._read_blobs(copy, version.sha256)
         return target
@@ -453,10 +456,11 @@ class Registry:
         """
         version = self.get(ref)
         with self._progress(f"pull {version.ref}", version.size) as advance:
+            blake3 = self._blake3_check(version) if verify else None
             source = self.store.open(version.sha256, version.ref)
             try:
                 files.copy_stream_verified(
-                    source, sink, version.sha256, version.ref, verify, advance
+                    source, sink, version.sha256, version.ref, verify, advance, blake3
                 )
             except IntegrityError:
                 self.store.evict(version.sha256)  # sent already: the next read fetches afresh
@@ -595,6 +599,13 @@ class Registry:
             return None
         with db.session(self.engine) as s:
             return catalog.verification(s, digest)
+
+    def _blake3_check(self, version: ModelVersion) -> files.Blake3Check | None:
+        """How a copy of the blob is verified: by its BLAKE3 when recorded, else None (SHA-256)."""
+        check = self._verification(version.sha256)
+        if check is None or not check.blake3:
+            return None
+        return files.Blake3Check(check.blake3, lambda: self.store.hash(version.sha256, version.ref))
 
     @contextlib.contextmanager
     def _weights_file(
