@@ -656,7 +656,10 @@ class Registry:
         """
         if self._remote is not None:
             return self._remote.tensors(ref)
-        version = self.get(ref)
+        return self._manifest(self.get(ref))
+
+    def _manifest(self, version: ModelVersion) -> list[TensorInfo]:
+        """The tensor manifest of a version already looked up: from the catalog, else its blob."""
         with db.session(self.engine) as s:
             _, row = catalog.resolve(s, refs.parse_ref(version.ref))
             found = catalog.tensors(s, row.id)
@@ -731,7 +734,7 @@ class Registry:
             older, newer = self.get(a), self.get(b)
         if self._remote is not None:
             return self._remote.diff(older.ref, newer.ref)
-        left, right = self.tensors(older.ref), self.tensors(newer.ref)
+        left, right = self._manifest(older), self._manifest(newer)
         if diffing.unread(left, right):
             return diffing.compare(older.ref, newer.ref, left, right, None, None)
 

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 CHUNK_SIZE = 16 << 20
 _PARALLEL_MIN = 1 << 20  # smaller writes are hashed inline: a thread hop costs more
+_READ_SIZE = 8 << 20  # BLAKE3 of a file: larger reads were slower here (cache misses)
 
 
 @dataclass(frozen=True)
@@ -68,12 +69,20 @@ class Hasher:
 
 
 def blake3_of(path: Path) -> str:
-    """The BLAKE3 of a file, memory-mapped and hashed on every core."""
+    """The BLAKE3 of a file, each 8 MiB read hashed on every core.
+
+    Read, not memory-mapped: as fast here, and a mapping would add the whole
+    file to the process's resident memory (a server verifying 500 MB before
+    sending it would grow by 500 MB).
+    """
     import blake3
 
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    if path.stat().st_size:  # an empty file cannot be mapped
-        hasher.update_mmap(str(path))
+    buffer = bytearray(_READ_SIZE)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            hasher.update(view[:n])
     return str(hasher.hexdigest())
 
 

@@ -1,16 +1,18 @@
 """Tensor manifests: what a version is made of, tensor by tensor.
 
-Each entry is a state_dict key with its dtype, shape and the SHA-256 of its
-bytes (C order, the dtype's own encoding). Equal digests let `diff` call two
-tensors identical without reading either blob, and a tensor that `diff` does
-read is checked against its digest, so it needs no whole-blob verification.
+Each entry is a state_dict key with its dtype, shape and a digest of its
+bytes (C order, the dtype's own encoding): `blake3:<hex>`, hashed on every
+core, 224 bits so that it fits the column beside the older digests, or, for
+manifests recorded before issue 14, the SHA-256 hex alone.
+Equal digests let `diff` call two tensors identical without reading either
+blob, and a tensor that `diff` does read is checked against its digest, so
+it needs no whole-blob verification.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from registry.records import TensorInfo
@@ -19,21 +21,25 @@ if TYPE_CHECKING:
     import torch
 
 
-def describe(state_dict: Mapping[str, torch.Tensor]) -> list[TensorInfo]:
-    """The manifest of a state_dict, in its order; tensors are hashed on several threads."""
-    import os
+BLAKE3_PREFIX = "blake3:"
+BLAKE3_BYTES = 28  # "blake3:" + 56 hex digits fit the 64 characters SHA-256 hex took
 
-    items = list(state_dict.items())
-    with ThreadPoolExecutor(min(4, os.cpu_count() or 1), "registry-manifest") as pool:
-        digests = list(pool.map(tensor_digest, (tensor for _, tensor in items)))
+
+def describe(state_dict: Mapping[str, torch.Tensor]) -> list[TensorInfo]:
+    """The manifest of a state_dict, in its order; each tensor hashed on every core."""
     return [
-        TensorInfo(name, dtype_name(tensor), tuple(tensor.shape), digest)
-        for (name, tensor), digest in zip(items, digests, strict=True)
+        TensorInfo(name, dtype_name(tensor), tuple(tensor.shape), tensor_digest(tensor))
+        for name, tensor in state_dict.items()
     ]
 
 
-def tensor_digest(tensor: torch.Tensor) -> str | None:
-    """SHA-256 of a tensor's bytes; None for a layout that has no plain bytes (sparse)."""
+def tensor_digest(tensor: torch.Tensor, like: str | None = None) -> str | None:
+    """The digest of a tensor's bytes; None for a layout that has no plain bytes (sparse).
+
+    BLAKE3 (`blake3:` and 56 hex digits), or the bare SHA-256 hex when `like` is such a
+    legacy digest, to check a tensor against a manifest recorded before BLAKE3.
+    """
+    import blake3
     import torch
 
     if tensor.layout != torch.strided:
@@ -41,10 +47,15 @@ def tensor_digest(tensor: torch.Tensor) -> str | None:
     if tensor.is_quantized:
         tensor = tensor.int_repr()
     flat = tensor.detach().cpu().contiguous().reshape(-1)
-    hasher = hashlib.sha256()
-    if flat.numel():
-        hasher.update(flat.view(torch.uint8).numpy().data)  # hashlib releases the GIL
-    return hasher.hexdigest()
+    data = flat.view(torch.uint8).numpy().data if flat.numel() else b""
+    if like is not None and not like.startswith(BLAKE3_PREFIX):
+        return hashlib.sha256(data).hexdigest()
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO if len(data) >= _THREADED else 1)
+    hasher.update(data)  # releases the GIL
+    return BLAKE3_PREFIX + hasher.hexdigest(length=BLAKE3_BYTES)
+
+
+_THREADED = 1 << 20  # smaller tensors: one thread, a thread pool's start costs more
 
 
 def dtype_name(tensor: torch.Tensor) -> str:

@@ -138,7 +138,8 @@ class Tensor(Base):
     name: Mapped[str] = mapped_column(Text)
     dtype: Mapped[str] = mapped_column(String(32))
     shape: Mapped[list[int]] = mapped_column(JSON)
-    # SHA-256 of the tensor's bytes; equal digests make a diff skip reading both.
+    # `blake3:<hex>` (older rows: SHA-256 hex) of the tensor's bytes; equal digests make a
+    # diff skip reading both (registry/manifests.py).
     digest: Mapped[str | None] = mapped_column(String(64))
 
 

@@ -10,7 +10,7 @@ import torch
 from conftest import SMALL_ARCH
 from sqlalchemy import text
 
-from registry import Registry, SchemaOutOfDateError, db
+from registry import IntegrityError, Registry, SchemaOutOfDateError, db
 from registry.manifests import tensor_digest
 
 TINY = {"arch": "tiny_models:TinyNet", "arch_args": {"width": 4, "num_classes": 5}}
@@ -86,3 +86,30 @@ def test_a_catalog_of_the_previous_schema_gets_manifests_on_first_need(
     reg_path.unlink()
     assert old.tensors(version.ref) == expected  # now from the catalog alone
     old.close()
+
+
+def test_manifests_recorded_with_sha256_still_diff_and_verify(reg: Registry, tiny_model) -> None:
+    """Manifests from before BLAKE3 hold bare SHA-256 digests: tensors are still checked by them."""
+    import hashlib
+
+    v1 = reg.push(tiny_model, name="legacy", **TINY)
+    with torch.no_grad():
+        tiny_model.head.weight.add_(1.0)
+    v2 = reg.push(tiny_model, name="legacy", **TINY)
+    assert all(t.digest and t.digest.startswith("blake3:") for t in reg.tensors(v1.ref))
+    state = reg.state_dict(v1.ref)
+    of_v1 = text(
+        "UPDATE tensors SET digest = :d WHERE position = :p AND version_id = "
+        "(SELECT v.id FROM versions v JOIN models m ON m.id = v.model_id "
+        "WHERE m.name = 'legacy' AND v.version = 1)"
+    )
+    with db.session(reg.engine, write=True) as s:  # what a catalog of the previous release holds
+        for position, tensor in enumerate(state.values()):
+            data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+            s.execute(of_v1, {"d": hashlib.sha256(data).hexdigest(), "p": position})
+    diff = reg.diff(v1.ref, v2.ref)  # no digest pair agrees: every tensor read and measured
+    assert diff.summary["changed"] == 1 and diff.summary["identical"] == len(state) - 1
+    with db.session(reg.engine, write=True) as s:  # a legacy digest that lies
+        s.execute(of_v1, {"d": "0" * 64, "p": 0})
+    with pytest.raises(IntegrityError):
+        reg.diff(v1.ref, v2.ref)
