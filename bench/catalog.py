@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 DEFAULT_POSTGRESQL_URL = "postgresql+psycopg://postgres:postgres@127.0.0.1:5432/registry_bench"
 BATCH = 10_000
+SMALL_MODELS = 10  # the catalog `registry ls` over the big one is compared with
 EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 VERSION_FIELDS: dict[str, Any] = {
     "weights_sha256": None,
@@ -77,6 +78,26 @@ def reset_postgresql(url: str) -> str | None:
     finally:
         engine.dispose()
     return None
+
+
+def small_postgresql_url(url: str) -> str:
+    """A second database beside the bench's, for the 10-model catalog: created if missing, reset."""
+    parsed = db.parse_url(url)
+    small = parsed.set(database=f"{parsed.database}_small")
+    engine = create_engine(parsed)
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            exists = conn.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": small.database}
+            ).scalar()
+            if not exists:
+                conn.execute(text(f'CREATE DATABASE "{small.database}"'))
+    finally:
+        engine.dispose()
+    small_url = small.render_as_string(hide_password=False)
+    if problem := reset_postgresql(small_url):
+        raise RuntimeError(problem)
+    return small_url
 
 
 def server_version(url: str) -> str:
@@ -233,6 +254,7 @@ def catalog_figure(
     ws: Workspace,
     backend: str,
     url: str,
+    small_url: str,
     models: int,
     per_model: int,
     repeats: int,
@@ -242,6 +264,7 @@ def catalog_figure(
     print(f"  filling {models * per_model:,} versions over {models:,} models ...", flush=True)
     fill_s = fill(url, models, per_model)
     print(f"  filled in {fill_s:.1f} s", flush=True)
+    fill(small_url, SMALL_MODELS, per_model)
     home = ws.root / f"catalog-{backend.lower()}"
     reg = Registry(home=home, database_url=url)
     engine = reg.engine
@@ -270,20 +293,22 @@ def catalog_figure(
         [
             Contender("`SELECT 1` in a catalog session (round-trip floor)", select_one),
             Contender(
-                "`Registry.get('NAME@vN')`", lambda _: reg.get(next(numbered)), target=resolve
+                "`Registry.get('NAME@vN')`", lambda _: reg.get(next(numbered)), targets=(resolve,)
             ),
             Contender(
-                "`Registry.get('NAME')` (latest)", lambda _: reg.get(next(latest)), target=resolve
+                "`Registry.get('NAME')` (latest)",
+                lambda _: reg.get(next(latest)),
+                targets=(resolve,),
             ),
             Contender(
                 "`Registry.get('NAME@production')` (alias)",
                 lambda _: reg.get(next(aliased)),
-                target=resolve,
+                targets=(resolve,),
             ),
             Contender(
                 "`Registry.versions(NAME, limit=50)`",
                 lambda _: reg.versions(next(listed), limit=50),
-                target=Target(0.010, "seconds"),
+                targets=(Target(0.010, "seconds"),),
             ),
         ],
         repeats,
@@ -306,13 +331,20 @@ def catalog_figure(
         [Contender(f"`Registry.models()` ({models:,} models)", lambda _: reg.models())],
         repeats,
     )
+    small = (
+        f"`registry ls` ({SMALL_MODELS} models, {SMALL_MODELS * per_model:,} versions, "
+        "whole process)"
+    )
     results += compare(
         figure,
         [
             import_floor(ws),
+            Contender(small, lambda _: ws.cli("ls", database_url=small_url)(home)),
             Contender(
-                f"`registry ls` ({models:,} models, whole process)",
+                f"`registry ls` ({models:,} models, {models * per_model:,} versions, "
+                "whole process)",
                 lambda _: ws.cli("ls", database_url=url)(home),
+                targets=(Target(1.5, "ratio", against=small),),
             ),
         ],
         process_repeats,

@@ -5,8 +5,14 @@ contender runs once untimed (warming the page cache, imports and caches),
 then `repeats` timed rounds follow; each round runs every contender once,
 in an order rotated by one per round, so that noise from other processes
 falls on the baseline and the subjects alike. Untimed `setup` and `teardown`
-around each run prepare fresh state (an empty registry, a deleted output
-file) so that no run profits from the one before it.
+around each run prepare its state (a fresh registry, the next of the inputs
+written beforehand) so that no run profits from the one before it, and
+`os.sync()` runs before every timed run.
+
+Runs that write keep their outputs until the comparison ends (`Outputs`):
+on a virtual machine, writing into page-cache memory just freed by a
+deleted file and writing into fresh memory differ by up to 2x, and deleting
+between runs hands that difference to whichever contender runs next.
 """
 
 from __future__ import annotations
@@ -28,18 +34,50 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Target:
-    """A goal from issue #6: at most `limit` times the baseline, or at most `limit` seconds."""
+    """A goal: at most `limit` times a reference, or at most `limit` seconds.
+
+    The reference of a ratio is the comparison's baseline, or the contender
+    labelled `against`.
+    """
 
     limit: float
     kind: str  # "ratio" or "seconds"
+    against: str | None = None
 
     def text(self) -> str:
         if self.kind == "ratio":
-            return f"≤ {self.limit:g}x"
+            return f"≤ {self.limit:g}x" + (f" {self.against}" if self.against else "")
         return f"≤ {seconds(self.limit)}"
 
-    def met(self, median: float, ratio: float) -> bool:
-        return (ratio if self.kind == "ratio" else median) <= self.limit
+
+@dataclass(frozen=True)
+class Verdict:
+    """A target judged on one result: the median, its spread over the rounds, and the call.
+
+    `spread` is the range of the per-round values (ratios of runs made in the
+    same round, or seconds). A target inside that range is "unresolved": the
+    noise between rounds is larger than the figure's gap to the target.
+    """
+
+    target: Target
+    median: float  # a ratio, or seconds
+    spread: tuple[float, float]
+
+    @property
+    def call(self) -> str:
+        low, high = self.spread
+        if high <= self.target.limit:
+            return "pass"
+        if low > self.target.limit:
+            return "FAIL"
+        # The median alone would say pass or fail; the rounds disagree among themselves.
+        return "unresolved"
+
+    def measured(self) -> str:
+        low, high = self.spread
+        if self.target.kind == "ratio":
+            return f"{self.median:.2f}x ({low:.2f} … {high:.2f})"
+        return f"{seconds(self.median)} ({seconds(low)} … {seconds(high)})"
 
 
 @dataclass
@@ -50,7 +88,7 @@ class Contender:
     run: Callable[[Any], object]
     setup: Callable[[], Any] = lambda: None
     teardown: Callable[[Any], None] = lambda _state: None
-    target: Target | None = None
+    targets: tuple[Target, ...] = ()
     # A second contender of the same comparison to state a ratio against (e.g. a floor).
     versus: str | None = None
     # `run` times the part of itself that counts and returns the seconds.
@@ -59,15 +97,15 @@ class Contender:
 
 @dataclass
 class Result:
-    """The timings of one contender within its comparison."""
+    """The timings of one contender within its comparison, run i of each made in round i."""
 
     figure: str
     label: str
     times: list[float]
     baseline: Result | None  # None: this is the baseline
-    target: Target | None = None
+    targets: tuple[Target, ...] = ()
     versus: Result | None = None
-    notes: list[str] = field(default_factory=list)
+    peers: dict[str, Result] = field(default_factory=dict)  # the comparison, by label
 
     @property
     def median(self) -> float:
@@ -77,9 +115,16 @@ class Result:
     def ratio(self) -> float:
         return self.median / self.baseline.median if self.baseline else 1.0
 
-    @property
-    def passed(self) -> bool | None:
-        return None if self.target is None else self.target.met(self.median, self.ratio)
+    def verdicts(self) -> list[Verdict]:
+        return [self.verdict(target) for target in self.targets]
+
+    def verdict(self, target: Target) -> Verdict:
+        if target.kind == "seconds":
+            return Verdict(target, self.median, (min(self.times), max(self.times)))
+        reference = self.peers[target.against] if target.against else self.baseline
+        assert reference is not None, f"{self.label}: a ratio target needs a reference"
+        per_round = [a / b for a, b in zip(self.times, reference.times, strict=True)]
+        return Verdict(target, self.median / reference.median, (min(per_round), max(per_round)))
 
 
 def compare(figure: str, contenders: Sequence[Contender], repeats: int) -> list[Result]:
@@ -97,10 +142,13 @@ def compare(figure: str, contenders: Sequence[Contender], repeats: int) -> list[
     baseline = Result(figure, contenders[0].label, times[contenders[0].label], None)
     results = [baseline]
     for contender in contenders[1:]:
-        result = Result(figure, contender.label, times[contender.label], baseline, contender.target)
+        result = Result(
+            figure, contender.label, times[contender.label], baseline, contender.targets
+        )
         results.append(result)
     by_label = {r.label: r for r in results}
     for contender, result in zip(contenders, results, strict=True):
+        result.peers = by_label
         if contender.versus is not None:
             result.versus = by_label[contender.versus]
     for result in results:

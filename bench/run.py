@@ -21,19 +21,22 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import catalog
+import diff
 import figures
 import harness
+import memory
+import services
 from harness import Result, seconds
 
 from registry import db
 
 ROOT = Path(__file__).resolve().parent.parent
-# Sections after this line of the report come from scripts run by hand (bench/diff.py,
-# bench/s3.py, bench/serve_load.py); a rewrite keeps them.
+# Sections after this line of the report come from scripts run by hand
+# (bench/serve_load.py); a rewrite keeps them.
 BY_HAND = "<!-- measured by hand below: bench/run.py keeps this part -->"
 DISK_NEEDED_FOR_VGG16 = 3_000_000_000  # the checkpoint, a stocked registry, a push, a copy
 
@@ -107,6 +110,48 @@ FIGURES = [
         "`python -c 'import torch'`, what any command that imports torch pays on top.",
     ),
     Figure(
+        "7",
+        "show-tensors",
+        "`registry show REF --tensors`, whole process",
+        "Whole processes, spawn to exit: `registry show REF` (baseline) and `registry show REF "
+        "--tensors`, which also prints the version's tensor manifest (name, dtype, shape, "
+        "digest of each tensor), read from the catalog.",
+    ),
+    Figure(
+        "8",
+        "diff",
+        "`registry diff` of a fine-tune that changed only the last layer",
+        " ".join((diff.__doc__ or "").split("\n\n", 1)[0].split()[6:])
+        + " **Baseline**: plain `torch.load(path, weights_only=True)` of both files, full "
+        "loads, what comparing them in plain torch starts with. **Subject**: `reg.diff(v1, "
+        "v2)` on a `Registry` whose engine is open: tensors whose manifest digests agree are "
+        "settled without reading them; only the last layer's two tensors are read from the "
+        "memory-mapped blobs, checked against their digests and measured.",
+    ),
+    Figure(
+        "9",
+        "s3",
+        "the S3 store, next to boto3",
+        " ".join((services.__doc__ or "").split("\n\n", 1)[1].split(". Figure 10")[0].split())
+        + ". The cold pull uses the catalog of one of the pushes and a new, empty cache; "
+        "a push leaves its blob in its own cache, which the cached load reads.",
+    ),
+    Figure(
+        "10",
+        "serve",
+        "`registry serve` downloads, next to `python -m http.server`",
+        "One stored checkpoint, served by `registry serve --port 0` (which verifies the blob "
+        "by its BLAKE3, then sends it) and by `python -m http.server` from the blob's folder, "
+        "both subprocesses on loopback; the same `httpx` client streams each download in "
+        "1 MiB reads, counts the bytes and drops them.",
+    ),
+    Figure(
+        "11",
+        "memory",
+        "memory of a load, a pull, a diff and a server download",
+        " ".join((memory.__doc__ or "").split("\n\n", 1)[1].split("    .venv")[0].split()),
+    ),
+    Figure(
         "6",
         "catalog",
         "a large catalog",
@@ -120,7 +165,21 @@ FIGURES = [
         "the import floor of figure 5.",
     ),
 ]
+FIGURES.sort(key=lambda f: int(f.number))
 FIGURES_BY_KEY = {key: f for f in FIGURES for key in (f.number, f.name)}
+# Figures measured on every arch (the small case, then vgg16); the others on the last only.
+PER_ARCH = ("push", "push-memory", "load", "pull")
+
+
+@dataclass
+class Section:
+    """One table of the report: a figure on one case."""
+
+    figure: Figure
+    subtitle: str
+    results: list[Result]
+    notes: list[str] = field(default_factory=list)
+    footprints: list[memory.Footprint] = field(default_factory=list)
 
 
 def main(argv: list[str]) -> None:
@@ -184,11 +243,17 @@ def main(argv: list[str]) -> None:
             )
         machine = harness.machine(workdir)
         ws = figures.Workspace(workdir)
-        sections: list[tuple[Figure, str, list[Result], list[str]]] = []
+        sections: list[Section] = []
         notes: list[str] = []
         for figure in selected:
             if figure.name == "catalog":
                 sections += catalog_sections(figure, ws, models, per_model, repeats, machine)
+                continue
+            if figure.name == "memory":
+                arch = archs[-1]
+                print(f"figure {figure.number} ({figure.name}), {arch}", flush=True)
+                footprints = memory.footprints(ws, arch)
+                sections.append(Section(figure, arch, [], footprints=footprints))
                 continue
             measure = {
                 "push": figures.push_file,
@@ -196,9 +261,14 @@ def main(argv: list[str]) -> None:
                 "load": figures.load,
                 "pull": figures.pull,
                 "cli": figures.cli_startup,
+                "show-tensors": figures.show_tensors,
+                "diff": diff.diff,
+                "s3": services.s3,
+                "serve": services.serve,
             }[figure.name]
             startup = figure.name == "cli"
-            for arch in archs[:1] if startup else archs:
+            cases = archs if figure.name in PER_ARCH else archs[:1] if startup else archs[-1:]
+            for arch in cases:
                 print(f"figure {figure.number} ({figure.name}), {arch}", flush=True)
                 size = ws.checkpoint(arch).stat().st_size
                 subtitle = f"{arch}, {size / 1e6:.0f} MB checkpoint"
@@ -206,8 +276,11 @@ def main(argv: list[str]) -> None:
                     subtitle = f"a registry holding one {arch} version"
                 # Targets are judged on the issue's case, vgg16 (resnet18 in a quick run).
                 judged = startup or arch == archs[-1]
-                n = repeats("process" if startup else "file", arch)
-                sections.append((figure, subtitle, measure(ws, arch, n, judged), []))
+                kind = "process" if figure.name in ("cli", "show-tensors") else "file"
+                n = repeats(kind, arch)
+                if figure.name == "s3" and args.repeats is None:
+                    n = min(n, 5)  # each round moves 2 GB through moto
+                sections.append(Section(figure, subtitle, measure(ws, arch, n, judged)))
         machine["load average at end"] = harness.load_average()
         if args.quick:
             notes.append(
@@ -232,10 +305,11 @@ def catalog_sections(
     per_model: int,
     repeats: Callable[[str], int],
     machine: dict[str, str],
-) -> list[tuple[Figure, str, list[Result], list[str]]]:
+) -> list[Section]:
     """Figure 6 on SQLite, then on PostgreSQL if it can be reached."""
     size = f"{models * per_model:,} versions over {models:,} models"
     backends = [("SQLite", f"sqlite:///{ws.root / 'catalog.db'}", None)]
+    small_sqlite = f"sqlite:///{ws.root / 'catalog-small.db'}"
     url = os.environ.get("REGISTRY_BENCH_DATABASE_URL") or catalog.DEFAULT_POSTGRESQL_URL
     backends.append(("PostgreSQL", url, catalog.reset_postgresql(url)))
     sections = []
@@ -243,16 +317,26 @@ def catalog_sections(
         print(f"figure {figure.number} ({figure.name}), {backend}", flush=True)
         if unusable:
             print(f"  {unusable}", flush=True)
-            sections.append((figure, f"{backend}, {size}", [], [unusable]))
+            sections.append(Section(figure, f"{backend}, {size}", [], [unusable]))
             continue
         if backend == "PostgreSQL":
             version = catalog.server_version(backend_url)
             machine["PostgreSQL"] = f"{version} at {db.safe_url(backend_url)}"
+        small_url = (
+            small_sqlite if backend == "SQLite" else catalog.small_postgresql_url(backend_url)
+        )
         results, fill_s = catalog.catalog_figure(
-            ws, backend, backend_url, models, per_model, repeats("query"), repeats("process")
+            ws,
+            backend,
+            backend_url,
+            small_url,
+            models,
+            per_model,
+            repeats("query"),
+            repeats("process"),
         )
         note = f"Catalog filled in {fill_s:.1f} s (not part of any timing)."
-        sections.append((figure, f"{backend}, {size}", results, [note]))
+        sections.append(Section(figure, f"{backend}, {size}", results, [note]))
     return sections
 
 
@@ -261,7 +345,7 @@ def render(
     argv: list[str],
     selected: list[Figure],
     machine: dict[str, str],
-    sections: list[tuple[Figure, str, list[Result], list[str]]],
+    sections: list[Section],
     notes: list[str],
 ) -> str:
     python = (
@@ -274,7 +358,7 @@ def render(
         "# Benchmarks",
         "",
         "How long the registry takes next to the plain-Python floor of the same work "
-        "(issue #6). Written by `bench/run.py`; `make bench` runs it in full. "
+        "(issues #6 and #14). Written by `bench/run.py`; `make bench` runs it in full. "
         "This file came from:",
         "",
         "```console",
@@ -284,22 +368,27 @@ def render(
         *[f"{note}\n" for note in notes],
         "## Targets",
         "",
-        "Each a ratio to a baseline measured in the same run, or a time.",
+        "Each a ratio to a reference measured in the same run (the figure's baseline unless "
+        "named), or a time, or memory. *Measured* is the ratio of medians, then in brackets "
+        "the lowest and highest ratio of runs made in the same round: a target inside that "
+        "range is **unresolved**, the noise between rounds being larger than the gap.",
         "",
-        "| figure | measurement | target | measured | result |",
+        "| figure | measurement | target | measured (per-round spread) | result |",
         "|---|---|---|---|---|",
     ]
-    for _figure, _subtitle, results, _notes in sections:
-        for r in results:
-            if r.target is None:
-                continue
-            measured = (
-                f"{r.ratio:.2f}x ({seconds(r.median)})"
-                if r.target.kind == "ratio"
-                else seconds(r.median)
+    for section in sections:
+        for r in section.results:
+            for v in r.verdicts():
+                lines.append(
+                    f"| {r.figure} | {r.label} | {v.target.text()} | {v.measured()} | "
+                    f"{_call(v.call)} |"
+                )
+        for f in section.footprints:
+            added = f.anonymous_added if f.anonymous_added is not None else f.added
+            lines.append(
+                f"| {section.figure.number} · {section.subtitle} | {f.operation} | "
+                f"{f.limit_text} | {added / memory.MIB:+.0f} MiB | {_call(f.call)} |"
             )
-            verdict = "pass" if r.passed else "**FAIL**"
-            lines.append(f"| {r.figure} | {r.label} | {r.target.text()} | {measured} | {verdict} |")
     lines += ["", (Path(__file__).parent / "why.md").read_text().strip()]
     lines += ["", "## Machine", ""]
     lines += [f"- {key}: {value}" for key, value in machine.items()]
@@ -311,34 +400,49 @@ def render(
         "Each contender runs once untimed first (warming imports, caches and the page cache), "
         "then in each timed round every contender runs once, in an order rotated by one per "
         "round, so that noise from the rest of the machine falls on baseline and subjects "
-        "alike. Tables give the median, the fastest and slowest run, and the ratio of medians.",
-        "- Files are warm in the page cache for both sides; the cache is not dropped (that "
-        "needs root), but every timed run starts after an untimed `os.sync()`, so none "
-        "inherits the dirty pages of the run before. Checkpoints are torchvision models "
+        "alike. Tables give the median, the fastest and slowest run, and the ratio of medians; "
+        "targets are judged with the spread of the per-round ratios (see Targets).",
+        "- Runs that write read distinct inputs written beforehand (copies of the checkpoint "
+        "with one weight changed each, or distinct stored versions of them), so no run finds "
+        "its bytes stored or just written by the run before, and keep their outputs until the "
+        "figure ends: on this virtual machine, writing into page-cache memory that a deleted "
+        "file just freed and writing into fresh memory differ by up to 2x, and deleting "
+        "outputs between runs handed that difference to whichever contender ran next. Every "
+        "timed run starts after an untimed `os.sync()`, so none inherits the dirty pages of "
+        "the run before.",
+        "- Runs that only read (loads, diff, downloads) read files warm in the page cache, the "
+        "baseline and the subject distinct files of the same size where they can; the cache "
+        "is not dropped (that needs root on the host). Checkpoints are torchvision models "
         "built with `weights=None` and seed 0, saved with "
         "`torch.save(model.state_dict(), path)`: nothing is downloaded.",
         "- Everything is written under one temp folder (same filesystem for registry and "
-        "baselines), removed at the end. Setup and clean-up around each run (a fresh "
-        "registry, deleting an output file) are not timed.",
+        "baselines), removed at the end. Setup around each run (a fresh registry, the next "
+        "input) is not timed.",
         "- *Whole process* rows time a subprocess from spawn to exit with the venv's "
         "`registry` script; other rows run in this process, where torch is already imported.",
-        "- Figures 1 to 4 run on resnet18 (the small case) and vgg16; the targets are judged "
-        "on vgg16, the issue's case (on resnet18 in a quick run, only to exercise the report).",
-        "- On a shared or busy machine the numbers are noisy: read them with the load "
-        "averages above and each row's fastest … slowest spread.",
+        "- Figures 1 to 4 run on resnet18 (the small case) and vgg16, the others on vgg16; "
+        "the targets are judged on vgg16, the issues' case (on resnet18 in a quick run, only "
+        "to exercise the report).",
         "",
         "## Results",
     ]
     described: set[str] = set()
-    for figure, subtitle, results, section_notes in sections:
-        lines += ["", f"### {figure.number}. {figure.title} ({subtitle})", ""]
+    for section in sections:
+        figure = section.figure
+        lines += ["", f"### {figure.number}. {figure.title} ({section.subtitle})", ""]
         if figure.number not in described:  # once, at the figure's first table
             lines += [figure.measures, ""]
             described.add(figure.number)
-        lines += [f"{note}\n" for note in section_notes]
-        if results:
-            lines += table(results)
+        lines += [f"{note}\n" for note in section.notes]
+        if section.results:
+            lines += table(section.results)
+        if section.footprints:
+            lines += memory.table(section.footprints)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _call(call: str) -> str:
+    return call if call == "pass" else f"**{call}**"
 
 
 def table(results: list[Result]) -> list[str]:
@@ -366,10 +470,9 @@ def table(results: list[Result]) -> list[str]:
         ]
         if with_floor:
             cells.append(f"{r.median / r.versus.median:.2f}x" if r.versus else "")
-        if r.target is not None:
-            cells.append(f"{r.target.text()}: {'pass' if r.passed else '**FAIL**'}")
-        else:
-            cells.append("")
+        cells.append(
+            "; ".join(f"{v.target.text()}: {v.measured()}: {_call(v.call)}" for v in r.verdicts())
+        )
         lines.append("| " + " | ".join(cells) + " |")
     return lines[1:]
 
@@ -380,15 +483,13 @@ def by_hand(report: Path) -> str:
     return "\n" + old[old.index(BY_HAND) :] if BY_HAND in old else ""
 
 
-def print_targets(sections: list[tuple[Figure, str, list[Result], list[str]]]) -> None:
-    for _figure, _subtitle, results, _notes in sections:
-        for r in results:
-            if r.target is not None:
-                verdict = "pass" if r.passed else "FAIL"
-                print(
-                    f"{verdict:4}  {r.figure}: {r.label}: {r.ratio:.2f}x, "
-                    f"{seconds(r.median)} ({r.target.text()})"
-                )
+def print_targets(sections: list[Section]) -> None:
+    for section in sections:
+        for r in section.results:
+            for v in r.verdicts():
+                print(f"{v.call:10}  {r.figure}: {r.label}: {v.measured()} ({v.target.text()})")
+        for f in section.footprints:
+            print(f"{f.call:10}  {section.figure.number}: {f.operation}: {f.limit_text}")
 
 
 if __name__ == "__main__":
