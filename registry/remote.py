@@ -6,7 +6,8 @@
     <server>/api/files/REF                          a checkpoint as pushed; ETag, Range
     <cache>/                                        a local BlobStore, shared with an s3:// store's
       sha256/39/3979...(64 hex)                     a blob whose bytes matched the server's digest
-      tmp/<pid>@<host>@<random>.part                a download in flight
+      tmp/<pid>@<host>@<random>.part                a download in flight (a dead one's: the
+                                                    next download removes it)
 
 The server's JSON is data: a record is rebuilt only when its fields have
 the types the registry writes, and the digests, names and extensions that
@@ -44,6 +45,7 @@ from registry.errors import (
     StorageError,
     first_line,
 )
+from registry.faults import crash_point
 from registry.records import (
     DIFF_STATUSES,
     Diff,
@@ -142,8 +144,11 @@ class Client:
                     if not response.is_success:
                         self._refused_file(response, path, ref, digest)
                     self._check_range(response, ref, start)
+                    total = _total_size(response, start)
                     for chunk in response.iter_bytes():  # as they come: a resume loses none
                         sink.write(chunk)
+                        if total and sink.size * 2 >= total:
+                            crash_point("remote-fill")
                 return
             except (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout) as exc:
                 if attempt == RESUMES:
@@ -360,7 +365,14 @@ class RemoteStore(CachedStore):
         return self.cache.reclaim_temp_files(dry_run)
 
     def _fetch(self, digest: str, ref: str) -> None:
-        """Download a blob into the cache, keeping it only if its bytes match `digest`."""
+        """Download a blob into the cache, keeping it only if its bytes match `digest`.
+
+        A fill left half-done by a process that died (killed, the machine
+        rebooted) is a temp file nobody reads: it is removed first, as a pull
+        removes a dead pull's temp file beside its destination.
+        """
+        with contextlib.suppress(OSError):  # cleaning up never fails the read itself
+            self.cache.reclaim_temp_files()
         with self.cache.writer() as writer:
             self.client.download(ref, digest, writer)
             actual = writer.finish()
@@ -500,6 +512,12 @@ def _ref_path(ref: str) -> str:
     not as model `team/tensors`: `@latest` keeps the two apart.
     """
     return _quoted(ref if "@" in ref else f"{ref}@latest")
+
+
+def _total_size(response: httpx.Response, start: int) -> int | None:
+    """The whole file's size, as the answer tells it (a resumed one counts from `start`)."""
+    length = response.headers.get("content-length", "")
+    return start + int(length) if length.isdigit() else None
 
 
 def _message(body: bytes) -> str | None:
