@@ -17,6 +17,7 @@ an argument, and giving a remote and either as arguments is an error.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -29,11 +30,17 @@ class Settings:
     """Where the registry keeps its catalog and blobs, or the server it reads through."""
 
     home: Path
-    database_url: str
+    database_url: str = field(repr=False)  # may hold a password: `__repr__` masks it
     store: str
     cache: Path
     remote: str | None = None  # http(s)://HOST[:PORT][/PREFIX], without a trailing slash
     token: str | None = field(default=None, repr=False)  # a secret: never shown
+
+    def __repr__(self) -> str:
+        return (
+            f"Settings(home={self.home!r}, database_url={_masked(self.database_url)!r}, "
+            f"store={self.store!r}, cache={self.cache!r}, remote={self.remote!r})"
+        )
 
     @classmethod
     def resolve(
@@ -53,9 +60,11 @@ class Settings:
             or os.environ.get("REGISTRY_DATABASE_URL")
             or f"sqlite:///{home_path / 'registry.db'}"
         )
-        store_location = str(store or os.environ.get("REGISTRY_STORE") or home_path / "blobs")
-        if "://" not in store_location:
-            store_location = str(Path(store_location).expanduser().absolute())
+        if store is not None and not str(store).strip():  # given, but blank: not the default
+            _store_location(str(store))
+        store_location = _store_location(
+            str(store or os.environ.get("REGISTRY_STORE") or home_path / "blobs")
+        )
         cache_path = Path(cache or os.environ.get("REGISTRY_CACHE") or home_path / "cache")
         if remote and (database_url or store):
             raise ConfigurationError(
@@ -72,6 +81,51 @@ class Settings:
             remote=_server_url(remote) if remote else None,
             token=(token or os.environ.get("REGISTRY_TOKEN") or None) if remote else None,
         )
+
+
+# S3's rules for a bucket name: 3-63 lowercase letters, digits, dots and hyphens.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_STORE_FORM = "a folder, file://PATH or s3://BUCKET[/PREFIX]"
+
+
+def _store_location(text: str) -> str:
+    """A store setting checked: a folder made absolute, or an `s3://BUCKET[/PREFIX]` URL.
+
+    What is refused is named by its scheme and bucket only: it may hold credentials.
+    """
+    if not text.strip():
+        raise ConfigurationError(f"store {text!r} is blank: expected {_STORE_FORM}")
+    if "\x00" in text:
+        raise ConfigurationError(f"store holds a NUL byte: expected {_STORE_FORM}")
+    if "://" not in text:
+        return str(Path(text).expanduser().absolute())
+    scheme, rest = text.split("://", 1)
+    _, at, host = rest.split("/", 1)[0].rpartition("@")
+    if at:
+        raise ConfigurationError(
+            f"store {scheme[:16]}://{host[:80]}: credentials go in AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), not in the store URL"
+        )
+    if scheme.lower() != "s3":
+        return text  # file://PATH, or an unknown scheme the folder store refuses
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise ConfigurationError(f"store s3://...: expected {_STORE_FORM}") from None
+    bucket = parts.netloc
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket or port is not None:
+        raise ConfigurationError(
+            f"store {text[:200]!r}: {bucket[:80]!r} is not a bucket name "
+            f"(3-63 lowercase letters, digits, dots, hyphens); expected {_STORE_FORM}"
+        )
+    segments = [part for part in parts.path.split("/") if part]
+    if parts.query or parts.fragment or any(part in (".", "..") for part in segments):
+        raise ConfigurationError(
+            f"store {text[:200]!r}: a prefix is plain folder names, "
+            f"without '.', '..', '?' or '#'; expected {_STORE_FORM}"
+        )
+    return text
 
 
 def _server_url(text: str) -> str:
@@ -98,6 +152,15 @@ def _server_url(text: str) -> str:
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     netloc = f"{host}:{port}" if port is not None else host
     return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
+
+
+def _masked(url: str) -> str:
+    """A URL with the password of its user part masked (the catalog's, for a repr)."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
 
 
 def _default_home() -> Path:

@@ -17,12 +17,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from registry import bundles, catalog, db, files, refs
+from registry import bundles, catalog, db, faults, files, refs
 from registry.errors import BundleError, NotFoundError
 from registry.models import Fingerprint, Model, Version
 from registry.records import ModelVersion, TensorInfo
@@ -79,7 +79,7 @@ def import_(
                 raise BundleError(f"cannot read {shown_as}: {exc.strerror}") from None
         else:
             shown_as, stream = "the bundle", source
-        entries, writers = bundles.read(stream, store, stack, shown_as)
+        entries, writers = bundles.read(_crashing(stream), store, stack, shown_as)
         manifests = {e.source_ref: _manifest(e, writers) for e in entries}
         for writer in writers.values():
             writer.publish()
@@ -101,7 +101,36 @@ def import_(
                     Fingerprint(**entry.fingerprint) if entry.fingerprint else None,
                 )
                 imported[entry.source_ref] = replace(record, is_new=is_new)
+            faults.crash_point("import-commit")  # blobs placed, the versions not yet committed
     return [imported[e.source_ref] for e in entries]
+
+
+def _crashing(stream: BinaryIO) -> BinaryIO:
+    """`stream`, or under the crash tests a reader that reaches `import-blob` half-way.
+
+    Half-way through a bundle file is half-way through its blob when one
+    large blob makes up the bundle, as in the crash test.
+    """
+    if os.environ.get("REGISTRY_TEST_KILL_AT") != "import-blob":
+        return stream
+    try:
+        total = os.fstat(stream.fileno()).st_size
+    except (OSError, ValueError):  # not a file: standard input, a stream in memory
+        return stream
+    step = faults.crash_half_way("import-blob", total, lambda _n: None)
+    return cast(BinaryIO, _CountingReader(stream, step))  # tarfile's stream mode only reads
+
+
+class _CountingReader:
+    """A binary reader that reports how many bytes each read returned."""
+
+    def __init__(self, stream: BinaryIO, step: Callable[[int], None]) -> None:
+        self._stream, self._step = stream, step
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        self._step(len(data))
+        return data
 
 
 def _manifest(entry: bundles.Entry, writers: dict[str, BlobWriting]) -> list[TensorInfo]:

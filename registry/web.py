@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 COOKIE = "registry_token"
 SUB_RESOURCES = ("tensors", "lineage")
 MANIFEST_OPEN_UP_TO = 40  # tensors listed open; a longer manifest starts collapsed
+MAX_LOGGED_PATH = 200  # characters of a request's path in the log
 log = logging.getLogger("registry.serve")
 
 
@@ -182,13 +183,25 @@ class _Access:
             await _refused(request)(scope, receive, record)
         else:
             await self.app(scope, receive, record)
-        log.info("%s %s %s", request.method, request.url.path, status[0] if status else "-")
+        log.info(
+            "%s %s %s", request.method, _loggable(request.url.path), status[0] if status else "-"
+        )
 
     def _matches(self, presented: str | None) -> bool:
         assert self.token is not None
         return presented is not None and hmac.compare_digest(
             presented.encode(), self.token.encode()
         )
+
+
+def _loggable(path: str) -> str:
+    """A request's path fit for one line of the log, whoever sent it.
+
+    Control and non-ASCII characters are escaped, so a path cannot forge a
+    line, and a long path is cut, so one request cannot flood the log.
+    """
+    shown = path.encode("unicode_escape").decode("ascii")
+    return shown if len(shown) <= MAX_LOGGED_PATH else shown[:MAX_LOGGED_PATH] + "..."
 
 
 def _presented(request: Request) -> str | None:
@@ -241,7 +254,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.warning("%s %s failed: %s", request.method, request.url.path, type(exc).__name__)
+    log.warning("%s %s failed: %s", request.method, _loggable(request.url.path), type(exc).__name__)
     return _error(request, 503, "the registry could not answer this request")
 
 
