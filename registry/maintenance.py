@@ -67,20 +67,30 @@ def gc(engine: Engine, store: Store, dry_run: bool) -> Reclaimed:
 
     The store is listed before the catalog is read: a push places its blob
     before it records the version, so a blob listed here is either
-    referenced by then or free to go (see `Registry.push`).
+    referenced by then or free to go (see `Registry.push`). A remote store's
+    cached copy of an unreferenced blob goes too, also when another
+    machine's gc deleted the blob itself.
     """
     on_disk = store.digests()
+    cache = getattr(store, "cache", None)  # a remote store's local copies
+    cached = set(cache.digests()) if isinstance(cache, BlobStore) else set()
     with db.session(engine) as s:
-        unreferenced = (set(on_disk) | catalog.blob_digests(s)) - catalog.referenced_digests(s)
+        listed = set(on_disk) | cached | catalog.blob_digests(s)
+        unreferenced = listed - catalog.referenced_digests(s)
     blobs = freed = 0
     for digest in sorted(unreferenced):
+        copy = cache if isinstance(cache, BlobStore) and digest in cached else None
         if dry_run:
-            blobs += int(store.exists(digest))
-            freed += store.size(digest)
+            size = store.size(digest) or (copy.size(digest) if copy else 0)
+            blobs, freed = blobs + int(store.exists(digest) or copy is not None), freed + size
             continue
         with db.session(engine, write=True) as s:
-            if catalog.lock_unreferenced_blob(s, digest) and store.exists(digest):
+            if not catalog.lock_unreferenced_blob(s, digest):
+                continue
+            if store.exists(digest):  # a remote store drops its cached copy with it
                 blobs, freed = blobs + 1, freed + store.remove(digest)
+            elif copy is not None and copy.exists(digest):
+                blobs, freed = blobs + 1, freed + copy.remove(digest)
     temps, temp_bytes = store.reclaim_temp_files(dry_run)
     return Reclaimed(blobs=blobs, bytes=freed + temp_bytes, temp_files=temps)
 

@@ -31,6 +31,7 @@ from registry.blobstore import BlobStore, BlobWriter
 from registry.caching import CachedStore
 from registry.digests import Check
 from registry.errors import ConfigurationError, IntegrityError, StorageError
+from registry.faults import crash_half_way, crash_point
 from registry.files import CHUNK_SIZE
 
 # Incomplete multipart uploads older than this are a killed push's: gc aborts them.
@@ -51,6 +52,9 @@ class S3Store(CachedStore):
         prefix = parsed.path.strip("/")
         self.prefix = f"{prefix}/" if prefix else ""
         self.cache = BlobStore(cache)
+        # gc aborts incomplete multipart uploads older than this (None: STALE_UPLOAD);
+        # an upload still running elsewhere is younger.
+        self.stale_upload: timedelta | None = None
         self._client: Any = None
 
     @property
@@ -100,9 +104,10 @@ class S3Store(CachedStore):
             return
         from boto3.s3.transfer import TransferConfig
 
+        sent = crash_half_way("s3-upload", path.stat().st_size, lambda n: None)
         with self._errors():
             self.client.upload_file(
-                str(path), self.bucket, self.key(digest), Config=TransferConfig()
+                str(path), self.bucket, self.key(digest), Config=TransferConfig(), Callback=sent
             )
 
     # -- reading ---------------------------------------------------------------------------
@@ -145,10 +150,13 @@ class S3Store(CachedStore):
     def reclaim_temp_files(self, dry_run: bool = False) -> tuple[int, int]:
         """The cache's temp files, and multipart uploads a killed push left over a day ago."""
         count, freed = self.cache.reclaim_temp_files(dry_run)
-        cutoff = datetime.now(timezone.utc) - STALE_UPLOAD
+        age = STALE_UPLOAD if self.stale_upload is None else self.stale_upload
+        cutoff = datetime.now(timezone.utc) - age
         with self._errors():
-            uploads = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self.key(""))
-            for upload in uploads.get("Uploads", []):
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=self.key("")
+            )
+            for upload in (u for page in pages for u in page.get("Uploads", [])):
                 if upload["Initiated"] < cutoff:
                     count += 1
                     if not dry_run:
@@ -182,9 +190,12 @@ class S3Store(CachedStore):
         into a stream that cannot seek stalled on multi-part objects here.
         """
         with self.cache.writer() as writer, self._errors(ref, digest):
-            body = self.client.get_object(Bucket=self.bucket, Key=self.key(digest))["Body"]
-            for chunk in body.iter_chunks(CHUNK_SIZE):
+            got = self.client.get_object(Bucket=self.bucket, Key=self.key(digest))
+            filled = crash_half_way("cache-fill", int(got["ContentLength"]), lambda n: None)
+            for chunk in got["Body"].iter_chunks(CHUNK_SIZE):
                 writer.write(chunk)
+                writer.flush()  # what a kill leaves is on disk, for gc to find
+                filled(len(chunk))
             actual = writer.finish()
             if actual != digest:
                 raise IntegrityError(ref, digest, actual)
@@ -291,6 +302,7 @@ class _UploadingWriter:
 
     def publish(self) -> None:
         self._store.upload(self._writer.temp_path, self._writer.finish())
+        crash_point("s3-uploaded")
 
     def commit(self) -> str:
         digest = self._writer.finish()

@@ -363,10 +363,15 @@ class _Api:
         """The checkpoint as pushed, verified first; streamed from disk, with Range."""
         from starlette.responses import FileResponse
 
+        class BlobResponse(FileResponse):
+            # Each read is a hop to a worker thread: 1 MiB, not 64 KiB, makes them 16x
+            # fewer (a 500 MB download took 8,000 hops, each waiting behind API calls).
+            chunk_size = 1 << 20
+
         version = self.reg.get(_checked_ref(request.path_params["ref"]))
         path = self.reg.local_file(version.ref)  # verified before a byte is sent
         filename = f"{version.name.rsplit('/', 1)[-1]}-v{version.version}{version.extension}"
-        return FileResponse(
+        return BlobResponse(
             path,
             filename=filename,
             media_type="application/octet-stream",
