@@ -81,6 +81,11 @@ def s3(ws: Workspace, arch: str, repeats: int, targets: bool) -> list[Result]:
 
     target = (Target(1.15, "ratio"),) if targets else ()
     with moto_server() as client:
+        # The registry's own client settings: boto3's CRC checksums off (MinIO, R2 and others
+        # refuse them), which over plain HTTP makes botocore sign each part's SHA-256 instead.
+        from registry.s3store import S3Store
+
+        registry_client = S3Store(STORE, ws.root / "s3-settings-cache").client
         try:
             results = compare(
                 f"9 · push · {arch}",
@@ -95,6 +100,13 @@ def s3(ws: Workspace, arch: str, repeats: int, targets: bool) -> list[Result]:
                         push,
                         setup=feed_homes(ws, [(path, out.new("home")) for path in inputs[runs:]]),
                         targets=target,
+                    ),
+                    Contender(
+                        "reference: `upload_file` with the registry's client settings",
+                        lambda path: registry_client.upload_file(
+                            str(path), BUCKET, f"settings/{path.name}"
+                        ),
+                        setup=feed(inputs[:runs]),
                     ),
                 ],
                 repeats,

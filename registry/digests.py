@@ -12,6 +12,7 @@ CHUNK_SIZE piece instead, which also verifies in parallel.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
 CHUNK_SIZE = 16 << 20
 _PARALLEL_MIN = 1 << 20  # smaller writes are hashed inline: a thread hop costs more
-_READ_SIZE = 8 << 20  # BLAKE3 of a file: larger reads were slower here (cache misses)
+_MAPPED_STEP = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -69,20 +70,28 @@ class Hasher:
 
 
 def blake3_of(path: Path) -> str:
-    """The BLAKE3 of a file, each 8 MiB read hashed on every core.
+    """The BLAKE3 of a file, memory-mapped and hashed on every core, _MAPPED_STEP at a time.
 
-    Read, not memory-mapped: as fast here, and a mapping would add the whole
-    file to the process's resident memory (a server verifying 500 MB before
-    sending it would grow by 500 MB).
+    A mapping hashes faster than reads here (no copy into a buffer: 0.20 s
+    against 0.28-0.37 s for 550 MB), and dropping each step's pages from the
+    mapping once hashed keeps the process's resident memory to one step: a
+    server verifying 500 MB before sending it does not grow by 500 MB.
     """
     import blake3
 
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    buffer = bytearray(_READ_SIZE)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buffer):
-            hasher.update(view[:n])
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if not size:  # an empty file cannot be mapped
+            return str(hasher.hexdigest())
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            view = memoryview(mapped)
+            try:
+                for start in range(0, size, _MAPPED_STEP):
+                    hasher.update(view[start : start + _MAPPED_STEP])
+                    mapped.madvise(mmap.MADV_DONTNEED, start, min(_MAPPED_STEP, size - start))
+            finally:
+                view.release()  # before the mapping closes
     return str(hasher.hexdigest())
 
 
