@@ -54,9 +54,11 @@ class Target:
 class Verdict:
     """A target judged on one result: the median, its spread over the rounds, and the call.
 
-    `spread` is the range of the per-round values (ratios of runs made in the
-    same round, or seconds). A target inside that range is "unresolved": the
-    noise between rounds is larger than the figure's gap to the target.
+    `spread` is the interquartile range of the per-round values (ratios of
+    runs made in the same round, or seconds): the middle half of the rounds,
+    so that one run disturbed by the rest of the machine does not decide. A
+    target inside it is "unresolved": the noise between rounds is larger than
+    the figure's gap to the target.
     """
 
     target: Target
@@ -120,11 +122,19 @@ class Result:
 
     def verdict(self, target: Target) -> Verdict:
         if target.kind == "seconds":
-            return Verdict(target, self.median, (min(self.times), max(self.times)))
+            return Verdict(target, self.median, _quartiles(self.times))
         reference = self.peers[target.against] if target.against else self.baseline
         assert reference is not None, f"{self.label}: a ratio target needs a reference"
         per_round = [a / b for a, b in zip(self.times, reference.times, strict=True)]
-        return Verdict(target, self.median / reference.median, (min(per_round), max(per_round)))
+        return Verdict(target, self.median / reference.median, _quartiles(per_round))
+
+
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    """The first and third quartiles: the range of the middle half of `values`."""
+    if len(values) < 2:
+        return values[0], values[0]
+    first, _, third = statistics.quantiles(values, n=4, method="inclusive")
+    return first, third
 
 
 def compare(figure: str, contenders: Sequence[Contender], repeats: int) -> list[Result]:

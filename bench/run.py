@@ -370,10 +370,11 @@ def render(
         "",
         "Each a ratio to a reference measured in the same run (the figure's baseline unless "
         "named), or a time, or memory. *Measured* is the ratio of medians, then in brackets "
-        "the lowest and highest ratio of runs made in the same round: a target inside that "
-        "range is **unresolved**, the noise between rounds being larger than the gap.",
+        "the spread: the first and third quartiles of the ratios of runs made in the same "
+        "round (the middle half of the rounds). A target inside that range is "
+        "**unresolved**: the noise between rounds is larger than the figure's gap to it.",
         "",
-        "| figure | measurement | target | measured (per-round spread) | result |",
+        "| figure | measurement | target | measured (spread) | result |",
         "|---|---|---|---|---|",
     ]
     for section in sections:
