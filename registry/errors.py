@@ -56,11 +56,16 @@ class IntegrityError(RegistryError):
         self.ref = ref
         self.expected = expected
         self.actual = actual
-        found = "the blob is missing" if actual is None else f"its bytes hash to sha256:{actual}"
+        found = "the blob is missing" if actual is None else f"its bytes hash to {_named(actual)}"
         super().__init__(
-            f"{ref} failed verification: expected sha256:{expected} but {found}; "
+            f"{ref} failed verification: expected {_named(expected)} but {found}; "
             "the store is corrupt (run `registry verify`)"
         )
+
+
+def _named(digest: str) -> str:
+    """A digest with its algorithm: bare hex is SHA-256, others carry theirs (`blake3:...`)."""
+    return digest if ":" in digest else f"sha256:{digest}"
 
 
 class CheckpointError(RegistryError, ValueError):
