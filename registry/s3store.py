@@ -148,7 +148,7 @@ class S3Store(CachedStore):
         return size
 
     def reclaim_temp_files(self, dry_run: bool = False) -> tuple[int, int]:
-        """The cache's temp files, and multipart uploads a killed push left over a day ago."""
+        """The cache's temp files, and multipart uploads older than `stale_upload` (a day)."""
         count, freed = self.cache.reclaim_temp_files(dry_run)
         age = STALE_UPLOAD if self.stale_upload is None else self.stale_upload
         cutoff = datetime.now(timezone.utc) - age
