@@ -604,13 +604,18 @@ def cache() -> None:
 @json_option
 @click.pass_obj
 def prune(reg: Registry, max_size: str, dry_run: bool, as_json: bool) -> None:
-    """Remove cached blobs, least recently used first, until the cache is at most --max-size."""
+    """Remove cached blobs, least recently used first, until the cache is at most --max-size.
+
+    Temp files left by fills whose process died are removed too.
+    """
     result = reg.prune_cache(_parse_size(max_size), dry_run=dry_run)
     if as_json:
-        _print({"blobs": result.blobs, "bytes": result.bytes, "dry_run": dry_run}, True)
+        fields = {"blobs": result.blobs, "temp_files": result.temp_files, "bytes": result.bytes}
+        _print({**fields, "dry_run": dry_run}, True)
         return
     verb = "would remove" if dry_run else "removed"
-    click.echo(f"{verb} {result.blobs} cached blobs, {_human_size(result.bytes)}")
+    temps = f", {result.temp_files} dead temp files" if result.temp_files else ""
+    click.echo(f"{verb} {result.blobs} cached blobs{temps}, {_human_size(result.bytes)}")
 
 
 @cli.command()

@@ -16,8 +16,9 @@ from registry.stores import Store
 def verify(engine: Engine, store: Store, versions: list[ModelVersion]) -> list[Problem]:
     """Re-hash each version's blobs (its file, and a pickle's safe copy); report the bad ones.
 
-    A local blob recorded before BLAKE3 that passes gets its BLAKE3 recorded,
-    so later reads verify on every core.
+    A blob recorded before BLAKE3 that passes gets its BLAKE3 recorded, so
+    later reads verify on every core: from the blob itself, or from a remote
+    store's cached copy (the bytes reads verify), whose SHA-256 the same pass checks.
     """
     problems = []
     for version in versions:
@@ -26,10 +27,11 @@ def verify(engine: Engine, store: Store, versions: list[ModelVersion]) -> list[P
             digests.append((version.weights_sha256, None))
         for digest, size in digests:
             problem = _check_blob(store, version.ref, digest, size)
+            local = store if isinstance(store, BlobStore) else getattr(store, "cache", None)
             if problem is not None:
                 problems.append(problem)
-            elif isinstance(store, BlobStore):
-                _record_blake3(engine, store, digest)
+            elif isinstance(local, BlobStore):
+                _record_blake3(engine, local, digest)
     return problems
 
 
@@ -44,7 +46,7 @@ def _record_blake3(engine: Engine, store: BlobStore, digest: str) -> None:
         with open(store.path(digest), "rb") as blob:
             while chunk := blob.read(CHUNK_SIZE):
                 hasher.update(chunk)
-    except FileNotFoundError:  # collected since it was checked
+    except FileNotFoundError:  # collected since it was checked, or never cached
         return
     if hasher.hexdigest() == digest and hasher.check.blake3:
         with db.session(engine, write=True) as s:
@@ -96,11 +98,17 @@ def gc(engine: Engine, store: Store, dry_run: bool) -> Reclaimed:
 
 
 def prune_cache(store: Store, max_size: int, dry_run: bool) -> Reclaimed:
-    """Trim a remote store's local cache to `max_size` bytes, least recently used first."""
+    """Trim a remote store's local cache to `max_size` bytes, least recently used first.
+
+    Temp files of fills whose process is gone go too: with `--remote`, where
+    `gc` is refused, this is what reclaims them.
+    """
     prune = getattr(store, "prune", None)
-    if prune is None:
+    cache = getattr(store, "cache", None)
+    if prune is None or not isinstance(cache, BlobStore):
         raise ConfigurationError(
             f"store {store.location} is a local folder: it has no cache to prune"
         )
     blobs, freed = prune(max_size, dry_run)
-    return Reclaimed(blobs=blobs, bytes=freed, temp_files=0)
+    temps, temp_bytes = cache.reclaim_temp_files(dry_run)
+    return Reclaimed(blobs=blobs, bytes=freed + temp_bytes, temp_files=temps)

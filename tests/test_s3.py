@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,9 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import outputs_equal
+from sqlalchemy import text
 from torch import nn
 
-from registry import IntegrityError, Registry, StorageError
+from registry import IntegrityError, Registry, StorageError, db
+from registry.digests import Check
+from registry.records import Reclaimed
 
 pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
@@ -259,6 +263,41 @@ def test_cache_prune_removes_least_recently_used_first(
     assert outputs_equal(tiny_model, team.load(new.ref))
     team.load(old.ref)  # fetched again
     assert team.prune_cache().blobs == 2
+
+
+def test_cache_prune_reclaims_the_temp_file_of_a_fill_whose_process_died(
+    team: Registry, tiny_model: nn.Module
+) -> None:
+    kept = team.push(tiny_model, arch=ARCH, name="kept", arch_args=ARGS)
+    tmp = team.settings.cache / "tmp"
+    tmp.mkdir(exist_ok=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid no process has any more, as a killed fill leaves
+    half = tmp / f"{dead.pid}@{socket.gethostname()}@fill.part"
+    half.write_bytes(b"x" * 1000)
+    running = tmp / f"{os.getpid()}@{socket.gethostname()}@fill.part"  # this process: alive
+    running.write_bytes(b"y" * 10)
+    roomy = 100 * kept.size  # no blob is pruned
+    assert team.prune_cache(roomy, dry_run=True) == Reclaimed(blobs=0, bytes=1000, temp_files=1)
+    assert half.exists()
+    assert team.prune_cache(roomy) == Reclaimed(blobs=0, bytes=1000, temp_files=1)
+    assert sorted(p.name for p in tmp.iterdir()) == [running.name]
+    running.unlink()
+    assert outputs_equal(tiny_model, team.load(kept.ref))
+
+
+def test_verify_records_blake3_of_an_old_object_from_its_checked_cached_copy(
+    team: Registry, tiny_model: nn.Module
+) -> None:
+    from registry.digests import blake3_of
+
+    version = team.push(tiny_model, arch=ARCH, name="old", arch_args=ARGS)
+    with db.session(team.engine, write=True) as s:  # as a blob recorded before schema 0004
+        s.execute(text("UPDATE blobs SET blake3 = NULL WHERE sha256 = :d"), {"d": version.sha256})
+    assert team._verification(version.sha256) is None  # reads fall back to SHA-256
+    assert team.verify() == []
+    cached = team.settings.cache / "sha256" / version.sha256[:2] / version.sha256
+    assert team._verification(version.sha256) == Check(blake3=blake3_of(cached))
 
 
 def test_cache_prune_on_a_local_store_says_there_is_none(run) -> None:
