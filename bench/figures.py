@@ -117,6 +117,11 @@ class Workspace:
             self._stocked_many[arch] = (home, refs)
         return home, refs[:count]
 
+    def drop_stocked_versions(self, arch: str) -> None:
+        home, _refs = self._stocked_many.pop(arch, (None, []))
+        if home is not None:
+            shutil.rmtree(home, ignore_errors=True)
+
     def env(self, home: Path, database_url: str | None = None) -> dict[str, str]:
         """The environment of a `registry` subprocess: only the settings given here."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
@@ -334,6 +339,7 @@ def pull(ws: Workspace, arch: str, repeats: int, targets: bool) -> list[Result]:
         return compare(f"4 · {arch}", contenders, repeats)
     finally:
         out.remove()
+        ws.drop_stocked_versions(arch)  # gigabytes no later figure reads
 
 
 def import_floor(ws: Workspace) -> Contender:
