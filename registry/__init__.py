@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,10 +53,6 @@ if TYPE_CHECKING:
     from registry.api import Registry
 
 DISTRIBUTION = "torch-registry"  # the name on the package index; `registry` was taken
-try:
-    __version__ = version(DISTRIBUTION)
-except PackageNotFoundError:  # imported from a source tree that was never installed
-    __version__ = "0+unknown"
 
 __all__ = [
     "AmbiguousReferenceError",
@@ -98,11 +93,19 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """`registry.Registry`, imported on first use: the CLI's completion never needs SQLAlchemy."""
+    """`registry.Registry` and `__version__`, on first use: `registry ls` needs neither
+    SQLAlchemy's ORM for completion nor importlib.metadata's scan of every installed package."""
     if name == "Registry":
         from registry.api import Registry
 
         return Registry
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version(DISTRIBUTION)
+        except PackageNotFoundError:  # imported from a source tree that was never installed
+            return "0+unknown"
     raise AttributeError(f"module 'registry' has no attribute {name!r}")
 
 

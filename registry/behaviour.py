@@ -18,7 +18,6 @@ import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from registry.errors import CheckInputError, first_line
@@ -84,6 +83,8 @@ def environment(arch: Arch) -> dict[str, str]:
     import torch
 
     found: dict[str, str] = {"torch": str(torch.__version__)}
+    from importlib.metadata import PackageNotFoundError, version  # here: `ls` never needs it
+
     with contextlib.suppress(PackageNotFoundError):  # read from metadata: no import needed
         found["torchvision"] = version("torchvision")
     if not arch.torchvision:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from click.shell_completion import CompletionItem
 
-from registry import __version__, progress_bars, refs
+from registry import DISTRIBUTION, progress_bars, refs
 from registry.errors import NotFoundError, RegistryError
 from registry.records import Lineage, ModelSummary, ModelVersion
 
@@ -54,7 +54,7 @@ class RegistryGroup(click.Group):
     help="Read through a `registry serve` at URL instead of a catalog and store "
     "[env REGISTRY_REMOTE; token from REGISTRY_TOKEN].",
 )
-@click.version_option(version=__version__, prog_name="registry")
+@click.version_option(package_name=DISTRIBUTION, prog_name="registry")
 @click.pass_context
 def cli(
     ctx: click.Context,
