@@ -97,10 +97,9 @@ def reset_postgres(url: str) -> None:
     engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A brand-new, empty catalog URL on each backend."""
-    if request.param == "sqlite":
+def fresh_catalog_url(backend: str, tmp_path: Path) -> str:
+    """A brand-new, empty catalog URL: a SQLite file in `tmp_path`, or PostgreSQL reset."""
+    if backend == "sqlite":
         return f"sqlite:///{tmp_path / 'catalog.db'}"
     if not PG_URL:
         if IN_CI:
@@ -108,6 +107,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         pytest.skip("set REGISTRY_TEST_DATABASE_URL to run the PostgreSQL tests")
     reset_postgres(PG_URL)
     return PG_URL
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A brand-new, empty catalog URL on each backend."""
+    return fresh_catalog_url(request.param, tmp_path)
 
 
 @pytest.fixture

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -30,3 +32,17 @@ def outputs_equal(a: torch.nn.Module, b: torch.nn.Module, shape=(2, 3, 32, 32)) 
 
 def all_eval(model: torch.nn.Module) -> bool:
     return not any(m.training for m in model.modules())
+
+
+@contextlib.contextmanager
+def moto_endpoint() -> Iterator[str]:
+    """moto's S3 server on loopback, over real HTTP; its URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()

@@ -26,6 +26,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import PG_URL, reset_postgres
+from helpers import moto_endpoint
 from torch import nn
 
 from registry import Registry
@@ -56,11 +57,8 @@ def leaked(text: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with moto_endpoint() as url:
+        yield url
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import fresh_catalog_url
 from test_reliability import (
     ARCH,
     ARGS,
@@ -33,7 +34,6 @@ from test_reliability import (
     tiny_file,
 )
 from test_s3 import aws, bucket, endpoint
-from test_team_reliability import catalog_url
 
 from registry import Registry
 
@@ -113,7 +113,7 @@ def test_s3_push_killed_at_each_point_leaves_nothing_gc_cannot_clean(
     backend: str, point: str, bucket: str, tmp_path: Path, big_file: Path
 ) -> None:
     database_url, store, home = (
-        catalog_url(backend, tmp_path),
+        fresh_catalog_url(backend, tmp_path),
         f"s3://{bucket}/team",
         tmp_path / "me",
     )
@@ -170,7 +170,7 @@ def test_s3_push_killed_at_each_point_leaves_nothing_gc_cannot_clean(
 def test_cache_fill_killed_half_way_leaves_nothing_gc_cannot_clean(
     backend: str, point: str, bucket: str, tmp_path: Path, big_file: Path
 ) -> None:
-    database_url, store = catalog_url(backend, tmp_path), f"s3://{bucket}/team"
+    database_url, store = fresh_catalog_url(backend, tmp_path), f"s3://{bucket}/team"
     pusher = Registry(home=tmp_path / "me", database_url=database_url, store=store)
     version = pusher.push(big_file, arch=ARCH, name="tiny", arch_args=BIG_ARGS)
     home, out = tmp_path / "cold", tmp_path / "out"  # another machine: a cold cache

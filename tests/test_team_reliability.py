@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import IN_CI, PG_URL, reset_postgres
+from conftest import fresh_catalog_url
 from test_reliability import ARCH, ARGS, mp_context, run_processes, sha256_of, tiny_file
 from test_s3 import aws, bucket, endpoint
 
@@ -82,18 +82,6 @@ def _collect(
     return {"rounds": rounds, "blobs": blobs}
 
 
-def catalog_url(backend: str, tmp_path: Path) -> str:
-    """A new, empty catalog shared by the machines: one SQLite file, or PostgreSQL."""
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'catalog.db'}"
-    if not PG_URL:
-        if IN_CI:
-            pytest.fail("REGISTRY_TEST_DATABASE_URL is not set: CI must test PostgreSQL")
-        pytest.skip("set REGISTRY_TEST_DATABASE_URL to run the PostgreSQL tests")
-    reset_postgres(PG_URL)
-    return PG_URL
-
-
 def _store_for(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     if kind == "folder":
         return str(tmp_path / "shared-folder")
@@ -119,7 +107,7 @@ def _leftovers(reg: Registry, homes: list[Path]) -> list[str]:
 def _race(
     kind: str, backend: str, rounds: int, tmp_path: Path, request: pytest.FixtureRequest
 ) -> dict[str, Any]:
-    database_url = catalog_url(backend, tmp_path)
+    database_url = fresh_catalog_url(backend, tmp_path)
     store = _store_for(kind, tmp_path, request)
     homes = [tmp_path / "machine-a", tmp_path / "machine-b"]
     checker = Registry(home=tmp_path / "checker", database_url=database_url, store=store)
@@ -179,7 +167,7 @@ def test_gc_drops_a_cached_copy_of_a_blob_another_machine_collected(
     bucket: str, tmp_path: Path
 ) -> None:
     """Machine B's gc deletes the object; machine A's next gc drops A's cached copy of it."""
-    database_url, store = catalog_url("sqlite", tmp_path), f"s3://{bucket}/team"
+    database_url, store = fresh_catalog_url("sqlite", tmp_path), f"s3://{bucket}/team"
     a = Registry(home=tmp_path / "a", database_url=database_url, store=store)
     b = Registry(home=tmp_path / "b", database_url=database_url, store=store)
     kept = a.push(tiny_file(tmp_path, 1), arch=ARCH, name="x", arch_args=ARGS)
