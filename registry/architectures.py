@@ -18,6 +18,17 @@ would throw away:
    the alternative; it still allocates the whole model, and skipping init
    means patching every init function a builder might call, so it was not
    chosen.
+3. A builder that computes with its own parameters (timm's SwinV2 fills a
+   buffer from a tensor made on `proj.weight.device`) fails empty too, and
+   is built on the CPU, initialisation and all.
+4. A builder may compute a non-persistent buffer from a parameter's device
+   (timm's Swin builds its attention mask on `norm1.weight.device`), which
+   leaves it on meta even in the empty build. Once the weights are in, each
+   such module recomputes its own with `init_non_persistent_buffers()`
+   (timm's convention, the buffer first materialised as `to_empty()` does);
+   a module without that hook gets the model built on the CPU instead, its
+   initialisation run and thrown away, so the buffer is what the builder
+   computes.
 
 Builders never fetch weights: torchvision's get `weights=None` (and
 `weights_backbone=None` where they take it), any argument that would make a
@@ -98,21 +109,33 @@ class Arch:
         """
         _refuse_weights_arguments(self.name, arch_args)
         try:
-            model = self._call(arch_args, on_meta=True)
-            if computed_buffers and _has_meta_non_persistent_buffer(model):
-                model = self._call(arch_args, on_meta=False)
+            model = self._call(arch_args, "meta")
+            if not (computed_buffers and _has_meta_non_persistent_buffer(model)):
+                return model
         except _MetaUnsupported:
-            model = self._call(arch_args, on_meta=False)
-        return model
+            pass
+        try:
+            return self._call(arch_args, "empty")
+        except _MetaUnsupported:  # it computes with its own parameters (timm's SwinV2)
+            return self._call(arch_args, "cpu")
 
-    def _call(self, arch_args: Mapping[str, Any], on_meta: bool) -> nn.Module:
-        """Call the builder on the meta device, or else with empty weights."""
+    def build_on_cpu(self, arch_args: Mapping[str, Any]) -> nn.Module:
+        """Build the model as its builder does unaided: every tensor real, initialised."""
+        _refuse_weights_arguments(self.name, arch_args)
+        return self._call(arch_args, "cpu")
+
+    def _call(self, arch_args: Mapping[str, Any], placement: str) -> nn.Module:
+        """Call the builder on the meta device, with empty weights, or on the CPU."""
         import torch
         from torch import nn
 
-        placement = torch.device("meta") if on_meta else _empty_weights()
+        where: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()  # "cpu"
+        if placement == "meta":
+            where = torch.device("meta")
+        elif placement == "empty":
+            where = _empty_weights()
         try:
-            with _offline(), placement:
+            with _offline(), where:
                 model = self.builder(**{**self.neutral_arguments(), **arch_args})
         except _NetworkUse as exc:
             raise ArchitectureError(
@@ -120,7 +143,7 @@ class Arch:
                 "never downloads weights: leave out arguments that fetch them"
             ) from None
         except Exception as exc:
-            if on_meta and _is_meta_failure(exc):
+            if placement != "cpu" and _is_meta_failure(exc):
                 raise _MetaUnsupported from None
             given = ", ".join(f"{k}={v!r}" for k, v in arch_args.items()) or "no arguments"
             raise ArchitectureError(
@@ -340,12 +363,48 @@ def _is_meta_failure(exc: Exception) -> bool:
     return "meta" in text and isinstance(exc, (NotImplementedError, RuntimeError, ValueError))
 
 
+def _meta_non_persistent_buffers(module: nn.Module) -> list[str]:
+    """The names of `module`'s own non-persistent buffers that are on the meta device."""
+    return [
+        name
+        for name in module._non_persistent_buffers_set
+        if (buffer := module._buffers.get(name)) is not None and buffer.is_meta
+    ]
+
+
 def _has_meta_non_persistent_buffer(model: nn.Module) -> bool:
-    return any(
-        buffer is not None and buffer.is_meta
-        for module in model.modules()
-        for buffer in (module._buffers.get(n) for n in module._non_persistent_buffers_set)
-    )
+    return any(_meta_non_persistent_buffers(module) for module in model.modules())
+
+
+def _recompute_meta_buffers(model: nn.Module) -> bool:
+    """Have each module with a buffer left on meta compute it again; whether all could.
+
+    `init_non_persistent_buffers()` is timm's hook for this (it recomputes
+    buffers from the module's configuration and its parameters' device).
+    The buffers are first made real and empty, as `to_empty()` would, since
+    some hooks fill them in place. `reset_parameters()` is never called: it
+    would overwrite the weights just loaded.
+    """
+    import torch
+
+    for module in model.modules():
+        names = _meta_non_persistent_buffers(module)
+        if not names:
+            continue
+        hook = getattr(module, "init_non_persistent_buffers", None)
+        if not callable(hook):
+            return False
+        device = next((p.device for p in module.parameters() if not p.is_meta), "cpu")
+        for name in names:
+            buffer = module._buffers[name]
+            assert buffer is not None
+            module._buffers[name] = torch.empty_like(buffer, device=device)
+        try:
+            with torch.no_grad():
+                hook()
+        except Exception:
+            return False
+    return not _has_meta_non_persistent_buffer(model)
 
 
 _building = threading.local()  # what the builder running on this thread may do
@@ -639,8 +698,33 @@ def instantiate(
     state_dict: Mapping[str, torch.Tensor],
     recorded_versions: Mapping[str, int] | None = None,
 ) -> nn.Module:
-    """Build `arch` holding `state_dict`'s tensors, with no random initialisation to discard."""
-    model = arch.build(arch_args, computed_buffers=True)
+    """Build `arch` holding `state_dict`'s tensors, with no random initialisation to discard.
+
+    Only a builder that computes a buffer from its parameters' device, in a
+    module with no hook to compute it again, is built on the CPU and pays
+    for its initialisation.
+    """
+    model = _load_into(
+        arch, arch.build(arch_args, computed_buffers=True), state_dict, recorded_versions
+    )
+    if _has_meta_non_persistent_buffer(model) and not _recompute_meta_buffers(model):
+        model = _load_into(arch, arch.build_on_cpu(arch_args), state_dict, recorded_versions)
+    left = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:
+        raise ArchitectureError(
+            f"arch {arch.name!r}: {', '.join(left[:5])} came neither from the checkpoint nor "
+            "from the builder"
+        )
+    return model
+
+
+def _load_into(
+    arch: Arch,
+    model: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    recorded_versions: Mapping[str, int] | None,
+) -> nn.Module:
+    """Put `state_dict`'s tensors into `model` in place of its own, ties kept."""
     error = mismatch(arch.name, model, state_dict)
     if error is not None:  # a builder handed in at load, or code changed since the push
         raise error
@@ -649,12 +733,6 @@ def instantiate(
     model.load_state_dict(
         _with_metadata(model, state_dict, recorded_versions), strict=True, assign=True
     )
-    left = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
-    if left:
-        raise ArchitectureError(
-            f"arch {arch.name!r}: {', '.join(left[:5])} came neither from the checkpoint nor "
-            "from the builder"
-        )
     for names in groups:  # assigning broke the ties: one Parameter again for each group
         shared = model.get_parameter(names[0])
         for name in names[1:]:

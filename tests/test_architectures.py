@@ -738,3 +738,78 @@ def test_attribute_path_may_not_reach_into_another_module(
         "arch 'tiny_models:torch.load': the path reaches into module torch; "
         "name it as 'torch:...' instead"
     )
+
+
+# --- buffers computed from a parameter's device (timm's Swin, SwinV2; issue 20) ------------
+
+
+DEVICE_BUFFERS = """
+import torch
+from torch import nn
+
+
+class MaskedFromDevice(nn.Module):
+    # Swin's way: a non-persistent buffer made on the device of a parameter, which the
+    # empty build leaves on meta.
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+        self.register_buffer("mask", self._mask(), persistent=False)
+
+    def _mask(self):
+        return torch.triu(torch.full((4, 4), -100.0, device=self.linear.weight.device), 1)
+
+    def forward(self, x):
+        return self.linear(x) + self.mask.sum(0)
+
+
+class HookedMask(MaskedFromDevice):
+    # ... with timm's hook to compute it again.
+
+    recomputed = 0
+
+    def init_non_persistent_buffers(self):
+        type(self).recomputed += 1
+        self.mask.copy_(self._mask())
+
+
+class FilledFromDevice(nn.Module):
+    # SwinV2's way: a buffer on the CPU filled in place from a tensor made on a parameter's
+    # device, which fails outright when the parameters are on meta.
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+        self.register_buffer("table", torch.empty(4), persistent=False)
+        self.table.copy_(torch.arange(4.0, device=self.proj.weight.device) / 3)
+
+    def forward(self, x):
+        return self.proj(x) * self.table
+"""
+
+
+@pytest.mark.parametrize(
+    ("builder", "recomputed"),
+    [
+        ("HookedMask", 1),  # its own hook computes the mask again, after the load
+        ("MaskedFromDevice", 0),  # no hook: built on the CPU instead
+        ("FilledFromDevice", 0),  # the empty build cannot run: built on the CPU
+    ],
+)
+def test_buffers_computed_from_a_parameter_device_are_real_after_a_load(
+    write_module, builder: str, recomputed: int
+) -> None:
+    write_module("zoo_device_buffers", DEVICE_BUFFERS)
+    arch = architectures.resolve(f"zoo_device_buffers:{builder}")
+    hooked = sys.modules["zoo_device_buffers"].HookedMask
+    torch.manual_seed(0)
+    source = arch.builder().eval()
+    hooked.recomputed = 0
+    model = architectures.instantiate(arch, {}, source.state_dict())
+    assert not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    assert all(torch.equal(a, b) for a, b in zip(source.buffers(), model.buffers(), strict=True))
+    assert hooked.recomputed == recomputed
+    x = torch.randn(2, 4)
+    assert torch.equal(source(x), model(x))
+    assert all(p.is_meta for p in arch.build({}).parameters())  # a push's build stays free
