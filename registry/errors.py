@@ -18,6 +18,19 @@ class ConfigurationError(RegistryError, ValueError):
     """A setting (home, database URL, store) is unusable."""
 
 
+class MissingExtraError(ConfigurationError):
+    """An optional dependency a command needs is not installed."""
+
+    def __init__(self, extra: str, module: str, needed_by: str) -> None:
+        self.extra = extra
+        self.module = module
+        self.needed_by = needed_by
+        super().__init__(
+            f"{needed_by} needs {module}, which is not installed; "
+            f'pip install "torch-registry[{extra}]"'
+        )
+
+
 class InvalidReferenceError(RegistryError, ValueError):
     """A model name, reference, alias or tag breaks the naming rules."""
 

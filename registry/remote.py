@@ -32,7 +32,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from urllib.parse import quote
 
-from registry import refs
+from registry import extras, refs
 from registry.blobstore import BlobStore, BlobWriter
 from registry.caching import CachedStore
 from registry.diffing import kind
@@ -89,13 +89,9 @@ class Client:
     @property
     def http(self) -> httpx.Client:
         if self._http is None:
-            try:
-                import httpx
-            except ImportError:
-                raise ConfigurationError(
-                    f"remote {self.url}: the HTTP client is not installed; "
-                    'pip install "torch-registry[remote]"'
-                ) from None
+            self._require_httpx()
+            import httpx
+
             headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
             self._http = httpx.Client(
                 base_url=self.url,
@@ -131,6 +127,7 @@ class Client:
         received, RESUMES times; `If-Range` makes the server send the whole
         file again should it hold other bytes now, which is refused.
         """
+        self._require_httpx()
         import httpx
 
         path = f"/api/files/{_quoted(ref)}"
@@ -211,8 +208,12 @@ class Client:
             raise InvalidReferenceError(ref, "reference", message.partition(": ")[2] or message)
         raise StorageError(f"registry server {self.url}: {message} (HTTP {status} for {path})")
 
+    def _require_httpx(self) -> None:
+        extras.require("remote", f"remote {self.url}")
+
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
+        self._require_httpx()
         import httpx
 
         try:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from registry import extras
 from registry.blobstore import BlobStore, BlobWriter
 from registry.caching import CachedStore
 from registry.digests import Check
@@ -64,15 +65,11 @@ class S3Store(CachedStore):
     @property
     def client(self) -> Any:
         if self._client is None:
-            try:
-                import boto3
-                import botocore.session
-                from botocore.config import Config
-            except ImportError:
-                raise ConfigurationError(
-                    f"store {self.location}: the S3 client is not installed; "
-                    'pip install "torch-registry[s3]"'
-                ) from None
+            self._require_boto3()
+            import boto3
+            import botocore.session
+            from botocore.config import Config
+
             # A session of its own reads the credentials when this store is first used,
             # not when the process first used boto3 (boto3's default session keeps those).
             session = botocore.session.get_session()
@@ -168,6 +165,7 @@ class S3Store(CachedStore):
     # -- internals ---------------------------------------------------------------------------
 
     def _head(self, digest: str) -> dict[str, Any] | None:
+        self._require_boto3()
         from botocore.exceptions import ClientError
 
         try:
@@ -206,6 +204,7 @@ class S3Store(CachedStore):
         self, ref: str = "", digest: str = "", passthrough: type[BaseException] | None = None
     ) -> Iterator[None]:
         """Turn what botocore raises into one line naming the bucket and endpoint."""
+        self._require_boto3()
         from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -220,6 +219,9 @@ class S3Store(CachedStore):
             if ref and isinstance(exc, ClientError) and _code(exc) in _NOT_FOUND:
                 raise IntegrityError(ref, digest, None) from None
             raise self._storage_error(exc) from None
+
+    def _require_boto3(self) -> None:
+        extras.require("s3", f"store {self.location}")
 
     def _storage_error(self, exc: Exception) -> StorageError:
         """One line naming the bucket and the endpoint's host:port; never a secret."""

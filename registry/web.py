@@ -31,7 +31,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from registry import refs
+from registry import extras, refs
 from registry.errors import (
     ConfigurationError,
     IntegrityError,
@@ -56,6 +56,7 @@ log = logging.getLogger("registry.serve")
 
 def serve(reg: Registry, host: str, port: int, token: str | None) -> None:
     """Bind, print the URL, serve until SIGINT/SIGTERM (uvicorn finishes in-flight requests)."""
+    extras.require("serve", "registry serve")
     import uvicorn
 
     if not token and not _is_loopback(host):
@@ -110,6 +111,7 @@ def _server_class() -> Any:
 
 def create_app(reg: Registry, token: str | None = None) -> Starlette:
     """The ASGI application; `token` None serves without access control."""
+    extras.require("serve", "registry serve")
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.routing import Mount, Route
