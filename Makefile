@@ -34,8 +34,8 @@ bench: $(STAMP)
 	$(PY) bench/run.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check registry migrations tests scripts bench
-	$(VENV)/bin/ruff format --check registry migrations tests scripts bench
+	$(VENV)/bin/ruff check src tests scripts bench
+	$(VENV)/bin/ruff format --check src tests scripts bench
 	$(VENV)/bin/mypy
 
 clean:

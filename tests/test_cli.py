@@ -232,6 +232,26 @@ def test_python_dash_m_registry() -> None:
     assert result.returncode == 0 and "Usage: registry" in result.stdout
 
 
+def test_python_dash_m_registry_beside_a_folder_named_registry(tmp_path: Path) -> None:
+    """`make demo`'s layout (issue 20): the home `./registry` is no package to import.
+
+    Python puts the current folder first on sys.path, and a folder without
+    `__init__.py` there became a namespace package `registry`, ahead of an
+    editable install's import hook.
+    """
+    (tmp_path / "registry" / "blobs").mkdir(parents=True)
+    for args in (
+        ["--version"],
+        ["--home", "registry", "ls"],
+        ["--home", "registry", "db", "upgrade"],
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "registry", *args], capture_output=True, text=True,
+            cwd=tmp_path,
+        )  # fmt: skip
+        assert (result.returncode, result.stderr) == (0, ""), args
+
+
 @pytest.mark.parametrize(
     "command",
     [

@@ -4,7 +4,7 @@ Every fault is real: PostgreSQL is restarted with `pg_ctlcluster` while a
 push's transaction is open, `registry serve` runs as a subprocess and is
 SIGKILLed while a client (the installed `registry` command) streams a file
 from it, the client SIGKILLs itself at the `remote-fill` point of
-`registry/faults.py`, and a full disk is RLIMIT_FSIZE in the child.
+`src/registry/faults.py`, and a full disk is RLIMIT_FSIZE in the child.
 
 The S3 server stopped mid-upload and mid-download, then started again with
 the same client process retrying, is `tests/test_s3_faults.py`'s.

@@ -22,7 +22,7 @@ def test_single_head_matching_the_code() -> None:
 
 
 def test_alembic_from_the_checkout_finds_the_same_migrations() -> None:
-    """`alembic` run in the repository root reads migrations/, as the package does."""
+    """`alembic` run in the repository root reads the package's own migrations."""
     import subprocess
     import sys
     from pathlib import Path
@@ -34,8 +34,8 @@ def test_alembic_from_the_checkout_finds_the_same_migrations() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"{db.SCHEMA_HEAD} (head)\n"
     assert Path(str(db.alembic_config().get_main_option("script_location"))).samefile(
-        root / "migrations"
-    )  # an editable install maps registry.migrations to the same folder
+        root / "src" / "registry" / "migrations"
+    )  # an editable install reads the checkout's folder
 
 
 def test_upgrade_head_matches_the_models(database_url: str) -> None:

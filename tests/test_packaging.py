@@ -55,5 +55,6 @@ def test_sdist_builds_a_wheel_that_installs_and_creates_a_catalog(tmp_path: Path
         version("torch-registry"),
         "[]",
     ]
+    (tmp_path / "registry").mkdir()  # a home folder in the current one is not the package
     cli = run("-m", "registry", "--version", cwd=tmp_path, PYTHONPATH=str(site))
     assert cli.stdout == f"registry, version {version('torch-registry')}\n"
