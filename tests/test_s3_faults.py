@@ -223,8 +223,10 @@ def test_a_pull_cut_off_mid_download_leaves_no_file_and_succeeds_once_the_server
 
 GUARDED = "guarded-models"
 UNKNOWN_KEY = "AKIAIOSFODNN7EXAMPLE"
-POLICIES = {  # moto asks s3:HeadBucket for a HEAD of the bucket; AWS asks s3:ListBucket
-    "reader": ["s3:GetObject", "s3:ListBucket", "s3:HeadBucket"],
+# AWS asks s3:ListBucket for a HEAD of the bucket and s3:GetObject for a HEAD of an object;
+# moto asks s3:HeadBucket, and (5.2.6 here) the operation's own name, s3:HeadObject.
+POLICIES = {
+    "reader": ["s3:GetObject", "s3:ListBucket", "s3:HeadBucket", "s3:HeadObject"],
     "writer": ["s3:*"],
 }
 DENIED = (
