@@ -38,7 +38,7 @@ class Settings:
 
     def __repr__(self) -> str:
         return (
-            f"Settings(home={self.home!r}, database_url={_masked(self.database_url)!r}, "
+            f"Settings(home={self.home!r}, database_url={masked_url(self.database_url)!r}, "
             f"store={self.store!r}, cache={self.cache!r}, remote={self.remote!r})"
         )
 
@@ -154,8 +154,11 @@ def _server_url(text: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
 
 
-def _masked(url: str) -> str:
-    """A URL with the password of its user part masked (the catalog's, for a repr)."""
+def masked_url(url: str) -> str:
+    """A URL with the password of its user part masked: the one masker of printed URLs.
+
+    For URLs SQLAlchemy cannot parse too (db.safe_url renders those it can).
+    """
     scheme, sep, rest = url.partition("://")
     credentials, at, host = rest.rpartition("@")
     if not sep or not at or ":" not in credentials:

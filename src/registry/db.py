@@ -21,6 +21,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from registry.config import masked_url
 from registry.errors import (
     ConfigurationError,
     DatabaseError,
@@ -41,7 +42,7 @@ def parse_url(url: str) -> URL:
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
-        raise ConfigurationError(f"cannot parse database URL {_redact(url)!r}") from None
+        raise ConfigurationError(f"cannot parse database URL {masked_url(url)!r}") from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed
@@ -52,7 +53,7 @@ def safe_url(url: str | URL) -> str:
     try:
         return (url if isinstance(url, URL) else make_url(url)).render_as_string(hide_password=True)
     except ArgumentError:
-        return _redact(str(url))
+        return masked_url(str(url))
 
 
 def open_engine(url: str) -> Engine:
@@ -204,11 +205,3 @@ def _make_parent(path: Path) -> None:
         raise ConfigurationError(
             f"cannot create catalog folder {path.parent}: {exc.strerror}"
         ) from None
-
-
-def _redact(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not sep or not at or ":" not in credentials:
-        return url
-    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
