@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
+from pathlib import Path
 
 import pytest
+from helpers import Server
 from sqlalchemy import event, insert, select, update
 
-from registry import InvalidReferenceError, NotFoundError, Registry
+from registry import InvalidReferenceError, NotFoundError, Registry, jsontext
 from registry.models import Lineage as LineageRow
 from registry.models import Model, Version
 
@@ -127,10 +128,12 @@ def test_a_push_of_known_bytes_gains_a_parent_but_never_a_loop(reg: Registry, ti
     assert reg.push(tiny_model, name="b", parent="a@v2", **TINY).parent == "a@v2"
 
 
-def test_a_10000_version_chain_is_walked_in_one_query(reg: Registry, tiny_model, run) -> None:
-    """Lineage is a recursive query: its cost is the chain's length, not a round trip per link."""
+def push_chain(reg: Registry, tiny_model, length: int) -> str:
+    """long@v1 .. long@v{length}, each the child of the one before; long@v1's ref.
+
+    One push, then rows written in bulk: 10,000 pushes would take minutes.
+    """
     first = reg.push(tiny_model, name="long", **TINY)
-    length = 10_000
     with reg.engine.begin() as conn:
         template = dict(conn.execute(select(Version.__table__)).mappings().one())
         del template["id"]
@@ -147,7 +150,22 @@ def test_a_10000_version_chain_is_walked_in_one_query(reg: Registry, tiny_model,
         ]
         conn.execute(insert(LineageRow), links)
         conn.execute(update(Model).values(last_version=length))
+    return first.ref
 
+
+def depth_of(descendants: list) -> int:
+    """How many levels a JSON lineage's single chain of descendants runs."""
+    depth = 0
+    while descendants:
+        [node], depth = descendants, depth + 1
+        descendants = node["children"]
+    return depth
+
+
+def test_a_10000_version_chain_is_walked_in_one_query(reg: Registry, tiny_model, run) -> None:
+    """Lineage is a recursive query: its cost is the chain's length, not a round trip per link."""
+    length = 10_000
+    first = reg.get(push_chain(reg, tiny_model, length))
     statements: list[str] = []
     event.listen(reg.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
     tip = reg.lineage(f"long@v{length}")
@@ -160,19 +178,43 @@ def test_a_10000_version_chain_is_walked_in_one_query(reg: Registry, tiny_model,
 
     code, out, _ = run("lineage", first.ref, "--json")
     assert code == 0
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(4 * length)  # Python's parser recurses per level; the CLI did not
-    try:
-        parsed = json.loads(out)
-    finally:
-        sys.setrecursionlimit(limit)
-    nested, depth = parsed["descendants"], 0
-    while nested:
-        nested, depth = nested[0]["children"], depth + 1
-    assert depth == length - 1
+    assert depth_of(jsontext.loads(out)["descendants"]) == length - 1
     code, out, _ = run("lineage", first.ref)
     lines = out.splitlines()
     assert len(lines) == length and lines[-1] == f"{'  ' * 32}[{length - 1}] long@v{length}"
+
+
+def test_a_10000_version_chain_reads_through_the_server(
+    tmp_path: Path, tiny_model, models_dir: Path
+) -> None:
+    """The server's lineage route and the remote client both nest 10,000 deep.
+
+    The standard library's JSON encoder and decoder stop near 1,000 levels.
+    """
+    pytest.importorskip("starlette")
+    httpx = pytest.importorskip("httpx")
+    length = 10_000
+    served = Registry(home=tmp_path / "served")
+    root = push_chain(served, tiny_model, length)
+    served.close()
+    server = Server(tmp_path / "served", models_dir)
+    try:
+        answer = httpx.get(f"{server.url}/api/refs/{root}/lineage", timeout=60)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["content-type"] == "application/json"
+        with pytest.raises(RecursionError):
+            json.loads(answer.text)
+        assert depth_of(jsontext.loads(answer.text)["descendants"]) == length - 1
+
+        client = Registry(home=tmp_path / "client", remote=server.url)
+        tip = client.lineage(f"long@v{length}")
+        assert [a.ref for a in tip.ancestors[:2]] == [f"long@v{length - 1}", f"long@v{length - 2}"]
+        assert len(tip.ancestors) == length - 1 and tip.ancestors[-1].ref == root
+        [chain] = client.lineage(root).descendants
+        assert max(depth for depth, _ in chain.walk()) == length - 2
+        client.close()
+    finally:
+        server.stop()
 
 
 def test_lineage_of_a_missing_version_is_not_found(reg: Registry) -> None:

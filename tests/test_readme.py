@@ -51,3 +51,12 @@ def test_finding_and_managing_models_transcript(tmp_path: Path) -> None:
         result = runner.invoke(cli, argv[1:])
         assert result.exit_code == 0, (command, result.output)
         assert matches(expected, result.stdout), (command, expected, result.stdout)
+
+
+def test_the_layout_section_names_every_module_and_only_those() -> None:
+    """A module added or renamed and not described under "Layout" fails here."""
+    package = Path(__file__).parent.parent / "src" / "registry"
+    block = README.split("## Layout\n", 1)[1].split("```", 2)[1]
+    described = set(re.findall(r"^  (\w+\.py) ", block, re.MULTILINE))
+    modules = {p.name for p in package.glob("*.py")} - {"__init__.py", "__main__.py"}
+    assert described == modules

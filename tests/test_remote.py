@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import outputs_equal, same_tensors
+from helpers import Server, outputs_equal, same_tensors
 from torch import nn
 
 from registry import ConfigurationError, IntegrityError, ReadOnlyError, Registry
@@ -30,32 +30,6 @@ pytest.importorskip("starlette")
 
 TINY = {"arch": "tiny_models:TinyNet", "arch_args": {"width": 4, "num_classes": 5}}
 TOKEN = "s3cret-t0ken-never-shown"
-
-
-class Server:
-    """A `registry serve` subprocess over `home` and the URL it printed first."""
-
-    def __init__(self, home: Path, models_dir: Path, *args: str) -> None:
-        self.home = home
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-        env["PYTHONPATH"] = str(models_dir)
-        command = [sys.executable, "-m", "registry", "--home", str(home), "serve", "--port", "0"]
-        self.process = subprocess.Popen(
-            [*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-        )
-        assert self.process.stdout is not None
-        self.url = self.process.stdout.readline().strip().rstrip("/")
-        if not self.url.startswith("http://127.0.0.1:"):
-            self.process.kill()
-            _, err = self.process.communicate()
-            raise AssertionError(f"the server printed no URL first: {self.url!r} {err}")
-
-    def stop(self) -> str:
-        """SIGTERM, then what it wrote on stdout and stderr."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        out, err = self.process.communicate(timeout=30)
-        return out + err
 
 
 @pytest.fixture(scope="module")

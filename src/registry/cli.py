@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any
 import click
 from click.shell_completion import CompletionItem
 
-from registry import DISTRIBUTION, progress_bars, refs
+from registry import DISTRIBUTION, jsontext, progress_bars, refs
 from registry.errors import NotFoundError, RegistryError
-from registry.records import Lineage, ModelSummary, ModelVersion
+from registry.records import ModelSummary, ModelVersion
 
 if TYPE_CHECKING:  # imported when a command runs: completion and --help skip SQLAlchemy
     from registry.api import Registry
@@ -377,7 +377,7 @@ def lineage(reg: Registry, ref: str, as_json: bool) -> None:
     """Print REF's ancestors back to the root and its descendants as an indented tree."""
     found = reg.lineage(ref)
     if as_json:
-        click.echo(_lineage_json(found))
+        click.echo(jsontext.dumps(found.to_json()))  # nests thousands deep
         return
     for depth, ancestor in enumerate(reversed(found.ancestors)):
         click.echo(f"{_indent(depth)}{ancestor.ref}{' (deleted)' if ancestor.deleted else ''}")
@@ -394,28 +394,6 @@ def _indent(depth: int) -> str:
     if depth <= MAX_INDENT:
         return "  " * depth
     return "  " * MAX_INDENT + f"[{depth}] "
-
-
-def _lineage_json(found: Lineage) -> str:
-    """The lineage as compact JSON, written without recursion: chains nest thousands deep."""
-    out = [f'{{"ref": {json.dumps(found.ref)}, "ancestors": ']
-    out.append(json.dumps([a.ref for a in found.ancestors]) + ', "descendants": [')
-    pending, first = [iter(found.descendants)], [True]
-    while pending:
-        node = next(pending[-1], None)
-        if node is None:
-            pending.pop()
-            first.pop()
-            out.append("]}")  # a node's children and the node; last, the list and the whole
-            continue
-        out.append("" if first[-1] else ", ")
-        first[-1] = False
-        out.append(
-            f'{{"ref": {json.dumps(node.ref)}, "deleted": {json.dumps(node.deleted)}, "children": ['
-        )
-        pending.append(iter(node.children))
-        first.append(True)
-    return "".join(out)
 
 
 @cli.command()

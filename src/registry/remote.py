@@ -32,7 +32,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from urllib.parse import quote
 
-from registry import extras, refs
+from registry import extras, jsontext, refs
 from registry.blobstore import BlobStore, BlobWriter
 from registry.caching import CachedStore
 from registry.diffing import kind
@@ -116,8 +116,8 @@ class Client:
         if not response.is_success:
             self._raise(response.status_code, response.content, path, ref)
         try:
-            return response.json()
-        except (ValueError, RecursionError):
+            return jsontext.loads(response.text)
+        except ValueError:
             raise self.unexpected(path, "an answer that is not JSON") from None
 
     def download(self, ref: str, digest: str, sink: BlobWriter) -> None:

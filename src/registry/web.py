@@ -31,7 +31,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from registry import extras, refs
+from registry import extras, jsontext, refs
 from registry.errors import (
     ConfigurationError,
     IntegrityError,
@@ -340,14 +340,15 @@ class _Api:
 
     @_registry_errors
     def ref(self, request: Request) -> Response:
-        from starlette.responses import JSONResponse
+        from starlette.responses import JSONResponse, Response
 
         ref, part = _split_ref(self.reg, request.path_params["ref"])
         ref = _checked_ref(ref)
         if part == "tensors":
             return JSONResponse([t.to_json() for t in self.reg.tensors(ref)])
         if part == "lineage":
-            return JSONResponse(self.reg.lineage(ref).to_json())
+            lineage = jsontext.dumps(self.reg.lineage(ref).to_json())  # nests thousands deep
+            return Response(lineage, media_type="application/json")
         return JSONResponse(self.reg.get(ref).to_json())
 
     @_registry_errors
