@@ -105,6 +105,16 @@ def test_tags_set_overwrite_delete(reg: Registry) -> None:
         reg.delete_tag("tiny@v1", "stage")
 
 
+def test_tags_set_and_deleted_together_change_all_or_nothing(reg: Registry) -> None:
+    push_tiny(reg, 1, tags={"dataset": "a", "stage": "dev"})
+    with pytest.raises(NotFoundError, match="tag 'owner' on tiny@v1 not found"):
+        reg.set_tags("tiny@v1", {"dataset": "b"}, delete=["stage", "owner"])
+    assert reg.get("tiny@v1").tags == {"dataset": "a", "stage": "dev"}  # nothing changed
+    with pytest.raises(InvalidReferenceError, match="both set and deleted"):
+        reg.set_tags("tiny@v1", {"stage": "prod"}, delete=["stage"])
+    assert reg.set_tags("tiny@v1", {"dataset": "b"}, delete=["stage"]).tags == {"dataset": "b"}
+
+
 def test_search_and_filters(reg: Registry) -> None:
     push_tiny(reg, 1, tags={"dataset": "a"})
     push_tiny(reg, 2, tags={"dataset": "b", "stage": "prod"})
@@ -234,6 +244,10 @@ def test_cli_alias_tag_rm(run, cli_reg: Registry) -> None:
         "",
     )
     assert run("tag", "tiny@v1", "--delete", "stage") == (0, "tiny@v1 dataset=a\n", "")
+    code, _, err = run("tag", "tiny@v1", "owner=me", "--delete", "stage")  # gone already
+    assert (code, err) == (1, "Error: tag 'stage' on tiny@v1 not found\n")
+    assert cli_reg.get("tiny@v1").tags == {"dataset": "a"}  # owner=me was not set either
+    assert run("tag", "tiny@v1", "owner=me", "--delete", "dataset") == (0, "tiny@v1 owner=me\n", "")
     assert run("tag", "tiny@v1")[0] == 2
     assert run("rm", "tiny@v2") == (0, "deleted tiny@v2\n", "")
     assert run("show", "tiny@v2") == (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -844,21 +844,30 @@ class Registry:
         with db.session(self.engine, write=True) as s:
             catalog.delete_alias(s, catalog.model_row(s, name), alias)
 
-    def set_tags(self, ref: str, tags: Mapping[str, str]) -> ModelVersion:
-        """Set (add or overwrite) tags on a version.
+    def set_tags(
+        self, ref: str, tags: Mapping[str, str], *, delete: Iterable[str] = ()
+    ) -> ModelVersion:
+        """Set (add or overwrite) tags on a version and remove the keys in `delete`, in one
+        transaction: if any part fails, no tag changes.
 
         Raises:
-            InvalidReferenceError: a bad reference or tag key.
-            NotFoundError: no such version.
+            InvalidReferenceError: a bad reference or tag key, or a key both set and deleted.
+            NotFoundError: no such version, or a key to delete that it has no tag for.
 
         Example:
             >>> reg.set_tags("vgg16@v1", {"dataset": "imagenet"}).tags
             {'dataset': 'imagenet'}
         """
-        self._local("tag")
+        self._local("tag --delete" if delete else "tag")
         tags = {refs.validate_tag_key(k): str(v) for k, v in tags.items()}
+        deleted = list(dict.fromkeys(delete))
+        for key in deleted:
+            if key in tags:
+                raise InvalidReferenceError(key, "tag key", "it is both set and deleted")
         with db.session(self.engine, write=True) as s:
             model, row = catalog.resolve(s, refs.parse_ref(ref))
+            for key in deleted:
+                catalog.delete_tag(s, row, f"{model.name}@v{row.version}", key)
             catalog.set_tags(s, row, tags)
             return catalog.records(s, [(model.name, row)])[0]
 
@@ -873,11 +882,7 @@ class Registry:
             >>> reg.delete_tag("vgg16@v1", "dataset").tags
             {}
         """
-        self._local("tag --delete")
-        with db.session(self.engine, write=True) as s:
-            model, row = catalog.resolve(s, refs.parse_ref(ref))
-            catalog.delete_tag(s, row, f"{model.name}@v{row.version}", key)
-            return catalog.records(s, [(model.name, row)])[0]
+        return self.set_tags(ref, {}, delete=[key])
 
     def delete(self, ref: str) -> ModelVersion:
         """Delete a version and its aliases; its number is never reused, its blob waits for gc.

@@ -466,12 +466,10 @@ def alias(reg: Registry, ref_or_name: str, alias: str, delete: bool, as_json: bo
 def tag(
     reg: Registry, ref: str, tags: dict[str, Any], delete_keys: tuple[str, ...], as_json: bool
 ) -> None:
-    """Set tags K=V on version REF, or remove them with --delete K."""
+    """Set tags K=V on version REF, or remove them with --delete K: all of them, or none."""
     if not tags and not delete_keys:
         raise click.UsageError("give K=V tags to set or --delete K")
-    version = reg.set_tags(ref, tags) if tags else reg.get(ref)
-    for key in delete_keys:
-        version = reg.delete_tag(version.ref, key)
+    version = reg.set_tags(ref, tags, delete=delete_keys)
     shown = " ".join(f"{k}={v}" for k, v in version.tags.items()) or "(no tags)"
     _print(version.to_json() if as_json else f"{version.ref} {shown}", as_json)
 
