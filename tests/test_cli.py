@@ -82,6 +82,20 @@ def test_load_reports_params_and_output_shape(run, small_file: Path) -> None:
     assert json.loads(out)["output_shape"] == [2, 10] and json.loads(out)["training"] is False
 
 
+def test_load_input_shape_follows_the_check_input_rule_and_cap(run, small_file: Path) -> None:
+    """A shape of over 2**28 elements is a typo: refused before the model is even read."""
+    pushed(run, small_file)
+    code, out, err = run("load", SMALL_ARCH, "--input-shape", "64,3,4096,4096")
+    assert (code, out) == (2, "")
+    assert "Invalid value for '--input-shape': input shape [64, 3, 4096, 4096] has more " in err
+    code, _, err = run("load", SMALL_ARCH, "--input-shape", "0,3")
+    assert code == 2 and "input shape '0,3' is not a shape" in err
+    code, out, err = run("load", SMALL_ARCH, "--input-shape", "1,5")  # wrong for a conv net
+    assert (code, out) == (1, "")
+    assert err.startswith("Error: forward pass on input of shape [1, 5] failed: RuntimeError: ")
+    assert err.count("\n") == 1
+
+
 def test_ls_and_show(run, small_file: Path) -> None:
     data = pushed(run, small_file)
     day = data["created_at"][:10]

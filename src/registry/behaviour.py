@@ -44,19 +44,40 @@ class Comparison:
     where: str  # the largest deviation, in words
 
 
-def parse_shape(text: str | Sequence[int]) -> tuple[int, ...]:
-    """`1,3,224,224` (or a sequence of ints) as a shape of positive sizes."""
+def parse_shape(text: str | Sequence[int], what: str = "check input") -> tuple[int, ...]:
+    """`1,3,224,224` (or a sequence of ints) as a shape of positive sizes; `what` names it."""
     try:
         shape = tuple(int(part) for part in (text.split(",") if isinstance(text, str) else text))
     except (TypeError, ValueError):
         shape = ()
     if not shape or any(size < 1 for size in shape):
         raise CheckInputError(
-            f"check input {text!r} is not a shape: give positive sizes such as 1,3,224,224"
+            f"{what} {text!r} is not a shape: give positive sizes such as 1,3,224,224"
         )
     if math.prod(shape) > MAX_INPUT_ELEMENTS:
-        raise CheckInputError(f"check input {list(shape)} has more than 2**28 elements")
+        raise CheckInputError(f"{what} {list(shape)} has more than 2**28 elements")
     return shape
+
+
+def output_shapes(model: nn.Module, shape: Sequence[int], device: str | None = None) -> Any:
+    """The shape of each tensor `model` outputs on zeros of `shape`: one forward pass."""
+    import torch
+
+    try:
+        with torch.inference_mode():
+            output = model(torch.zeros(tuple(shape), device=device or "cpu"))
+    except Exception as exc:  # the model's own words, whatever it raises
+        raise CheckInputError(
+            f"forward pass on input of shape {list(shape)} failed: "
+            f"{type(exc).__name__}: {first_line(exc)}"
+        ) from None
+    if isinstance(output, torch.Tensor):
+        return list(output.shape)
+    if isinstance(output, (tuple, list)):
+        return [list(o.shape) for o in output if isinstance(o, torch.Tensor)]
+    if isinstance(output, dict):
+        return {k: list(v.shape) for k, v in output.items() if isinstance(v, torch.Tensor)}
+    return type(output).__name__
 
 
 def run(model: nn.Module, shape: Sequence[int]) -> list[dict[str, Any]]:

@@ -242,10 +242,22 @@ def pull(
     _print({"path": str(path), "ref": version.ref, "format": format_} if as_json else path, as_json)
 
 
+def _input_shape(ctx: click.Context, param: click.Parameter, text: str | None) -> Any:
+    """--input-shape as a shape, by the rule (and size cap) of behaviour checks."""
+    from registry import behaviour
+
+    try:
+        return behaviour.parse_shape(text, "input shape") if text is not None else None
+    except RegistryError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @cli.command()
 @click.argument("ref", shell_complete=complete_refs)
 @click.option(
-    "--input-shape", help="Run one forward pass on zeros of this shape, e.g. 1,3,224,224."
+    "--input-shape",
+    callback=_input_shape,
+    help="Run one forward pass on zeros of this shape, e.g. 1,3,224,224.",
 )
 @click.option("--device", help="Device to load onto, e.g. cpu or cuda [default: cpu].")
 @click.option("--no-verify", is_flag=True, help="Skip checking the bytes against their SHA-256.")
@@ -260,7 +272,7 @@ def pull(
 def load(
     reg: Registry,
     ref: str,
-    input_shape: str | None,
+    input_shape: tuple[int, ...] | None,
     device: str | None,
     no_verify: bool,
     trust_arch: bool,
@@ -268,9 +280,9 @@ def load(
     as_json: bool,
 ) -> None:
     """Rebuild REF's model with its weights in eval mode and report on it."""
+    from registry import behaviour
     from registry.architectures import count_params
 
-    shape = _parse_shape(input_shape) if input_shape else None
     version = reg.get(ref)
     model = reg.load(
         version.ref, device=device, verify=not no_verify, trust_arch=trust_arch, check=check
@@ -283,15 +295,15 @@ def load(
     }
     if check:
         result["behaviour"] = "matches"  # else reg.load raised
-    if shape is not None:
-        result["output_shape"] = _forward_shape(model, shape, device)
+    if input_shape is not None:
+        result["output_shape"] = behaviour.output_shapes(model, input_shape, device)
     if as_json:
         _print(result, True)
         return
     click.echo(f"{version.ref}: {result['class']}, {result['num_params']:,} parameters, eval mode")
     if check:
         click.echo("behaviour matches the check recorded at push")
-    if shape is not None:
+    if input_shape is not None:
         click.echo(f"output shape: {result['output_shape']}")
 
 
@@ -668,39 +680,6 @@ def _parse_size(text: str) -> int:
     if match is None:
         raise click.BadParameter(f"{text!r}: expected a size such as 10GB or 500MB")
     return int(float(match[1]) * 1000 ** "_KMGT".index(match[2]))
-
-
-def _parse_shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise click.BadParameter(
-            f"{text!r}: expected comma-separated sizes such as 1,3,224,224",
-            param_hint="--input-shape",
-        ) from None
-    if not shape or any(n < 1 for n in shape):
-        raise click.BadParameter(f"{text!r}: sizes must be positive", param_hint="--input-shape")
-    return shape
-
-
-def _forward_shape(model: Any, shape: tuple[int, ...], device: str | None) -> Any:
-    import torch
-
-    try:
-        with torch.inference_mode():
-            output = model(torch.zeros(shape, device=device or "cpu"))
-    except Exception as exc:
-        raise click.ClickException(
-            f"forward pass on input of shape {list(shape)} failed: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}"
-        ) from None
-    if isinstance(output, torch.Tensor):
-        return list(output.shape)
-    if isinstance(output, (tuple, list)):
-        return [list(o.shape) for o in output if isinstance(o, torch.Tensor)]
-    if isinstance(output, dict):
-        return {k: list(v.shape) for k, v in output.items() if isinstance(v, torch.Tensor)}
-    return type(output).__name__
 
 
 def _summary_row(m: ModelSummary) -> list[str]:
