@@ -253,6 +253,25 @@ def test_module_level_load_uses_the_default_registry(tiny_model) -> None:
     assert outputs_equal(tiny_model, registry.load("tiny@v1"))
 
 
+@pytest.mark.parametrize("shortcut", ["push", "pull", "get", "load"])
+def test_each_module_shortcut_takes_exactly_what_its_registry_method_takes(shortcut: str) -> None:
+    """`registry.push(...)` and the rest cannot lack an option `Registry.push` has."""
+    import inspect
+
+    method = inspect.signature(getattr(Registry, shortcut))
+    expected = [p for name, p in method.parameters.items() if name != "self"]
+    assert list(inspect.signature(getattr(registry, shortcut)).parameters.values()) == expected
+
+
+def test_module_shortcuts_pass_parent_check_input_and_check_through(tiny_model) -> None:
+    tiny = {"arch": "tiny_models:TinyNet", "arch_args": {"width": 4, "num_classes": 5}}
+    registry.push(tiny_model, name="tiny", **tiny)
+    torch.nn.init.zeros_(tiny_model.head.bias)
+    child = registry.push(tiny_model, name="tiny", parent="tiny@v1", check_input="1,3,8,8", **tiny)
+    assert (child.ref, child.parent) == ("tiny@v2", "tiny@v1")
+    assert outputs_equal(tiny_model, registry.load("tiny@v2", check=True))
+
+
 def _push_many(database_url: str, store: str, worker: int, count: int) -> list[int]:
     import tiny_models
 

@@ -120,6 +120,8 @@ def push(
     trust_pickle: bool = False,
     key: str | None = None,
     strip_prefix: str | None = None,
+    parent: str | None = None,
+    check_input: Sequence[int] | str | None = None,
 ) -> ModelVersion:
     """Push to the default Registry (env vars / defaults); see `Registry.push`."""
     from registry.api import Registry
@@ -136,6 +138,8 @@ def push(
             trust_pickle=trust_pickle,
             key=key,
             strip_prefix=strip_prefix,
+            parent=parent,
+            check_input=check_input,
         )
 
 
@@ -166,9 +170,12 @@ def load(
     verify: bool = True,
     trust_arch: bool = False,
     arch: str | Callable[..., nn.Module] | None = None,
+    check: bool = False,
 ) -> nn.Module:
     """Load a model from the default Registry, in eval mode; see `Registry.load`."""
     from registry.api import Registry
 
     with Registry() as reg:
-        return reg.load(ref, device=device, verify=verify, trust_arch=trust_arch, arch=arch)
+        return reg.load(
+            ref, device=device, verify=verify, trust_arch=trust_arch, arch=arch, check=check
+        )
