@@ -53,6 +53,27 @@ def test_import_records_the_next_version_with_the_fields_of_the_source(
     assert pulled.read_bytes() == reg.pull(version.ref, tmp_path / "source.pt").read_bytes()
 
 
+@pytest.mark.parametrize(
+    ("filename", "recorded"),
+    [("net.pth~", ".pth~"), ("net.weights", ".weights"), ("net.pth\tcopy", ".pt"), ("net", ".pt")],
+)
+def test_every_extension_push_records_travels_in_a_bundle(
+    target: Registry, tiny_model: nn.Module, tmp_path: Path, filename: str, recorded: str
+) -> None:
+    """Push, bundles and the remote client hold extensions to one rule (registry.refs):
+    a suffix that breaks it is recorded as .pt, and whatever push records imports."""
+    source = Registry(home=tmp_path / "source")
+    path = tmp_path / filename
+    torch.save(tiny_model.state_dict(), path)
+    version = source.push(path, arch=ARCH, name="tiny", arch_args=ARGS)
+    assert version.extension == recorded
+    source.export_bundle([version.ref], tmp_path / "b.tar")
+    [imported] = target.import_bundle(tmp_path / "b.tar")
+    assert imported.extension == recorded
+    (tmp_path / "out").mkdir()
+    assert target.pull(imported.ref, tmp_path / "out").name == f"tiny-v1{recorded}"
+
+
 def test_import_is_idempotent(
     reg: Registry, target: Registry, tiny_model: nn.Module, tmp_path: Path
 ) -> None:

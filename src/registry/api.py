@@ -250,7 +250,7 @@ class Registry:
                 weights = pushing.read_weights(
                     path, original, resolved, model, trust_pickle, key, strip_prefix
                 )
-                extension = path.suffix or pushing.IN_MEMORY_EXTENSION
+                extension = refs.extension_of(path.name, pushing.IN_MEMORY_EXTENSION)
             else:
                 resolved, model = building.result()
                 weights = pushing.write_object(source, original, resolved, model)

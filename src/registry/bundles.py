@@ -40,8 +40,6 @@ MANIFEST = "manifest.json"
 BLOB_PREFIX = "blobs/sha256/"
 MAX_MANIFEST_BYTES = 64 << 20
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_EXTENSION = re.compile(r"(\.[A-Za-z0-9_-]{1,16}){0,3}")
 _FORMATS = ("state_dict", "checkpoint", "safetensors", "pickle")
 _ARCH = re.compile(r"[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?")
 
@@ -213,7 +211,7 @@ def _blob_name(member: tarfile.TarInfo, shown_as: str) -> str:
     """The digest a blob member is named by; anything else a bundle may not hold."""
     digest = member.name.removeprefix(BLOB_PREFIX)
     plain = member.type in (tarfile.REGTYPE, tarfile.AREGTYPE) and not member.issparse()
-    if not plain or not member.name.startswith(BLOB_PREFIX) or not _HEX64.fullmatch(digest):
+    if not plain or not member.name.startswith(BLOB_PREFIX) or not refs.is_sha256(digest):
         kind = "a regular file" if plain else "a link, sparse or special file"
         raise BundleError(
             f"{shown_as} holds {member.name!r} ({kind}), which a registry bundle never does"
@@ -283,7 +281,7 @@ def _entry(item: Any, index: int) -> Entry:
         refs.validate_tag_key(key)
         _text(value, f"tag {key!r}")
     sha256, weights = _typed(item, "sha256", str), item.get("weights_sha256")
-    if not _HEX64.fullmatch(sha256) or not (weights is None or _HEX64.fullmatch(str(weights))):
+    if not refs.is_sha256(sha256) or not (weights is None or refs.is_sha256(weights)):
         raise BundleError("a digest is not 64 lowercase hex digits")
     format = _typed(item, "format", str)
     if format not in _FORMATS or (format == "pickle") != (weights is not None):
@@ -292,7 +290,7 @@ def _entry(item: Any, index: int) -> Entry:
             "(weights_sha256) is not what a registry records"
         )
     extension = _typed(item, "extension", str)
-    if len(extension) > 32 or not _EXTENSION.fullmatch(extension):
+    if not refs.is_extension(extension):
         raise BundleError(f"extension {extension!r} is not a file extension")
     arch = _typed(item, "arch", str)
     if len(arch) > 256 or not _ARCH.fullmatch(arch):
@@ -342,7 +340,7 @@ def _parent(item: Mapping[str, Any]) -> tuple[str, str | None] | None:
         return None
     if not isinstance(parent, str) or refs.parse_ref(parent).selector != "version":
         raise BundleError(f"parent {str(parent)[:80]!r} is not NAME@vN")
-    if digest is not None and not (isinstance(digest, str) and _HEX64.fullmatch(digest)):
+    if digest is not None and not refs.is_sha256(digest):
         raise BundleError("parent_sha256 is not 64 lowercase hex digits")
     return parent, digest
 

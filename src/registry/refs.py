@@ -1,4 +1,4 @@
-"""Parse and validate model names, references, aliases and tags. No I/O.
+"""Parse and validate model names, references, aliases, tags, digests and extensions. No I/O.
 
 vgg16                 latest version of model "vgg16"
 vgg16@latest          same
@@ -25,6 +25,11 @@ _ALIAS = re.compile(r"[a-z][a-z0-9._-]*")
 _VERSION = re.compile(r"v?([0-9]+)")
 _DIGEST = re.compile(r"sha256:([0-9a-f]+)")
 _TAG_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]*")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# A recorded extension names the pulled file (NAME-vN.EXT): one suffix, with no
+# separator, space or control character in it. Push, bundles and the remote client
+# all hold a version to this rule.
+_EXTENSION = re.compile(r"(\.[^\s./\\\x00-\x1f\x7f-\x9f]{1,32})?")
 
 NAME_RULE = (
     "use lowercase letters, digits, '.', '_', '-', optionally one '/' after a namespace, "
@@ -81,6 +86,24 @@ def validate_tag_key(key: str) -> str:
     if len(key) > MAX_NAME_LENGTH or not _TAG_KEY.fullmatch(key):
         raise InvalidReferenceError(key, "tag key", TAG_KEY_RULE)
     return key
+
+
+def is_sha256(text: object) -> bool:
+    """Whether `text` is a SHA-256 as the registry writes it: 64 lowercase hex digits."""
+    return isinstance(text, str) and _SHA256.fullmatch(text) is not None
+
+
+def is_extension(text: object) -> bool:
+    """Whether `text` is an extension a version may record ('' or '.pth', '.safetensors')."""
+    return isinstance(text, str) and _EXTENSION.fullmatch(text) is not None
+
+
+def extension_of(filename: str, default: str) -> str:
+    """The extension to record for a file named `filename` (no folder): its suffix as
+    `Path.suffix` gives it, or `default` where it has none or one that breaks the rule."""
+    dot = filename.rfind(".")
+    suffix = filename[dot:] if dot > 0 else ""
+    return suffix if suffix and is_extension(suffix) else default
 
 
 def parse_ref(text: str) -> Ref:

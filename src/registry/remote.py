@@ -67,9 +67,6 @@ READ_TIMEOUT_S = 60.0  # the most a server may stay silent mid-answer (a diff re
 CONNECT_RETRIES = 3  # a refused or failed connection is tried again after 0, 0.5 and 1 s
 RESUMES = 3  # a download cut off mid-way goes on from where it stopped this many times
 
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-# What `push` records as a file's extension (Path.suffix): it names the pulled file.
-_EXTENSION = re.compile(r"(\.[^./\\\x00-\x1f]{1,63})?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 MAX_MESSAGE = 400  # characters of a server's error message that are shown
 MAX_ERROR_BODY = 64 << 10  # bytes of an error answer read, looking for its message
@@ -418,10 +415,10 @@ def _version(data: dict[str, Any]) -> ModelVersion:
         for key, kind in _VERSION_TYPES.items()
     }
     refs.validate_name(values["name"])
-    if values["version"] < 1 or not _EXTENSION.fullmatch(values["extension"]):
+    if values["version"] < 1 or not refs.is_extension(values["extension"]):
         raise ValueError("not a version")
     for digest in (values["sha256"], values["weights_sha256"]):
-        if digest is not None and not _SHA256.fullmatch(digest):
+        if digest is not None and not refs.is_sha256(digest):
             raise ValueError(f"not a sha256: {digest!r}")
     values["created_at"] = datetime.fromisoformat(values["created_at"])
     values["aliases"] = tuple(_typed(a, str) for a in values["aliases"])
