@@ -40,7 +40,7 @@ def test_import_records_the_next_version_with_the_fields_of_the_source(
         tags={"dataset": "cifar"}, aliases=["production"], description="tuned",
     )  # fmt: skip
     bundle = tmp_path / "models.tar"
-    reg.export_bundle([version.ref], bundle)
+    reg.export_bundle(refs=[version.ref], destination=bundle)
     [imported] = target.import_bundle(bundle)
     assert (imported.ref, imported.is_new, imported.aliases) == ("tiny@v2", True, ())
     same = (

@@ -956,7 +956,7 @@ class Registry:
     # -- moving models between registries ---------------------------------------------------
 
     def export_bundle(
-        self, refs_: Sequence[str] | None, destination: str | os.PathLike[str] | BinaryIO
+        self, refs: Sequence[str] | None, destination: str | os.PathLike[str] | BinaryIO
     ) -> list[ModelVersion]:
         """Write versions (None: every version) and their blobs to a bundle (a tar file).
 
@@ -976,7 +976,7 @@ class Registry:
         from registry import transfers
 
         self._local("export")
-        found = self.search() if refs_ is None else [self.get(ref) for ref in refs_]
+        found = self.search() if refs is None else [self.get(ref) for ref in refs]
         # Oldest first, each once: the destination numbers them in this order.
         unique = {v.ref: v for v in found}
         versions = sorted(unique.values(), key=lambda v: (v.name, v.version))

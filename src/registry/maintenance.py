@@ -6,6 +6,7 @@ from sqlalchemy import Engine
 
 from registry import catalog, db
 from registry.blobstore import BlobStore
+from registry.caching import CachedStore
 from registry.digests import Hasher
 from registry.errors import ConfigurationError, IntegrityError
 from registry.files import CHUNK_SIZE
@@ -21,13 +22,14 @@ def verify(engine: Engine, store: Store, versions: list[ModelVersion]) -> list[P
     store's cached copy (the bytes reads verify), whose SHA-256 the same pass checks.
     """
     problems = []
+    # The files whose BLAKE3 can be recorded: the folder's blobs, or a remote store's cache.
+    local = store.cache if isinstance(store, CachedStore) else store
     for version in versions:
         digests: list[tuple[str, int | None]] = [(version.sha256, version.size)]
         if version.weights_sha256:
             digests.append((version.weights_sha256, None))
         for digest, size in digests:
             problem = _check_blob(store, version.ref, digest, size)
-            local = store if isinstance(store, BlobStore) else getattr(store, "cache", None)
             if problem is not None:
                 problems.append(problem)
             elif isinstance(local, BlobStore):
@@ -74,14 +76,14 @@ def gc(engine: Engine, store: Store, dry_run: bool) -> Reclaimed:
     machine's gc deleted the blob itself.
     """
     on_disk = store.digests()
-    cache = getattr(store, "cache", None)  # a remote store's local copies
-    cached = set(cache.digests()) if isinstance(cache, BlobStore) else set()
+    cache = store.cache if isinstance(store, CachedStore) else None  # a remote store's copies
+    cached = set(cache.digests()) if cache is not None else set()
     with db.session(engine) as s:
         listed = set(on_disk) | cached | catalog.blob_digests(s)
         unreferenced = listed - catalog.referenced_digests(s)
     blobs = freed = 0
     for digest in sorted(unreferenced):
-        copy = cache if isinstance(cache, BlobStore) and digest in cached else None
+        copy = cache if cache is not None and digest in cached else None
         if dry_run:
             size = store.size(digest) or (copy.size(digest) if copy else 0)
             blobs, freed = blobs + int(store.exists(digest) or copy is not None), freed + size
@@ -103,12 +105,10 @@ def prune_cache(store: Store, max_size: int, dry_run: bool) -> Reclaimed:
     Temp files of fills whose process is gone go too: with `--remote`, where
     `gc` is refused, this is what reclaims them.
     """
-    prune = getattr(store, "prune", None)
-    cache = getattr(store, "cache", None)
-    if prune is None or not isinstance(cache, BlobStore):
+    if not isinstance(store, CachedStore):
         raise ConfigurationError(
             f"store {store.location} is a local folder: it has no cache to prune"
         )
-    blobs, freed = prune(max_size, dry_run)
-    temps, temp_bytes = cache.reclaim_temp_files(dry_run)
+    blobs, freed = store.prune(max_size, dry_run)
+    temps, temp_bytes = store.cache.reclaim_temp_files(dry_run)
     return Reclaimed(blobs=blobs, bytes=freed + temp_bytes, temp_files=temps)
