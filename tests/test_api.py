@@ -253,6 +253,13 @@ def test_module_level_load_uses_the_default_registry(tiny_model) -> None:
     assert outputs_equal(tiny_model, registry.load("tiny@v1"))
 
 
+def test_registry_options_are_keyword_only(tmp_path: Path) -> None:
+    """`Registry(a, b)` would bind a database URL as a home, or a store as a URL."""
+    with pytest.raises(TypeError):
+        Registry(tmp_path)  # type: ignore[misc]
+    Registry(home=tmp_path).close()
+
+
 @pytest.mark.parametrize("shortcut", ["push", "pull", "get", "load"])
 def test_each_module_shortcut_takes_exactly_what_its_registry_method_takes(shortcut: str) -> None:
     """`registry.push(...)` and the rest cannot lack an option `Registry.push` has."""

@@ -80,6 +80,7 @@ class Registry:
 
     def __init__(
         self,
+        *,
         home: str | os.PathLike[str] | None = None,
         database_url: str | None = None,
         store: str | os.PathLike[str] | None = None,
