@@ -38,7 +38,7 @@ from sqlalchemy import create_engine, text
 
 from registry import Registry, db
 from registry.blobstore import BlobWriter
-from registry.models import Base
+from registry.tables import Base
 
 if TYPE_CHECKING:
     from torch import nn

@@ -172,7 +172,7 @@ def test_verify_records_blake3_for_a_blob_recorded_before_it(reg: Registry, tiny
     from sqlalchemy import select, update
 
     from registry.digests import blake3_of
-    from registry.models import Blob
+    from registry.tables import Blob
 
     version = reg.push(
         tiny_model, arch="tiny_models:TinyNet", arch_args={"width": 4, "num_classes": 5}

@@ -10,8 +10,8 @@ from helpers import Server
 from sqlalchemy import event, insert, select, update
 
 from registry import InvalidReferenceError, NotFoundError, Registry, jsontext
-from registry.models import Lineage as LineageRow
-from registry.models import Model, Version
+from registry.tables import Lineage as LineageRow
+from registry.tables import Model, Version
 
 TINY = {"arch": "tiny_models:TinyNet", "arch_args": {"width": 4, "num_classes": 5}}
 

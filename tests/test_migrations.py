@@ -9,7 +9,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from registry import Registry, SchemaOutOfDateError, db
-from registry.models import Base
+from registry.tables import Base
 
 
 def script() -> ScriptDirectory:

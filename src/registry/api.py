@@ -46,9 +46,9 @@ if TYPE_CHECKING:
     from torch import nn
 
     from registry.digests import Check
-    from registry.models import Fingerprint
     from registry.remote import RemoteCatalog
     from registry.stores import BlobWriting
+    from registry.tables import Fingerprint
 
 
 FORMATS = ("original", "safetensors")

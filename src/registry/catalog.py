@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 from registry import refs
 from registry.digests import CHUNK_SIZE, Check
 from registry.errors import AmbiguousReferenceError, InvalidReferenceError, NotFoundError
-from registry.models import Alias, Blob, Fingerprint, Lineage, Model, Tag, Tensor, Version
 from registry.records import ModelSummary, ModelVersion, TensorInfo
+from registry.tables import Alias, Blob, Fingerprint, Lineage, Model, Tag, Tensor, Version
 
 
 def resolve(s: Session, ref: refs.Ref) -> tuple[Model, Version]:

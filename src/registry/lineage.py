@@ -12,9 +12,9 @@ from __future__ import annotations
 from sqlalchemy import Integer, and_, cast, literal, select
 from sqlalchemy.orm import Session
 
-from registry.models import Lineage, Model, Version
 from registry.records import Lineage as LineageRecord
 from registry.records import LineageNode
+from registry.tables import Lineage, Model, Version
 
 # A walk stops this deep: links only point at versions that existed first, so it
 # never loops, but a hand-edited catalog could.

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from registry import refs
 from registry.errors import ArchitectureError, InvalidReferenceError, NotFoundError
-from registry.models import Fingerprint, Version
+from registry.tables import Fingerprint, Version
 
 if TYPE_CHECKING:
     from torch import nn

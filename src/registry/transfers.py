@@ -24,9 +24,9 @@ from sqlalchemy.orm import Session
 
 from registry import bundles, catalog, db, faults, files, refs
 from registry.errors import BundleError, NotFoundError
-from registry.models import Fingerprint, Model, Version
 from registry.records import ModelVersion, TensorInfo
 from registry.stores import BlobWriting, Store
+from registry.tables import Fingerprint, Model, Version
 
 
 def export(

@@ -6,7 +6,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from registry.db import open_engine
-from registry.models import Base
+from registry.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

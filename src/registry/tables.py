@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 declarative models of the catalog.
+"""The catalog's tables, as SQLAlchemy 2 declarative classes (a "model" elsewhere is an nn.Module).
 
     models ──< versions >── blobs
                  │  ├──< tags
