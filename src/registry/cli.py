@@ -620,9 +620,9 @@ def prune(reg: Registry, max_size: str, dry_run: bool, as_json: bool) -> None:
 @click.pass_obj
 def serve(reg: Registry, host: str, port: int, token: str | None) -> None:
     """Serve a read-only web page and HTTP API over this registry; print the URL first."""
-    from registry import web
+    from registry import server
 
-    web.serve(reg, host, port, token)
+    server.serve(reg, host, port, token)
 
 
 @cli.group()
