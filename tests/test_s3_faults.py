@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -70,6 +71,7 @@ class StoppableServer:
     def start(self) -> None:
         from werkzeug.serving import make_server
 
+        self.port = self.port or port_outside_the_ephemeral_range()
         self._server = make_server("127.0.0.1", self.port, self._serve, threaded=True)
         self.port = self._server.server_port
         serve = threading.Thread(
@@ -112,6 +114,25 @@ class StoppableServer:
     def _go_down(self, environ: dict[str, Any]) -> None:
         self.stop()
         environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
+
+
+def port_outside_the_ephemeral_range() -> int:
+    """A free loopback port below the kernel's range for outgoing connections.
+
+    While the server is down, a client retrying a connect to a port in that range
+    can be given the port itself as its own end, and TCP then connects the socket
+    to itself: it holds the port, and the restart fails with EADDRINUSE.
+    """
+    ranges = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    low = int(ranges.read_text().split()[0]) if ranges.exists() else 32768
+    for port in random.Random().sample(range(10_000, low), 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise AssertionError(f"no free port between 10000 and {low}")
 
 
 @pytest.fixture
