@@ -68,19 +68,36 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+# The user's own settings, which no test may read (REGISTRY_TEST_* are the suite's).
+USER_SETTINGS = (
+    "REGISTRY_HOME",
+    "REGISTRY_DATABASE_URL",
+    "REGISTRY_STORE",
+    "REGISTRY_CACHE",
+    "REGISTRY_DEBUG",
+    "REGISTRY_REMOTE",
+    "REGISTRY_TOKEN",
+    "REGISTRY_SERVE_TOKEN",
+    "REGISTRY_TRUSTED_ARCHS",
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_user_settings(models_dir: Path) -> Iterator[None]:
+    """For the whole session, module fixtures included: none of the user's settings, and
+    the user's models importable here and in subprocesses. All restored at the end."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in USER_SETTINGS:
+            patch.delenv(name, raising=False)
+        patch.syspath_prepend(str(models_dir))
+        patch.setenv("PYTHONPATH", str(models_dir))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, models_dir: Path) -> Iterator[None]:
     """No test touches the real home; each runs in its own folder with the user's models."""
-    for name in (
-        "REGISTRY_DATABASE_URL",
-        "REGISTRY_STORE",
-        "REGISTRY_CACHE",
-        "REGISTRY_DEBUG",
-        "REGISTRY_REMOTE",
-        "REGISTRY_TOKEN",
-        "REGISTRY_SERVE_TOKEN",
-        "REGISTRY_TRUSTED_ARCHS",
-    ):
+    for name in USER_SETTINGS:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("REGISTRY_HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)

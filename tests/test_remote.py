@@ -37,7 +37,6 @@ def served(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterat
     """base@v1, base@v2 (its child, `production`), team/detector@v1, team/lineage@v1, pickled@v1
     (a trusted pickle)."""
     home = tmp_path_factory.mktemp("served")
-    sys.path.insert(0, str(models_dir))
     import tiny_models
 
     reg = Registry(home=home)

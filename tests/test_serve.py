@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -55,8 +54,6 @@ def served(
 ) -> Iterator[tuple[Server, Path]]:
     """A home with a base model, a fine-tune of it, a namespaced model, served without a token."""
     home = tmp_path_factory.mktemp("served")
-    os.environ["PYTHONPATH"] = str(models_dir)
-    sys.path.insert(0, str(models_dir))
     import tiny_models
 
     reg = Registry(home=home)
