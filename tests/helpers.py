@@ -8,6 +8,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,26 +53,42 @@ def moto_endpoint() -> Iterator[str]:
 
 
 class Server:
-    """A `registry serve` subprocess over `home` and the URL it printed first."""
+    """A `registry serve` subprocess over `home` on 127.0.0.1:0, and the URL it printed first.
 
-    def __init__(self, home: Path, models_dir: Path, *args: str) -> None:
+    Its log goes to a file, not a pipe, so it never stalls on a full one; none of
+    this environment's REGISTRY_* settings reach it (the user's models do, by
+    PYTHONPATH). `stop()` and `kill()` give back all it wrote.
+    """
+
+    def __init__(self, home: Path, *args: str) -> None:
         self.home = home
         env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-        env["PYTHONPATH"] = str(models_dir)
         command = [sys.executable, "-m", "registry", "--home", str(home), "serve", "--port", "0"]
+        self._log = tempfile.TemporaryFile("w+")  # noqa: SIM115  # closed by _finish
+        self._output: str | None = None
         self.process = subprocess.Popen(
-            [*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            [*command, *args], stdout=subprocess.PIPE, stderr=self._log, text=True, env=env
         )
         assert self.process.stdout is not None
         self.url = self.process.stdout.readline().strip().rstrip("/")
         if not self.url.startswith("http://127.0.0.1:"):
-            self.process.kill()
-            _, err = self.process.communicate()
-            raise AssertionError(f"the server printed no URL first: {self.url!r} {err}")
+            raise AssertionError(f"the server printed no URL first: {self.url!r} {self.kill()}")
 
-    def stop(self) -> str:
-        """SIGTERM, then what it wrote on stdout and stderr."""
+    def stop(self, stop_signal: int = signal.SIGTERM) -> str:
+        """Send `stop_signal` unless it has exited; wait for it; all it wrote."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        out, err = self.process.communicate(timeout=30)
-        return out + err
+            self.process.send_signal(stop_signal)
+        return self._finish()
+
+    def kill(self) -> str:
+        if self.process.poll() is None:
+            self.process.kill()
+        return self._finish()
+
+    def _finish(self) -> str:
+        if self._output is None:
+            out, _ = self.process.communicate(timeout=30)
+            self._log.seek(0)
+            self._output = out + self._log.read()
+            self._log.close()
+        return self._output

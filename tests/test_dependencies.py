@@ -27,6 +27,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import IN_CI, PG_URL, reset_postgres
+from helpers import Server
 from sqlalchemy import Engine, event
 from test_reliability import (
     ARCH,
@@ -155,31 +156,6 @@ def test_postgres_restarted_mid_push_is_one_line_records_nothing_and_the_retry_s
 
 
 # -- `registry serve` killed, the client killed, the disk full -------------------------------
-
-
-class Server:
-    """`registry serve` over `home` in a subprocess; its log goes nowhere, so it never blocks."""
-
-    def __init__(self, home: Path) -> None:
-        command = [sys.executable, "-m", "registry", "--home", str(home), "serve", "--port", "0"]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
-        )
-        assert self.process.stdout is not None
-        self.url = self.process.stdout.readline().strip().rstrip("/")
-        if not self.url.startswith("http://127.0.0.1:"):
-            self.process.kill()
-            raise AssertionError(f"the server printed no URL first: {self.url!r}")
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        self.process.communicate(timeout=30)
 
 
 @pytest.fixture(scope="module")

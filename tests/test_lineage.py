@@ -184,9 +184,7 @@ def test_a_10000_version_chain_is_walked_in_one_query(reg: Registry, tiny_model,
     assert len(lines) == length and lines[-1] == f"{'  ' * 32}[{length - 1}] long@v{length}"
 
 
-def test_a_10000_version_chain_reads_through_the_server(
-    tmp_path: Path, tiny_model, models_dir: Path
-) -> None:
+def test_a_10000_version_chain_reads_through_the_server(tmp_path: Path, tiny_model) -> None:
     """The server's lineage route and the remote client both nest 10,000 deep.
 
     The standard library's JSON encoder and decoder stop near 1,000 levels.
@@ -197,7 +195,7 @@ def test_a_10000_version_chain_reads_through_the_server(
     served = Registry(home=tmp_path / "served")
     root = push_chain(served, tiny_model, length)
     served.close()
-    server = Server(tmp_path / "served", models_dir)
+    server = Server(tmp_path / "served")
     try:
         answer = httpx.get(f"{server.url}/api/refs/{root}/lineage", timeout=60)
         assert answer.status_code == 200, answer.text

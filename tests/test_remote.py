@@ -48,7 +48,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterat
     torch.save(tiny_models.TinyNet(4, 5), whole)
     reg.push(whole, name="pickled", trust_pickle=True, **TINY)
     reg.close()
-    server = Server(home, models_dir, "--token", TOKEN)
+    server = Server(home, "--token", TOKEN)
     yield server
     assert TOKEN not in server.stop()
 
@@ -292,7 +292,7 @@ def test_a_blob_the_server_finds_damaged_is_refused(
     data = bytearray(blob.read_bytes())
     data[-10] ^= 0xFF
     blob.write_bytes(bytes(data))
-    server = Server(home, models_dir)
+    server = Server(home)
     try:
         reg = Registry(home=tmp_path / "client", remote=server.url)
         with pytest.raises(IntegrityError, match="tiny@v1 failed verification"):
@@ -314,7 +314,7 @@ def test_a_server_killed_mid_download_leaves_nothing_behind(
     big = {"weight": torch.randn(4096, 2048), "bias": torch.randn(4096)}
     linear = {"arch": "torch.nn:Linear", "arch_args": {"in_features": 2048, "out_features": 4096}}
     Registry(home=home).push(big, name="big", **linear)
-    server = Server(home, models_dir)
+    server = Server(home)
     write = BlobWriter.write
 
     def kill_on_first_bytes(self: BlobWriter, data: bytes | memoryview) -> int:
@@ -332,7 +332,7 @@ def test_a_server_killed_mid_download_leaves_nothing_behind(
     assert list(Path("out").iterdir()) == []  # no big-v1.pt, no .big-v1.pt.*.part
     assert [p for p in Path("client/cache").rglob("*") if p.is_file()] == []
     monkeypatch.setattr(BlobWriter, "write", write)
-    again = Server(home, models_dir)  # once it is back, the same pull succeeds
+    again = Server(home)  # once it is back, the same pull succeeds
     try:
         assert run("--remote", again.url, "pull", "big", "-o", "out/", token=None)[0] == 0
         assert (

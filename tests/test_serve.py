@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import Server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,26 +27,6 @@ TINY = {"arch": "tiny_models:TinyNet", "arch_args": {"width": 4, "num_classes": 
 TOKEN = "t0ken-never-shown"
 PREFIXES = ["/api/refs/", "/api/models/", "/api/files/", "/api/diff?a=", "/refs/", "/models/",
             "/diff?a=", "/"]  # fmt: skip
-
-
-class Server:
-    """A `registry serve` subprocess and its URL; `stop()` sends SIGTERM and returns its output."""
-
-    def __init__(self, home: Path, *args: str) -> None:
-        command = [sys.executable, "-m", "registry", "--home", str(home), "serve", "--port", "0"]
-        self.process = subprocess.Popen(
-            [*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        assert self.process.stdout is not None
-        self.url = self.process.stdout.readline().strip().rstrip("/")
-        if not self.url.startswith("http://127.0.0.1:"):
-            self.process.kill()
-            raise AssertionError(f"no URL first: {self.url!r} {self.process.stderr.read()}")  # type: ignore[union-attr]
-
-    def stop(self) -> tuple[int, str]:
-        self.process.send_signal(signal.SIGTERM)
-        out, err = self.process.communicate(timeout=30)
-        return self.process.returncode, out + err
 
 
 @pytest.fixture(scope="module")
@@ -208,8 +189,8 @@ def test_a_token_guards_every_request_and_is_never_shown(tmp_path: Path, tiny_mo
             assert browser.get("/api/refs/tinynet@v1").status_code == 200
         assert get(server, "/", cookies={"registry_token": "nope"}).status_code == 401
     finally:
-        code, output = server.stop()
-    assert code == 0
+        output = server.stop()
+    assert server.process.returncode == 0
     assert TOKEN not in output
 
 
@@ -229,10 +210,9 @@ def test_sigterm_and_sigint_stop_it_cleanly(tmp_path: Path) -> None:
     for stop in (signal.SIGTERM, signal.SIGINT):
         server = Server(tmp_path / "home")
         assert get(server, "/api/models").json() == []
-        server.process.send_signal(stop)
-        _, err = server.process.communicate(timeout=30)
-        assert server.process.returncode == 0, err
-        assert "Traceback" not in err
+        output = server.stop(stop)
+        assert server.process.returncode == 0, output
+        assert "Traceback" not in output
     assert not list((tmp_path / "home").glob("**/tmp/*"))
 
 
