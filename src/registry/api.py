@@ -251,7 +251,7 @@ class Registry:
                 weights = pushing.read_weights(
                     path, original, resolved, model, trust_pickle, key, strip_prefix
                 )
-                extension = refs.extension_of(path.name, pushing.IN_MEMORY_EXTENSION)
+                extension = refs.extension_of(path.suffix, pushing.IN_MEMORY_EXTENSION)
             else:
                 resolved, model = building.result()
                 weights = pushing.write_object(source, original, resolved, model)

@@ -98,11 +98,9 @@ def is_extension(text: object) -> bool:
     return isinstance(text, str) and _EXTENSION.fullmatch(text) is not None
 
 
-def extension_of(filename: str, default: str) -> str:
-    """The extension to record for a file named `filename` (no folder): its suffix as
-    `Path.suffix` gives it, or `default` where it has none or one that breaks the rule."""
-    dot = filename.rfind(".")
-    suffix = filename[dot:] if dot > 0 else ""
+def extension_of(suffix: str, default: str) -> str:
+    """The extension to record for a file whose `Path.suffix` is `suffix`: the suffix, or
+    `default` where it has none or one that breaks the rule."""
     return suffix if suffix and is_extension(suffix) else default
 
 
