@@ -859,9 +859,9 @@ class Registry:
             >>> reg.set_tags("vgg16@v1", {"dataset": "imagenet"}).tags
             {'dataset': 'imagenet'}
         """
-        self._local("tag --delete" if delete else "tag")
+        deleted = list(dict.fromkeys(delete))  # once: `delete` may be an iterator
+        self._local("tag --delete" if deleted else "tag")
         tags = {refs.validate_tag_key(k): str(v) for k, v in tags.items()}
-        deleted = list(dict.fromkeys(delete))
         for key in deleted:
             if key in tags:
                 raise InvalidReferenceError(key, "tag key", "it is both set and deleted")
