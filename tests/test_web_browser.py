@@ -25,7 +25,7 @@ import pytest
 import torch
 from conftest import IN_CI
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, WebDriverException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -184,9 +184,20 @@ def column(driver: Any, table: str, index: int) -> list[str]:
 
 
 def follow(driver: Any, element: WebElement) -> None:
-    """Click a link or a submit button and wait until the next page has replaced this one."""
+    """Click a link or a submit button and wait until the next page has replaced this one.
+
+    The old page carries a mark the new one lacks. Asking an element whether it went stale
+    races the navigation: mid-swap chromedriver answers "Node with given id does not belong
+    to the document", an unknown error rather than a stale reference, so each question that
+    falls into the swap is ignored and asked again.
+    """
+    driver.execute_script("window.leaving = true")
     element.click()
-    WebDriverWait(driver, WAIT).until(ec.staleness_of(element))
+    WebDriverWait(driver, WAIT, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: d.execute_script(
+            "return window.leaving === undefined && document.readyState === 'complete'"
+        )
+    )
 
 
 def link(driver: Any, text: str) -> WebElement:
