@@ -37,7 +37,7 @@ from harness import Contender, Result, Target, compare
 from sqlalchemy import create_engine, text
 
 from registry import Registry, db
-from registry.blobstore import BlobWriter
+from registry.stores.folder import BlobWriter
 from registry.tables import Base
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import nn
 
-# The registry copies in 8 MiB chunks too (registry.blobstore.CHUNK_SIZE).
+# The registry copies in 8 MiB chunks too (registry.stores.folder.CHUNK_SIZE).
 CHUNK_SIZE = 8 << 20
 
 

@@ -30,7 +30,8 @@ from typing import Any
 from figures import Workspace
 from services import BUCKET, STORE, moto_server
 
-from registry import Registry, api, manifests, pushing, s3store
+from registry import Registry, api, manifests, pushing
+from registry.stores import s3 as s3store
 
 PHASES: list[tuple[Any, str, str]] = [
     (api.Registry, "_copy_file", "copy into the store's writer: SHA-256 + BLAKE3, fsync"),

@@ -83,7 +83,7 @@ def s3(ws: Workspace, arch: str, repeats: int, targets: bool) -> list[Result]:
     with moto_server() as client:
         # The registry's own client settings: boto3's CRC checksums off (MinIO, R2 and others
         # refuse them), which over plain HTTP makes botocore sign each part's SHA-256 instead.
-        from registry.s3store import S3Store
+        from registry.stores.s3 import S3Store
 
         registry_client = S3Store(STORE, ws.root / "s3-settings-cache").client
         try:

@@ -11,10 +11,10 @@ import pytest
 from helpers import outputs_equal
 
 from registry import Registry
-from registry.blobstore import BlobStore
 from registry.errors import ConfigurationError, IntegrityError, StorageError
 from registry.files import copy_stream
 from registry.stores import open_store
+from registry.stores.folder import BlobStore
 
 DATA = b"checkpoint bytes " * 1000
 DIGEST = hashlib.sha256(DATA).hexdigest()

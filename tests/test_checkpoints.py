@@ -15,9 +15,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from registry import checkpoints
-from registry.blobstore import BlobStore
 from registry.checkpoints import SAFETENSORS, TORCH_LEGACY, TORCH_ZIP, Weights
 from registry.errors import CheckpointError, RegistryError, UnsafeCheckpointError
+from registry.stores.folder import BlobStore
 
 
 def read_all(path: Path) -> list[Weights]:

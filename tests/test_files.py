@@ -11,8 +11,8 @@ import pytest
 from test_blobstore import DATA, DIGEST, corrupt, put
 
 from registry import files
-from registry.blobstore import BlobStore
 from registry.errors import IntegrityError, NotFoundError, StorageError
+from registry.stores.folder import BlobStore
 
 
 @pytest.fixture

@@ -568,7 +568,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, P
     assert "Traceback" not in log, log
     assert not any(line.startswith("GET /forged") for line in log.splitlines()), log
     assert "\x1b" not in log  # no terminal escape from a path reaches the log
-    assert max(map(len, log.splitlines())) < 300  # a long path is cut in the log
+    assert max(map(len, log.splitlines()), default=0) < 300  # a long path is cut in the log
 
 
 def answered_sanely(status: int, body: bytes, what: object) -> None:
@@ -658,7 +658,9 @@ def test_no_encoded_path_method_or_range_gets_a_500(
     from urllib.parse import quote
 
     server, _ = served
-    path = prefix + "/".join(s if "%" in s else quote(s, safe="@/.~") for s in segments)
+    # An escape such as %2e is sent as it is; any other character that a URL cannot carry
+    # as it is (non-ASCII, a space) is escaped, as a client would.
+    path = prefix + "/".join(quote(s, safe="@/.~%") for s in segments)
     headers = {"Range": range_.encode("utf-8", "replace").decode("latin-1")} if range_ else {}
     status, body = server.request(method, path, headers)
     answered_sanely(status, body, (method, path, range_))

@@ -57,6 +57,10 @@ def test_the_layout_section_names_every_module_and_only_those() -> None:
     """A module added or renamed and not described under "Layout" fails here."""
     package = Path(__file__).parent.parent / "src" / "registry"
     block = README.split("## Layout\n", 1)[1].split("```", 2)[1]
-    described = set(re.findall(r"^  (\w+\.py) ", block, re.MULTILINE))
-    modules = {p.name for p in package.glob("*.py")} - {"__init__.py", "__main__.py"}
+    described = set(re.findall(r"^  ([\w/]+\.py) ", block, re.MULTILINE))
+    modules = {
+        p.relative_to(package).as_posix()
+        for p in package.rglob("*.py")
+        if p.parts[len(package.parts)] != "migrations"
+    } - {"__init__.py", "__main__.py"}
     assert described == modules

@@ -22,8 +22,8 @@ from helpers import Server, outputs_equal, same_tensors
 from torch import nn
 
 from registry import ConfigurationError, IntegrityError, ReadOnlyError, Registry
-from registry.blobstore import BlobWriter
 from registry.cli import cli
+from registry.stores.folder import BlobWriter
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
@@ -368,7 +368,8 @@ def test_a_dropped_connection_resumes_with_range(tmp_path: Path) -> None:
     """The stream stops after 1000 bytes; the client goes on with Range from there."""
     import hashlib
 
-    from registry.remote import Client, RemoteStore
+    from registry.remote import Client
+    from registry.stores.http import HttpStore
 
     data = os.urandom(5000)
     digest = hashlib.sha256(data).hexdigest()
@@ -389,6 +390,6 @@ def test_a_dropped_connection_resumes_with_range(tmp_path: Path) -> None:
 
     client = Client("http://server.test", None)
     client._http = httpx.Client(base_url=client.url, transport=httpx.MockTransport(answer))
-    store = RemoteStore(client, tmp_path / "cache")
+    store = HttpStore(client, tmp_path / "cache")
     assert store.local_path(digest, "x@v1").read_bytes() == data
     assert asked == [None, "bytes=1000-"]

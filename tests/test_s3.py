@@ -232,7 +232,7 @@ def test_gc_deletes_unreferenced_objects_and_stale_multipart_uploads(
 ) -> None:
     import boto3
 
-    from registry import s3store
+    from registry.stores import s3 as s3store
 
     kept = team.push(tiny_model, arch=ARCH, name="kept", arch_args=ARGS)
     tiny_model.head.bias.data += 1

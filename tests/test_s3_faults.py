@@ -167,7 +167,7 @@ def test_a_push_cut_off_mid_upload_records_nothing_and_succeeds_once_the_server_
     """No version, no visible object; the same push then works, and gc aborts the leftover."""
     import boto3
 
-    from registry import s3store
+    from registry.stores import s3 as s3store
 
     big = big_model()
     server.fault = "upload"

@@ -10,7 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from registry import behaviour, catalog, db, files, manifests, progress_bars, pushing, refs
+from registry import behaviour, db, files, manifests, progress_bars, pushing, refs
+from registry.catalogs import queries as catalog
 from registry.config import Settings
 from registry.errors import (
     ArchitectureError,
@@ -45,8 +46,8 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
     from torch import nn
 
+    from registry.catalogs.http import HttpCatalog
     from registry.digests import Check
-    from registry.remote import RemoteCatalog
     from registry.stores import BlobWriting
     from registry.tables import Fingerprint
 
@@ -90,13 +91,15 @@ class Registry:
         token: str | None = None,
     ) -> None:
         self.settings = Settings.resolve(home, database_url, store, cache, remote, token)
-        self._remote: RemoteCatalog | None = None
+        self._remote: HttpCatalog | None = None
         if self.settings.remote is not None:
-            from registry.remote import Client, RemoteCatalog, RemoteStore
+            from registry.catalogs.http import HttpCatalog
+            from registry.remote import Client
+            from registry.stores.http import HttpStore
 
             client = Client(self.settings.remote, self.settings.token)
-            self._remote = RemoteCatalog(client)
-            self.store: Store = RemoteStore(client, self.settings.cache)
+            self._remote = HttpCatalog(client)
+            self.store: Store = HttpStore(client, self.settings.cache)
         else:
             self.store = open_store(self.settings.store, self.settings.cache)
         self._progress = _progress_factory(progress)

@@ -4,7 +4,7 @@ A temp file is named `<pid>@<host>@<random>.part` (in the store's `tmp/`,
 or `.<name>.<pid>@<host>@<random>.part` beside a user's destination), so
 whoever finds one left behind can tell whether its writer is gone. A file
 written for the user (a pull) appears complete or not at all; the blob store
-keeps its own, durable, writes (`blobstore`).
+keeps its own, durable, writes (`stores.folder`).
 """
 
 from __future__ import annotations

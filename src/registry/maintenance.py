@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from sqlalchemy import Engine
 
-from registry import catalog, db
-from registry.blobstore import BlobStore
-from registry.caching import CachedStore
+from registry import db
+from registry.catalogs import queries as catalog
 from registry.digests import Hasher
 from registry.errors import ConfigurationError, IntegrityError
 from registry.files import CHUNK_SIZE
 from registry.records import ModelVersion, Problem, Reclaimed
 from registry.stores import Store
+from registry.stores.cache import CachedStore
+from registry.stores.folder import BlobStore
 
 
 def verify(engine: Engine, store: Store, versions: list[ModelVersion]) -> list[Problem]:

@@ -1,61 +1,37 @@
-"""Reading through a `registry serve`: its JSON API as the catalog, its files via a verified cache.
+"""HTTP to one registry server (`registry serve`): timeouts, retries, resumed downloads.
 
     <server>/api/models, /api/models/NAME          what a remote registry asks
     <server>/api/refs/REF[/tensors|/lineage]       (SPEC, "Seeing it": the API table)
     <server>/api/diff?a=REF&b=REF
     <server>/api/files/REF                          a checkpoint as pushed; ETag, Range
-    <cache>/                                        a local BlobStore, shared with an s3:// store's
-      sha256/39/3979...(64 hex)                     a blob whose bytes matched the server's digest
-      tmp/<pid>@<host>@<random>.part                a download in flight (a dead one's: the
-                                                    next download removes it)
 
-The server's JSON is data: a record is rebuilt only when its fields have
-the types the registry writes, and the digests, names and extensions that
-end up naming files are checked first. A blob is fetched with one streamed
-GET into the cache's temp folder, hashed on the way, and kept only when its
-bytes match the sha256 of the version's JSON; a connection cut off mid-way
-goes on with a Range request. A cached blob is verified on every use, as an
-S3 store's is, and a damaged copy is evicted so that the next read fetches
-it again. The token travels only in the Authorization header: it is never
-part of a URL, a message or a repr.
+A failed request is one line naming the server; an error answer becomes the
+RegistryError it stands for. A download is one streamed GET, and a
+connection cut off mid-way goes on with a Range request. The token travels
+only in the Authorization header: it is never part of a URL, a message or
+a repr. `catalogs.http` and `stores.http` read through this client.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
-import os
 import re
-from collections.abc import Callable, Iterator, Mapping
-from datetime import datetime
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from urllib.parse import quote
 
-from registry import extras, jsontext, refs
-from registry.blobstore import BlobStore, BlobWriter
-from registry.caching import CachedStore
-from registry.diffing import kind
+from registry import extras, jsontext
 from registry.errors import (
     ConfigurationError,
     IntegrityError,
     InvalidReferenceError,
     NotFoundError,
-    ReadOnlyError,
     StorageError,
     first_line,
 )
 from registry.faults import crash_point
-from registry.records import (
-    DIFF_STATUSES,
-    Diff,
-    Lineage,
-    LineageNode,
-    ModelSummary,
-    ModelVersion,
-    TensorChange,
-    TensorInfo,
-)
+from registry.stores.folder import BlobWriter
 
 if TYPE_CHECKING:
     import httpx
@@ -127,7 +103,7 @@ class Client:
         self._require_httpx()
         import httpx
 
-        path = f"/api/files/{_quoted(ref)}"
+        path = f"/api/files/{quoted(ref)}"
         for attempt in range(RESUMES + 1):
             start = sink.size
             headers = {"Accept-Encoding": "identity"}  # ranges count the file's own bytes
@@ -234,282 +210,18 @@ class Client:
         return StorageError(message + (f" ({during})" if during else ""))
 
 
-class RemoteCatalog:
-    """What a catalog answers, asked of a registry server: versions, models, manifests, ..."""
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
-
-    @property
-    def url(self) -> str:
-        return self.client.url
-
-    def get(self, ref: str) -> ModelVersion:
-        wanted = refs.parse_ref(ref)  # a bad reference fails here, as it does locally
-        path = f"/api/refs/{_ref_path(ref)}"
-        version = self._parse(path, _version, self.client.get(path, ref))
-        if version.name != wanted.name:
-            raise self.client.unexpected(path, f"the record of {version.ref}")
-        return version
-
-    def search(
-        self,
-        name: str | None = None,
-        arch: str | None = None,
-        tags: Mapping[str, str] | None = None,
-        limit: int | None = None,
-    ) -> list[ModelVersion]:
-        """Versions matching every filter, by model name then newest first, as the catalog's.
-
-        The API lists a model's versions whole, so the filters apply here. With
-        `name`, a model the server lacks is a NotFoundError.
-        """
-        names = [name] if name is not None else [m.name for m in self.models()]
-        found = []
-        for each in names:
-            path = f"/api/models/{_quoted(each)}"
-            try:
-                answer = self.client.get(path)
-            except NotFoundError:
-                if name is not None:
-                    raise
-                continue  # deleted since it was listed
-            found += self._parse(path, _each(_version), answer)
-        matching = [
-            v
-            for v in found
-            if (arch is None or v.arch == arch)
-            and all(v.tags.get(k) == value for k, value in (tags or {}).items())
-        ]
-        return matching[:limit] if limit is not None else matching
-
-    def models(self) -> list[ModelSummary]:
-        path = "/api/models"
-        return self._parse(path, _each(_summary), self.client.get(path))
-
-    def tensors(self, ref: str) -> list[TensorInfo]:
-        refs.parse_ref(ref)
-        path = f"/api/refs/{_ref_path(ref)}/tensors"
-        return self._parse(path, _each(_tensor), self.client.get(path, ref))
-
-    def lineage(self, ref: str) -> Lineage:
-        refs.parse_ref(ref)
-        path = f"/api/refs/{_ref_path(ref)}/lineage"
-        return self._parse(path, _lineage, self.client.get(path, ref))
-
-    def diff(self, a: str, b: str) -> Diff:
-        """The server's diff of two versions, with the kinds the text view shows filled in."""
-        path = "/api/diff"
-        found = self._parse(path, _diff, self.client.get(path, a, params={"a": a, "b": b}))
-        # The JSON leaves out an added, removed or reshaped tensor's dtype and shape.
-        old = {t.name: t for t in self.tensors(a)}
-        new = {t.name: t for t in self.tensors(b)}
-        changes = []
-        for change in found.tensors:
-            if change.status == "added" and change.name in new:
-                change = dataclasses.replace(change, detail=kind(new[change.name]))
-            elif change.status == "removed" and change.name in old:
-                change = dataclasses.replace(change, detail=kind(old[change.name]))
-            elif change.status == "reshaped" and change.name in old and change.name in new:
-                kinds = f"{kind(old[change.name])} -> {kind(new[change.name])}"
-                change = dataclasses.replace(change, detail=kinds)
-            changes.append(change)
-        return dataclasses.replace(found, tensors=tuple(changes))
-
-    def _parse(self, path: str, parse: Callable[[Any], T], data: Any) -> T:
-        """`parse(data)`, or one line saying the server sent something else."""
-        try:
-            return parse(data)
-        except (KeyError, TypeError, ValueError, AttributeError, InvalidReferenceError):
-            raise self.client.unexpected(path, "an answer the registry does not write") from None
-
-
-class RemoteStore(CachedStore):
-    """A registry server's checkpoint files, read through a verified local cache.
-
-    The read side of the Store protocol; whatever would write or delete a blob
-    is refused: only the server's own registry does that.
-    """
-
-    def __init__(self, client: Client, cache: str | os.PathLike[str]) -> None:
-        self.client = client
-        self.cache = BlobStore(cache)
-
-    @property
-    def location(self) -> str:
-        return self.client.url
-
-    def writer(self) -> contextlib.AbstractContextManager[BlobWriter]:
-        self._refuse("writing a blob")
-
-    def exists(self, digest: str) -> bool:
-        """Whether the cache holds the blob (the server is not asked)."""
-        return self.cache.exists(digest)
-
-    def size(self, digest: str) -> int:
-        return self.cache.size(digest)
-
-    def hash(self, digest: str, ref: str) -> str:
-        self._refuse("verify", "the store itself; run it where the store is")
-
-    def digests(self) -> list[str]:
-        self._refuse("listing the blobs")
-
-    def remove(self, digest: str) -> int:
-        self._refuse("deleting a blob")
-
-    def reclaim_temp_files(self, dry_run: bool = False) -> tuple[int, int]:
-        """The cache's temp files whose downloader is gone."""
-        return self.cache.reclaim_temp_files(dry_run)
-
-    def _fetch(self, digest: str, ref: str) -> None:
-        """Download a blob into the cache, keeping it only if its bytes match `digest`.
-
-        A fill left half-done by a process that died (killed, the machine
-        rebooted) is a temp file nobody reads: it is removed first, as a pull
-        removes a dead pull's temp file beside its destination.
-        """
-        with contextlib.suppress(OSError):  # cleaning up never fails the read itself
-            self.cache.reclaim_temp_files()
-        with self.cache.writer() as writer:
-            self.client.download(ref, digest, writer)
-            actual = writer.finish()
-            if actual != digest:
-                raise IntegrityError(ref, digest, actual)
-            writer.commit()
-
-    def _refuse(self, operation: str, need: str = "a catalog and a store") -> NoReturn:
-        raise ReadOnlyError(self.client.url, operation, need)
-
-
-# -- records from the server's JSON -------------------------------------------------------------
-
-_VERSION_TYPES: dict[str, type | tuple[type, ...]] = {
-    "name": str,
-    "version": int,
-    "sha256": str,
-    "size": int,
-    "format": str,
-    "arch": str,
-    "arch_args": dict,
-    "description": str,
-    "created_at": str,
-    "created_by": str,
-    "num_params": int,
-    "torch_version": str,
-    "extension": str,
-    "weights_sha256": (str, type(None)),
-    "tags": dict,
-    "aliases": list,
-    "details": dict,
-    "parent": (str, type(None)),
-    "check_input": (list, type(None)),
-}
-
-
-def _version(data: dict[str, Any]) -> ModelVersion:
-    """A ModelVersion from its `to_json()`, refused unless it is what a registry writes."""
-    values = {
-        # A field that may be null may also be missing: a server of an older registry.
-        key: _typed(data.get(key) if isinstance(kind, tuple) else data[key], kind)
-        for key, kind in _VERSION_TYPES.items()
-    }
-    refs.validate_name(values["name"])
-    if values["version"] < 1 or not refs.is_extension(values["extension"]):
-        raise ValueError("not a version")
-    for digest in (values["sha256"], values["weights_sha256"]):
-        if digest is not None and not refs.is_sha256(digest):
-            raise ValueError(f"not a sha256: {digest!r}")
-    values["created_at"] = datetime.fromisoformat(values["created_at"])
-    values["aliases"] = tuple(_typed(a, str) for a in values["aliases"])
-    check = values["check_input"]
-    values["check_input"] = tuple(_typed(n, int) for n in check) if check else None
-    return ModelVersion(**values)
-
-
-def _summary(data: dict[str, Any]) -> ModelSummary:
-    updated = _typed(data["updated_at"], (str, type(None)))
-    return ModelSummary(
-        name=refs.validate_name(_typed(data["name"], str)),
-        num_versions=_typed(data["num_versions"], int),
-        latest_version=_typed(data["latest_version"], (int, type(None))),
-        updated_at=datetime.fromisoformat(updated) if updated else None,
-        size=_typed(data["size"], int),
-        aliases=tuple(_typed(a, str) for a in _typed(data["aliases"], list)),
-    )
-
-
-def _tensor(data: dict[str, Any]) -> TensorInfo:
-    shape = tuple(_typed(n, int) for n in _typed(data["shape"], list))
-    return TensorInfo(_typed(data["name"], str), _typed(data["dtype"], str), shape, None)
-
-
-def _lineage(data: dict[str, Any]) -> Lineage:
-    """The lineage's tree rebuilt without recursion: chains run thousands deep."""
-    roots = _typed(data["descendants"], list)
-    order, pending = [], list(roots)
-    while pending:  # parents before their children
-        node = _typed(pending.pop(), dict)
-        order.append(node)
-        pending.extend(_typed(node["children"], list))
-    built: dict[int, LineageNode] = {}
-    for node in reversed(order):  # children before their parents
-        children = tuple(built.pop(id(child)) for child in node["children"])
-        built[id(node)] = LineageNode(
-            _typed(node["ref"], str), _typed(node["deleted"], bool), children
-        )
-    return Lineage(
-        ref=_typed(data["ref"], str),
-        # The JSON does not say which ancestors were deleted.
-        ancestors=tuple(LineageNode(_typed(a, str)) for a in _typed(data["ancestors"], list)),
-        descendants=tuple(built[id(root)] for root in roots),
-    )
-
-
-def _diff(data: dict[str, Any]) -> Diff:
-    changes = []
-    for item in _typed(data["tensors"], list):
-        status = _typed(item["status"], str)
-        if status not in DIFF_STATUSES:
-            raise ValueError(f"not a diff status: {status!r}")
-        number = (int, float, type(None))
-        changes.append(
-            TensorChange(
-                _typed(item["name"], str),
-                status,
-                _typed(item["max_abs"], number),
-                _typed(item["rel_l2"], number),
-            )
-        )
-    return Diff(_typed(data["a"], str), _typed(data["b"], str), tuple(changes))
-
-
-def _each(parse: Callable[[Any], T]) -> Callable[[Any], list[T]]:
-    """A parser of a JSON list whose items `parse` reads."""
-    return lambda data: [parse(item) for item in _typed(data, list)]
-
-
-def _typed(value: Any, kind: type | tuple[type, ...]) -> Any:
-    """`value` if it has the JSON type `kind` (a bool is not an int here), else TypeError."""
-    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        raise TypeError(f"unexpected {value!r}")
-    if not isinstance(value, kind):
-        raise TypeError(f"unexpected {type(value).__name__}")
-    return value
-
-
-def _quoted(ref: str) -> str:
+def quoted(ref: str) -> str:
     """A reference or model name as a URL path: `team/resnet@v1` keeps its `/` and `@`."""
     return quote(ref, safe="/@")
 
 
-def _ref_path(ref: str) -> str:
+def ref_path(ref: str) -> str:
     """A reference as a URL path that always names a version.
 
     `/api/refs/team/tensors` would be read as the manifest of model `team`,
     not as model `team/tensors`: `@latest` keeps the two apart.
     """
-    return _quoted(ref if "@" in ref else f"{ref}@latest")
+    return quoted(ref if "@" in ref else f"{ref}@latest")
 
 
 def _total_size(response: httpx.Response, start: int) -> int | None:

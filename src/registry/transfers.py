@@ -22,7 +22,8 @@ from typing import Any, BinaryIO, cast
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from registry import bundles, catalog, db, faults, files, refs
+from registry import bundles, db, faults, files, refs
+from registry.catalogs import queries as catalog
 from registry.errors import BundleError, NotFoundError
 from registry.records import ModelVersion, TensorInfo
 from registry.stores import BlobWriting, Store

@@ -28,12 +28,12 @@ from typing import Any
 from urllib.parse import urlparse
 
 from registry import extras
-from registry.blobstore import BlobStore, BlobWriter
-from registry.caching import CachedStore
 from registry.digests import Check
 from registry.errors import ConfigurationError, IntegrityError, StorageError
 from registry.faults import crash_half_way, crash_point
 from registry.files import CHUNK_SIZE
+from registry.stores.cache import CachedStore
+from registry.stores.folder import BlobStore, BlobWriter
 
 # Incomplete multipart uploads older than this are a killed push's: gc aborts them.
 STALE_UPLOAD = timedelta(days=1)

@@ -17,9 +17,9 @@ import os
 from pathlib import Path
 from typing import BinaryIO
 
-from registry.blobstore import BlobStore
 from registry.digests import Check
 from registry.errors import IntegrityError
+from registry.stores.folder import BlobStore
 
 
 class CachedStore:

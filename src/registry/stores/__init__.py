@@ -1,6 +1,6 @@
 """What `Registry` needs from whatever holds the checkpoint bytes: the Store interface.
 
-`Registry` speaks only this protocol. `blobstore.BlobStore` implements it on
+`Registry` speaks only this protocol. `stores.folder.BlobStore` implements it on
 a local folder. A remote store (object storage) keeps its objects elsewhere
 and hands out local paths from a verified cache, because loading
 memory-maps a local file.
@@ -116,9 +116,9 @@ class Store(Protocol):
 def open_store(location: str, cache: str | os.PathLike[str]) -> Store:
     """The store a location names: `s3://BUCKET[/PREFIX]` (read through `cache`), else a folder."""
     if location.startswith("s3://"):
-        from registry.s3store import S3Store
+        from registry.stores.s3 import S3Store
 
         return S3Store(location, cache)
-    from registry.blobstore import BlobStore
+    from registry.stores.folder import BlobStore
 
     return BlobStore(location)

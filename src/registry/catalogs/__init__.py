@@ -1,0 +1,1 @@
+"""What `Registry` needs from whatever holds the version records: the Catalog interface."""
