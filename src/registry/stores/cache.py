@@ -1,13 +1,14 @@
 """The verified local cache that remote stores (S3, a `registry serve`) read through.
 
-    <cache>/                     a BlobStore: what loading memory-maps
-      sha256/39/3979...(64 hex)  atomic, read-only, verified on every use
-      tmp/                       fetches in flight
+    <cache>/                         a BlobStore: what loading memory-maps
+      sha256/39/3979...(64 hex)      atomic, read-only, verified on every use
+      tmp/<pid>@<host>@<random>.part a fill in flight, or a dead one's
 
-A remote store fetches a blob the cache lacks (`_fetch`); the rest is here:
-handing out the cached copy, remembering its use for `prune` (least
-recently used first), and evicting a copy that failed verification, so
-that reading again fetches a fresh one.
+A remote store only moves a blob's bytes into the cache (`_download`); the
+rest is here: the fill around them (a temp file, kept only if its bytes
+match the digest), handing out the cached copy, remembering its use for
+`prune` (least recently used first), and evicting a copy that failed
+verification, so that reading again fetches a fresh one.
 """
 
 from __future__ import annotations
@@ -15,21 +16,36 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, ClassVar
 
 from registry.digests import Check
 from registry.errors import IntegrityError
-from registry.stores.folder import BlobStore
+from registry.stores.folder import BlobStore, BlobWriter
 
 
 class CachedStore:
     """The read side every remote store shares, over `self.cache`."""
 
     cache: BlobStore
+    # Whether a fill first removes the temp files of fills whose process died: for a
+    # cache that no gc cleans (HttpStore); an S3 store's gc counts and removes them.
+    reclaims_before_fill: ClassVar[bool] = False
+
+    def _download(self, digest: str, ref: str, sink: BlobWriter) -> None:
+        """Write the blob's bytes into `sink`; `_fetch` verifies and keeps them."""
+        raise NotImplementedError
 
     def _fetch(self, digest: str, ref: str) -> None:
-        """Bring a blob into the cache, verified against `digest`."""
-        raise NotImplementedError
+        """Bring a blob into the cache, keeping it only if its bytes match `digest`."""
+        if self.reclaims_before_fill:
+            with contextlib.suppress(OSError):  # cleaning up never fails the read itself
+                self.cache.reclaim_temp_files()
+        with self.cache.writer() as writer:
+            self._download(digest, ref, writer)
+            actual = writer.finish()
+            if actual != digest:
+                raise IntegrityError(ref, digest, actual)
+            writer.commit()
 
     def local_path(self, digest: str, ref: str) -> Path:
         """The cached copy, fetched first when the cache lacks it; its use is remembered."""

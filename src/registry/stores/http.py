@@ -5,8 +5,9 @@
       tmp/<pid>@<host>@<random>.part                a download in flight (a dead one's: the
                                                     next download removes it)
 
-A blob is kept only when its bytes match the sha256 of the version's JSON;
-a cached blob is verified on every use, as an S3 store's is.
+This store only streams a file from the server into the cache (`_download`);
+`CachedStore` keeps the blob only when its bytes match the sha256 of the
+version's JSON, and verifies a cached blob on every use, as an S3 store's is.
 """
 
 from __future__ import annotations
@@ -15,10 +16,7 @@ import contextlib
 import os
 from typing import NoReturn
 
-from registry.errors import (
-    IntegrityError,
-    ReadOnlyError,
-)
+from registry.errors import ReadOnlyError
 from registry.remote import Client
 from registry.stores.cache import CachedStore
 from registry.stores.folder import BlobStore, BlobWriter
@@ -30,6 +28,11 @@ class HttpStore(CachedStore):
     The read side of the Store protocol; whatever would write or delete a blob
     is refused: only the server's own registry does that.
     """
+
+    # A fill left half-done by a process that died (killed, the machine rebooted) is a
+    # temp file nobody reads, and gc is refused here: the next fill removes it, as a
+    # pull removes a dead pull's temp file beside its destination.
+    reclaims_before_fill = True
 
     def __init__(self, client: Client, cache: str | os.PathLike[str]) -> None:
         self.client = client
@@ -62,21 +65,9 @@ class HttpStore(CachedStore):
         """The cache's temp files whose downloader is gone."""
         return self.cache.reclaim_temp_files(dry_run)
 
-    def _fetch(self, digest: str, ref: str) -> None:
-        """Download a blob into the cache, keeping it only if its bytes match `digest`.
-
-        A fill left half-done by a process that died (killed, the machine
-        rebooted) is a temp file nobody reads: it is removed first, as a pull
-        removes a dead pull's temp file beside its destination.
-        """
-        with contextlib.suppress(OSError):  # cleaning up never fails the read itself
-            self.cache.reclaim_temp_files()
-        with self.cache.writer() as writer:
-            self.client.download(ref, digest, writer)
-            actual = writer.finish()
-            if actual != digest:
-                raise IntegrityError(ref, digest, actual)
-            writer.commit()
+    def _download(self, digest: str, ref: str, sink: BlobWriter) -> None:
+        """Stream version `ref`'s file from the server into `sink`."""
+        self.client.download(ref, digest, sink)
 
     def _refuse(self, operation: str, need: str = "a catalog and a store") -> NoReturn:
         raise ReadOnlyError(self.client.url, operation, need)

@@ -8,9 +8,10 @@
 A push hashes the file into the cache first; the object is uploaded (boto3's
 transfer manager: multipart, parallel) only when the bucket lacks it, and the
 version is recorded only once the upload completed, so an interrupted upload
-leaves no visible object. Reads fill the cache (one streamed GET into a temp
-file, hashed on the way); a cached blob is verified on every use as a
-local one is, and a damaged copy is dropped and fetched again. Credentials,
+leaves no visible object. A read the cache lacks streams the object into it
+(`_download`, one GET); `CachedStore` keeps the blob only if its bytes match,
+verifies it on every use as a local one is, and drops a damaged copy so that
+it is fetched again; gc removes a killed fill's temp file. Credentials,
 region and endpoint come from the standard AWS chain; nothing secret is kept
 in a message.
 """
@@ -181,23 +182,19 @@ class S3Store(CachedStore):
             self.client.head_bucket(Bucket=self.bucket)
         return None
 
-    def _fetch(self, digest: str, ref: str) -> None:
-        """Download a blob into the cache, keeping it only if its bytes match `digest`.
+    def _download(self, digest: str, ref: str, sink: BlobWriter) -> None:
+        """Stream the object into `sink`; a missing one is an IntegrityError for `ref`.
 
-        One streamed GET, hashed and written on the way: boto3's ranged download
-        into a stream that cannot seek stalled on multi-part objects here.
+        One streamed GET: boto3's ranged download into a stream that cannot
+        seek stalled on multi-part objects here.
         """
-        with self.cache.writer() as writer, self._errors(ref, digest):
+        with self._errors(ref, digest):
             got = self.client.get_object(Bucket=self.bucket, Key=self.key(digest))
             filled = crash_half_way("cache-fill", int(got["ContentLength"]), lambda n: None)
             for chunk in got["Body"].iter_chunks(CHUNK_SIZE):
-                writer.write(chunk)
-                writer.flush()  # what a kill leaves is on disk, for gc to find
+                sink.write(chunk)
+                sink.flush()  # what a kill leaves is on disk, for gc to find
                 filled(len(chunk))
-            actual = writer.finish()
-            if actual != digest:
-                raise IntegrityError(ref, digest, actual)
-            writer.commit()
 
     @contextlib.contextmanager
     def _errors(
