@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import tarfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import IO, Any, BinaryIO
 
-from registry import refs
+from registry import refs, wire
 from registry.errors import BundleError, IntegrityError, InvalidReferenceError, RegistryError
 from registry.records import ModelVersion
 from registry.stores import BlobWriting, Store
@@ -39,9 +37,6 @@ BUNDLE_VERSION = 1
 MANIFEST = "manifest.json"
 BLOB_PREFIX = "blobs/sha256/"
 MAX_MANIFEST_BYTES = 64 << 20
-
-_FORMATS = ("state_dict", "checkpoint", "safetensors", "pickle")
-_ARCH = re.compile(r"[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?")
 
 
 @dataclass(frozen=True)
@@ -272,144 +267,82 @@ def _entries(data: bytes, shown_as: str) -> list[Entry]:
 
 
 def _entry(item: Any, index: int) -> Entry:
-    """Check one manifest record field by field; it is somebody else's data."""
-    if not isinstance(item, Mapping):
-        raise BundleError("not an object")
-    name = refs.validate_name(_typed(item, "name", str))
-    tags = _typed(item, "tags", dict)
-    for key, value in tags.items():
-        refs.validate_tag_key(key)
-        _text(value, f"tag {key!r}")
-    sha256, weights = _typed(item, "sha256", str), item.get("weights_sha256")
-    if not refs.is_sha256(sha256) or not (weights is None or refs.is_sha256(weights)):
-        raise BundleError("a digest is not 64 lowercase hex digits")
-    format = _typed(item, "format", str)
-    if format not in _FORMATS or (format == "pickle") != (weights is not None):
-        raise BundleError(
-            f"format {format!r} {'with' if weights else 'without'} a safe copy "
-            "(weights_sha256) is not what a registry records"
-        )
-    extension = _typed(item, "extension", str)
-    if not refs.is_extension(extension):
-        raise BundleError(f"extension {extension!r} is not a file extension")
-    arch = _typed(item, "arch", str)
-    if len(arch) > 256 or not _ARCH.fullmatch(arch):
-        raise BundleError(f"arch {arch[:80]!r} is neither a model name nor module:callable")
-    sizes = {sha256: _count(item, "size")}
-    if weights is not None:
-        sizes[weights] = _count(item, "weights_size")
-    num_params = _count(item, "num_params")
-    created_at = datetime.fromisoformat(_typed(item, "created_at", str))
-    if created_at.tzinfo is None:
-        raise BundleError("created_at has no time zone")
-    created_at = created_at.astimezone(timezone.utc)  # the catalog keeps UTC
-    details = _typed(item, "details", dict)
-    _check_details(details)
-    source_ref = item.get("ref", f"entry {index + 1}")  # bundles before schema 0003 lack it
-    if "ref" in item and refs.parse_ref(_typed(item, "ref", str)).selector != "version":
-        raise BundleError(f"ref {source_ref[:80]!r} is not NAME@vN")
-    fields = {
-        "blob_sha256": sha256,
-        "weights_sha256": weights,
-        "format": format,
-        "arch": arch,
-        "arch_args": _typed(item, "arch_args", dict),
-        "description": _typed(item, "description", str),
-        "created_at": created_at,
-        "created_by": _text(_typed(item, "created_by", str), "created_by")[:256],
-        "num_params": num_params,
-        "torch_version": _text(_typed(item, "torch_version", str), "torch_version")[:64],
-        "extension": extension,
-        "details": details,
-    }
+    """One manifest record: a version's JSON, read by `wire` as any other, and its extras."""
+    version = wire.version(item, numbered=False)  # the destination numbers its own
+    sizes = {version.sha256: version.size}
+    if version.weights_sha256 is not None:
+        sizes[version.weights_sha256] = wire.count(item.get("weights_size"), "weights_size")
+    parent = None
+    if version.parent is not None:
+        digest = item.get("parent_sha256")
+        parent = (version.parent, None if digest is None else wire.digest(digest, "parent_sha256"))
     fingerprint = item.get("fingerprint")
     return Entry(
-        name,
+        version.name,
         sizes,
-        fields,
-        tags,
-        source_ref,
-        _parent(item),
+        _fields(version),
+        version.tags,
+        # Bundles before schema 0003 carry no ref: nothing in them links to one.
+        version.ref if item.get("ref") is not None else f"entry {index + 1}",
+        parent,
         _fingerprint(fingerprint) if fingerprint is not None else None,
     )
 
 
-def _parent(item: Mapping[str, Any]) -> tuple[str, str | None] | None:
-    parent, digest = item.get("parent"), item.get("parent_sha256")
-    if parent is None:
-        return None
-    if not isinstance(parent, str) or refs.parse_ref(parent).selector != "version":
-        raise BundleError(f"parent {str(parent)[:80]!r} is not NAME@vN")
-    if digest is not None and not refs.is_sha256(digest):
-        raise BundleError("parent_sha256 is not 64 lowercase hex digits")
-    return parent, digest
+def _fields(version: ModelVersion) -> dict[str, Any]:
+    """The catalog columns of a version (tables.Version), less its model and number."""
+    return {
+        "blob_sha256": version.sha256,
+        "weights_sha256": version.weights_sha256,
+        "format": version.format,
+        "arch": version.arch,
+        "arch_args": version.arch_args,
+        "description": version.description,
+        "created_at": version.created_at,  # in UTC, as wire reads every time
+        "created_by": version.created_by,
+        "num_params": version.num_params,
+        "torch_version": version.torch_version,
+        "extension": version.extension,
+        "details": version.details,
+    }
 
 
 def _fingerprint(item: Any) -> dict[str, Any]:
     """A behaviour check's recorded output: shapes, names and numbers only."""
     from registry import behaviour
 
-    if not isinstance(item, Mapping):
-        raise BundleError("fingerprint is not an object")
-    shape = list(behaviour.parse_shape(_typed(item, "input_shape", list)))
-    environment = _typed(item, "environment", dict)
+    wire.typed(item, dict, "fingerprint")
+    shape = behaviour.parse_shape(
+        [wire.typed(n, int, "fingerprint.input_shape") for n in _list(item, "input_shape")],
+        "fingerprint.input_shape",
+    )
+    environment = wire.typed(item.get("environment"), dict, "fingerprint.environment")
     for key, value in environment.items():
-        _text(key, "fingerprint.environment key")
-        _text(value, f"fingerprint.environment[{key!r}]")
-    outputs = _typed(item, "outputs", list)
+        wire.text(key, "fingerprint.environment key")
+        wire.text(value, f"fingerprint.environment[{key!r}]")
+    outputs = _list(item, "outputs")
     for output in outputs:
-        if not isinstance(output, Mapping):
-            raise BundleError("fingerprint.outputs holds something else than objects")
-        _text(_typed(output, "path", str), "fingerprint output path")
-        _text(_typed(output, "dtype", str), "fingerprint output dtype")
+        wire.typed(output, dict, "fingerprint.outputs[]")
+        wire.text(output.get("path"), "fingerprint output path")
+        wire.text(output.get("dtype"), "fingerprint output dtype")
         numbers = [
-            *_typed(output, "shape", list),
-            *_typed(output, "indices", list),
-            *_typed(output, "values", list),
+            *_list(output, "shape", "fingerprint.outputs[]"),
+            *_list(output, "indices", "fingerprint.outputs[]"),
+            *_list(output, "values", "fingerprint.outputs[]"),
             output.get("mean"),
             output.get("std"),
         ]
-        if not all(n is None or isinstance(n, (int, float)) for n in numbers):
-            raise BundleError("fingerprint outputs hold something else than numbers")
+        for number in numbers:
+            wire.typed(number, (int, float, type(None)), "a number of fingerprint.outputs")
         if len(output["indices"]) != len(output["values"]):
-            raise BundleError("fingerprint outputs do not have as many indices as values")
-    return {"input_shape": shape, "outputs": outputs, "environment": environment}
+            raise ValueError("fingerprint outputs do not have as many indices as values")
+    return {"input_shape": list(shape), "outputs": outputs, "environment": environment}
 
 
-def _count(item: Mapping[str, Any], key: str) -> int:
-    value: int = _typed(item, key, int)
-    if not 0 <= value < 2**63:
-        raise BundleError(f"{key} {value} is out of range")
-    return value
-
-
-def _text(value: Any, what: str) -> str:
-    """A one-line string: nothing that could forge a line of the CLI's output."""
-    if not isinstance(value, str) or any(c < " " or c == "\x7f" for c in value):
-        raise BundleError(f"{what} is not a string without control characters")
-    return value
+def _list(item: dict[str, Any], key: str, within: str = "fingerprint") -> list[Any]:
+    found: list[Any] = wire.typed(item.get(key), list, f"{within}.{key}")
+    return found
 
 
 def _refuse_constant(name: str) -> None:
     raise BundleError(f"its manifest holds {name}, which JSON does not allow")
-
-
-def _typed(item: Mapping[str, Any], key: str, kind: type) -> Any:
-    value = item.get(key)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise BundleError(f"{key} is missing or not a {kind.__name__}")
-    return value
-
-
-def _check_details(details: dict[str, Any]) -> None:
-    """The details loading reads must have the types loading expects."""
-    for key in ("key", "stripped_prefix"):
-        if key in details and not isinstance(details[key], str):
-            raise BundleError(f"details.{key} is not a string")
-    if details.get("serialization", "zip") not in ("zip", "legacy"):
-        raise BundleError("details.serialization is neither zip nor legacy")
-    versions = details.get("module_versions", {})
-    if not isinstance(versions, dict) or not all(
-        isinstance(k, str) and isinstance(v, int) for k, v in versions.items()
-    ):
-        raise BundleError("details.module_versions is not a map of names to numbers")
