@@ -30,11 +30,11 @@ from typing import Any
 from figures import Workspace
 from services import BUCKET, STORE, moto_server
 
-from registry import Registry, api, manifests, pushing
+from registry import Registry, manifests, pushing
 from registry.stores import s3 as s3store
 
 PHASES: list[tuple[Any, str, str]] = [
-    (api.Registry, "_copy_file", "copy into the store's writer: SHA-256 + BLAKE3, fsync"),
+    (pushing, "copy_file", "copy into the store's writer: SHA-256 + BLAKE3, fsync"),
     (pushing, "read_weights", "read the weights, fit them to the arch"),
     (manifests, "describe", "tensor manifest: a BLAKE3 of each tensor"),
     (s3store.S3Store, "upload", "upload to the bucket (HEAD, then upload_file)"),

@@ -136,8 +136,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def reg(database_url: str, tmp_path: Path) -> Iterator[Registry]:
     registry = Registry(database_url=database_url, store=tmp_path / "blobs")
     yield registry
-    if registry._engine is not None:
-        registry._engine.dispose()
+    registry.close()
 
 
 @pytest.fixture

@@ -248,8 +248,8 @@ def test_progress_true_shows_a_bar(
 def test_registry_is_a_context_manager(tmp_path: Path) -> None:
     with Registry(home=tmp_path / "home") as reg:
         assert reg.models() == []
-        assert reg._engine is not None
-    assert reg._engine is None
+        assert reg.catalog._engine is not None  # type: ignore[attr-defined]
+    assert reg.catalog._engine is None  # type: ignore[attr-defined]
     assert reg.models() == []  # reopens on use
     reg.close()
 

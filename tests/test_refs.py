@@ -10,11 +10,13 @@ from registry.errors import InvalidReferenceError
 from registry.refs import (
     MAX_NAME_LENGTH,
     Ref,
+    is_extension,
     parse_key_value,
     parse_ref,
     validate_alias,
     validate_name,
     validate_tag_key,
+    validate_tags,
 )
 
 DIGEST = "397923af" + "0" * 56
@@ -209,3 +211,23 @@ def test_parse_ref_returns_a_ref_or_raises_invalid_reference(text: str) -> None:
         return
     assert isinstance(ref, Ref)
     assert parse_ref(str(ref)) == ref
+
+
+@pytest.mark.parametrize("value", ["two\nlines", "tab\there", "escape\x1b[31m", "c1\x85"])
+def test_a_tag_value_with_a_control_character_is_refused(value: str) -> None:
+    with pytest.raises(InvalidReferenceError, match=r"value of tag 'note'.*control character"):
+        validate_tags({"note": value})
+
+
+def test_tags_are_stored_as_text_and_keys_follow_the_rule() -> None:
+    assert validate_tags({"epochs": 3, "dataset": "imagenet"}) == {
+        "epochs": "3",
+        "dataset": "imagenet",
+    }
+    with pytest.raises(InvalidReferenceError, match="tag key"):
+        validate_tags({"bad key": "x"})
+
+
+def test_an_extension_fits_the_catalog_column() -> None:
+    assert is_extension("." + "x" * 31)  # 32 characters: the column's width
+    assert not is_extension("." + "x" * 32)

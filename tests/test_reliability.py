@@ -138,8 +138,7 @@ def local(tmp_path: Path) -> Iterator[Registry]:
     """A registry on SQLite, for faults of the blob store, where the catalog does not matter."""
     reg = Registry(database_url=sqlite_url(tmp_path), store=tmp_path / "blobs")
     yield reg
-    if reg._engine is not None:
-        reg._engine.dispose()
+    reg.close()
 
 
 @pytest.fixture
@@ -772,7 +771,7 @@ def world_catalog(folder: Path) -> tuple[Registry, ModelVersion]:
     reg = Registry(database_url=sqlite_url(writable(folder / "home")), store=folder / "store")
     version = push_tiny(reg, folder, 1)
     reg.delete(push_tiny(reg, folder, 2).ref)
-    reg._engine.dispose()
+    reg.close()
     for path in folder.rglob("*"):
         path.chmod(0o777 if path.is_dir() else 0o666)
     return reg, version

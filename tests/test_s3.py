@@ -293,10 +293,10 @@ def test_verify_records_blake3_of_an_old_object_from_its_checked_cached_copy(
     version = team.push(tiny_model, arch=ARCH, name="old", arch_args=ARGS)
     with db.session(team.engine, write=True) as s:  # as a blob recorded before schema 0004
         s.execute(text("UPDATE blobs SET blake3 = NULL WHERE sha256 = :d"), {"d": version.sha256})
-    assert team._verification(version.sha256) is None  # reads fall back to SHA-256
+    assert team.catalog.verification(version.sha256) is None  # reads fall back to SHA-256
     assert team.verify() == []
     cached = team.settings.cache / "sha256" / version.sha256[:2] / version.sha256
-    assert team._verification(version.sha256) == Check(blake3=blake3_of(cached))
+    assert team.catalog.verification(version.sha256) == Check(blake3=blake3_of(cached))
 
 
 def test_cache_prune_on_a_local_store_says_there_is_none(run) -> None:

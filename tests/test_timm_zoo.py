@@ -61,8 +61,7 @@ MAX_PARAMS = 35_000_000
 def timm_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     reg = Registry(home=tmp_path_factory.mktemp("timm"))
     yield reg
-    if reg._engine is not None:
-        reg._engine.dispose()
+    reg.close()
 
 
 def test_the_sample_is_timms_own() -> None:

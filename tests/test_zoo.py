@@ -109,8 +109,7 @@ def zoo_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]
     home = tmp_path_factory.mktemp("zoo")
     reg = Registry(home=home)
     yield reg
-    if reg._engine is not None:
-        reg._engine.dispose()
+    reg.close()
 
 
 @pytest.mark.parametrize("name", model_names())

@@ -1,37 +1,38 @@
-"""`Registry`: every operation of the product, over a catalog and a blob store."""
+"""`Registry`: the product's every operation, as a façade over a catalog and a store.
+
+Each method validates what it is given and delegates: the records to a
+`catalogs.Catalog` (SQL, or a registry server read through HTTP), the bytes
+to a `stores.Store`, a push to `push`, the verified reads to `reads`. Where
+the catalog and store live is decided once, in `_open`.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO
 
-from registry import behaviour, db, files, manifests, progress_bars, pushing, refs
-from registry.catalogs import queries as catalog
+from registry import behaviour, db, progress_bars, refs
 from registry.config import Settings
 from registry.errors import (
     ArchitectureError,
     BehaviourMismatchError,
     CheckInputError,
-    CheckpointError,
     DeviceError,
-    IntegrityError,
     InvalidReferenceError,
     NotFoundError,
-    ReadOnlyError,
-    StorageError,
     UntrustedArchError,
     first_line,
 )
-from registry.faults import crash_half_way, crash_point
 from registry.progress_bars import Progress
+from registry.pushing import PushOptions
+from registry.pushing import run as run_push
+from registry.reads import FORMATS, Reads
 from registry.records import (
     CheckResult,
     Diff,
+    Fingerprint,
     Lineage,
     ModelSummary,
     ModelVersion,
@@ -39,21 +40,16 @@ from registry.records import (
     Reclaimed,
     TensorInfo,
 )
-from registry.stores import Store, open_store
 
 if TYPE_CHECKING:
     import torch
     from sqlalchemy import Engine
     from torch import nn
 
-    from registry.catalogs.http import HttpCatalog
-    from registry.digests import Check
-    from registry.stores import BlobWriting
-    from registry.tables import Fingerprint
+    from registry.catalogs import Catalog
+    from registry.stores import Store
 
-
-FORMATS = ("original", "safetensors")
-T = TypeVar("T")
+__all__ = ["FORMATS", "Registry"]
 
 
 class Registry:
@@ -91,19 +87,9 @@ class Registry:
         token: str | None = None,
     ) -> None:
         self.settings = Settings.resolve(home, database_url, store, cache, remote, token)
-        self._remote: HttpCatalog | None = None
-        if self.settings.remote is not None:
-            from registry.catalogs.http import HttpCatalog
-            from registry.remote import Client
-            from registry.stores.http import HttpStore
-
-            client = Client(self.settings.remote, self.settings.token)
-            self._remote = HttpCatalog(client)
-            self.store: Store = HttpStore(client, self.settings.cache)
-        else:
-            self.store = open_store(self.settings.store, self.settings.cache)
+        self.catalog, self.store = _open(self.settings)
         self._progress = _progress_factory(progress)
-        self._engine: Engine | None = None
+        self._reads = Reads(self.catalog, self.store, self._progress)
 
     def close(self) -> None:
         """Release the catalog's connections; the registry reopens them if used again.
@@ -113,11 +99,7 @@ class Registry:
             ...     reg.get("vgg16").ref
             'vgg16@v1'
         """
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
-        if self._remote is not None:
-            self._remote.client.close()
+        self.catalog.close()
 
     def __enter__(self) -> Registry:
         return self
@@ -126,19 +108,13 @@ class Registry:
         self.close()
 
     def __repr__(self) -> str:
-        if self._remote is not None:  # never the token
-            return f"Registry(remote={self._remote.url!r})"
-        url, store = self.safe_database_url, self.store.location
-        return f"Registry(database_url={url!r}, store={store!r})"
+        if self.settings.remote is not None:  # never the token
+            return f"Registry(remote={self.catalog.location!r})"
+        return f"Registry(database_url={self.catalog.location!r}, store={self.store.location!r})"
 
     @property
     def engine(self) -> Engine:
-        self._local("this", "a catalog")
-        if self._engine is None:
-            engine = db.open_engine(self.settings.database_url)
-            db.ensure_schema(engine)
-            self._engine = engine
-        return self._engine
+        return self.catalog.engine
 
     @property
     def safe_database_url(self) -> str:
@@ -155,8 +131,7 @@ class Registry:
             >>> reg.schema_revision()
             '0005'
         """
-        self._local("db current", "a catalog")
-        return db.current_revision(db.open_engine(self.settings.database_url))
+        return self.catalog.schema_revision()
 
     def upgrade(self) -> str:
         """Migrate the catalog to the newest schema; return the revision it is now at.
@@ -169,10 +144,7 @@ class Registry:
             >>> reg.upgrade()
             '0005'
         """
-        self._local("db upgrade", "a catalog")
-        engine = db.open_engine(self.settings.database_url)
-        db.upgrade(engine)
-        return db.current_revision(engine) or "none"
+        return self.catalog.upgrade()
 
     # -- push ----------------------------------------------------------------
 
@@ -223,84 +195,11 @@ class Registry:
             >>> reg.push("model_weights.pth", arch="vgg16", tags={"dataset": "imagenet"})
             ModelVersion(name='vgg16', version=1, ...)
         """
-        from registry import architectures
-
-        self._local("push")
-        builder = arch if isinstance(arch, str) else architectures.of(arch)
-        if isinstance(arch, str):
-            architectures.warn_if_main(arch)
-        arch_args = dict(arch_args or {})
-        tags = {refs.validate_tag_key(k): str(v) for k, v in (tags or {}).items()}
-        aliases = [refs.validate_alias(a) for a in aliases]
-        if name is not None:
-            refs.validate_name(name)
-        shape = behaviour.parse_shape(check_input) if check_input is not None else None
-        parent_ref = refs.parse_ref(parent) if parent is not None else None
-        if parent is not None:
-            self.get(parent)  # fail before the copy, not after
-        if isinstance(source, (str, os.PathLike)):
-            pushing.preflight(Path(source))
-
-        with contextlib.ExitStack() as stack:
-            original = stack.enter_context(self.store.writer())
-            # Importing torch takes seconds: build the arch on another thread while
-            # this one copies the file.
-            pool = stack.enter_context(ThreadPoolExecutor(1, "registry-build"))
-            building = pool.submit(pushing.build, builder, arch_args)
-            if isinstance(source, (str, os.PathLike)):
-                path = Path(source)
-                self._copy_file(path, original)
-                resolved, model = building.result()
-                weights = pushing.read_weights(
-                    path, original, resolved, model, trust_pickle, key, strip_prefix
-                )
-                extension = refs.extension_of(path.suffix, pushing.IN_MEMORY_EXTENSION)
-            else:
-                resolved, model = building.result()
-                weights = pushing.write_object(source, original, resolved, model)
-                extension = pushing.IN_MEMORY_EXTENSION
-            name = name if name is not None else pushing.default_name(resolved.name)
-            version = pushing.new_version(resolved, model, arch_args, weights, description)
-            version.blob_sha256, version.extension = original.finish(), extension
-            tensors = manifests.describe(weights.state_dict)
-            fingerprint = None
-            if shape is not None:
-                fingerprint = pushing.fingerprint(resolved, version, weights, shape)
-            writers = [original]
-            if weights.format == "pickle":  # so that loads never unpickle it again
-                from registry import checkpoints
-
-                safe_copy = stack.enter_context(self.store.writer())
-                checkpoints.save_safetensors(weights.state_dict, safe_copy)
-                version.weights_sha256 = safe_copy.finish()
-                writers.append(safe_copy)
-            for writer in writers:
-                writer.publish()  # before the transaction: an upload holds no catalog lock
-            with db.session(self.engine, write=True) as s:
-                for writer in writers:
-                    digest = writer.finish()
-                    catalog.claim_blob(s, digest, writer.size, writer.check, version.created_at)
-                    writer.commit()  # in place before any version refers to it
-                crash_point("push-blob-placed")
-                parent_rows = catalog.resolve(s, parent_ref) if parent_ref else None
-                record, is_new = catalog.add_version(
-                    s, name, version, tags, aliases, tensors, parent_rows, fingerprint
-                )
-                s.flush()
-                crash_point("push-commit")
-        return replace(record, is_new=is_new)
-
-    def _copy_file(self, path: Path, writer: BlobWriting) -> None:
-        """Copy a checkpoint file into the writer, hashing it."""
-        try:
-            source = open(path, "rb")  # noqa: SIM115 -- copy_stream closes it
-        except OSError as exc:
-            raise CheckpointError(f"cannot read {path}: {exc.strerror}") from None
-        size = os.fstat(source.fileno()).st_size
-        with self._progress(f"push {path.name}", size) as advance:
-            files.copy_stream(source, writer, crash_half_way("push-copy", size, advance))
-        writer.finish()
-        crash_point("push-hashed")
+        options = PushOptions(
+            arch, name, dict(arch_args or {}), dict(tags or {}), tuple(aliases), description,
+            trust_pickle, key, strip_prefix, parent, check_input,
+        )  # fmt: skip
+        return run_push(self.catalog, self.store, source, options, self._progress)
 
     # -- reading -------------------------------------------------------------
 
@@ -316,11 +215,7 @@ class Registry:
             >>> reg.get("vgg16@production").sha256
             '98066c3be41efb2e137dab889b902e4a87df4865b78ab34f0afa4decd2c7151b'
         """
-        if self._remote is not None:
-            return self._remote.get(ref)
-        with db.session(self.engine) as s:
-            model, row = catalog.resolve(s, refs.parse_ref(ref))
-            return catalog.records(s, [(model.name, row)])[0]
+        return self.catalog.get(ref)
 
     def versions(
         self,
@@ -340,11 +235,7 @@ class Registry:
             ['vgg16@v3', 'vgg16@v1']
         """
         refs.validate_name(name)
-        if self._remote is not None:
-            return self._remote.search(name=name, arch=arch, tags=tags, limit=limit)
-        with db.session(self.engine) as s:
-            catalog.model_row(s, name)
-            return catalog.search(s, name=name, arch=arch, tags=tags, limit=limit)
+        return self.catalog.versions(name, arch, tags, limit)
 
     def search(
         self,
@@ -362,13 +253,7 @@ class Registry:
             >>> [v.ref for v in reg.search(arch="resnet18", limit=2)]
             ['cifar-resnet@v4', 'resnet18@v2']
         """
-        if self._remote is not None:
-            try:
-                return self._remote.search(name=name, arch=arch, tags=tags, limit=limit)
-            except NotFoundError:  # no such model: no versions match, as in a catalog
-                return []
-        with db.session(self.engine) as s:
-            return catalog.search(s, name=name, arch=arch, tags=tags, limit=limit)
+        return self.catalog.search(name, arch, tags, limit)
 
     def models(self) -> list[ModelSummary]:
         """Every model with its version count, newest version, size and aliases, by name.
@@ -380,10 +265,7 @@ class Registry:
             >>> [(m.name, m.latest_version) for m in reg.models()]
             [('resnet18', 2), ('vgg16', 3)]
         """
-        if self._remote is not None:
-            return self._remote.models()
-        with db.session(self.engine) as s:
-            return catalog.summaries(s)
+        return self.catalog.models()
 
     def pull(
         self,
@@ -408,41 +290,7 @@ class Registry:
             >>> reg.pull("vgg16@v1", "weights/")
             PosixPath('weights/vgg16-v1.pth')
         """
-        if format not in FORMATS:
-            raise InvalidReferenceError(format, "format", f"choose one of {', '.join(FORMATS)}")
-        version = self.get(ref)
-        extension = version.extension if format == "original" else ".safetensors"
-        filename = f"{version.name.rsplit('/', 1)[-1]}-v{version.version}{extension}"
-        target = Path(destination) if destination is not None else Path(filename)
-        if target.is_dir() or str(destination).endswith(os.sep):
-            target = target / filename
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(f"cannot create folder {target.parent}: {exc.strerror}") from None
-        if format == "safetensors":
-            from registry import checkpoints
-
-            def convert() -> None:
-                with self._weights_file(version, verify) as (path, weights_format, details):
-                    state = checkpoints.load(path, weights_format, details)
-                with files.atomic_file(target) as out:
-                    checkpoints.save_safetensors(state, out)
-
-            self._read_blobs(convert, _weights_digest(version))
-            return target
-
-        def copy() -> None:
-            with self._progress(f"pull {version.ref}", version.size) as advance:
-                progress = crash_half_way("pull-copy", version.size, advance)
-                blake3 = self._blake3_check(version) if verify else None
-                source = self.store.open(version.sha256, version.ref)
-                files.copy_verified(
-                    source, target, version.sha256, version.ref, verify, progress, blake3
-                )
-
-        self._read_blobs(copy, version.sha256)
-        return target
+        return self._reads.pull(self.get(ref), destination, verify, format)
 
     def write_to(self, ref: str, sink: BinaryIO, verify: bool = True) -> ModelVersion:
         """Write a version's checkpoint, as pushed, to a stream (standard output, a socket).
@@ -459,16 +307,7 @@ class Registry:
             'vgg16@v1'
         """
         version = self.get(ref)
-        with self._progress(f"pull {version.ref}", version.size) as advance:
-            blake3 = self._blake3_check(version) if verify else None
-            source = self.store.open(version.sha256, version.ref)
-            try:
-                files.copy_stream_verified(
-                    source, sink, version.sha256, version.ref, verify, advance, blake3
-                )
-            except IntegrityError:
-                self.store.evict(version.sha256)  # sent already: the next read fetches afresh
-                raise
+        self._reads.write_to(version, sink, verify)
         return version
 
     def local_file(self, ref: str, verify: bool = True) -> Path:
@@ -486,11 +325,7 @@ class Registry:
             >>> reg.local_file("vgg16@v1")
             PosixPath('/home/me/.local/share/registry/blobs/sha256/39/3979...')
         """
-        version = self.get(ref)
-        path = self.store.local_path(version.sha256, version.ref)
-        if verify:
-            self.store.verify(version.sha256, version.ref, self._verification(version.sha256))
-        return path
+        return self._reads.local_file(self.get(ref), verify)
 
     def state_dict(self, ref: str, verify: bool = True) -> dict[str, torch.Tensor]:
         """A version's weights as a state_dict, memory-mapped where the format allows.
@@ -503,15 +338,7 @@ class Registry:
             >>> reg.state_dict("vgg16@v1")["classifier.6.bias"].shape
             torch.Size([1000])
         """
-        from registry import checkpoints
-
-        version = self.get(ref)
-
-        def read() -> dict[str, torch.Tensor]:
-            with self._weights_file(version, verify) as (path, format, details):
-                return checkpoints.load(path, format, details)
-
-        return self._read_blobs(read, _weights_digest(version))
+        return self._reads.state_dict(self.get(ref), verify)
 
     def load(
         self,
@@ -545,7 +372,7 @@ class Registry:
             >>> model = reg.load("vgg16@production", device="cuda")
             >>> model = reg.load("net@v1", arch=Net)   # Net defined in this notebook
         """
-        from registry import architectures, checkpoints
+        from registry import architectures
 
         version = self.get(ref)
         recorded = self._fingerprint(version) if check else None
@@ -560,18 +387,9 @@ class Registry:
             raise UntrustedArchError(exc.arch, exc.kind, version.ref) from None
         except ArchitectureError as exc:
             raise ArchitectureError(f"cannot rebuild {version.ref}: {exc}") from None
-        recorded_versions = version.details.get("module_versions")
-
-        def build() -> nn.Module:
-            with self._weights_file(version, verify) as (path, format, details):
-                state = checkpoints.load(path, format, details)
-                return architectures.instantiate(
-                    resolved, version.arch_args, state, recorded_versions
-                )
-
-        model = self._read_blobs(build, _weights_digest(version))
+        model = self._reads.model(version, resolved, verify)
         if recorded is not None:
-            result = self._compare(version, recorded, model)
+            result = behaviour.verdict(version, recorded, model)
             if not result.matches:
                 raise BehaviourMismatchError(version.ref, result.max_abs_diff, result.detail)
         if device is not None:
@@ -581,68 +399,7 @@ class Registry:
                 raise DeviceError(device, first_line(exc)) from None
         return model.eval()
 
-    def _read_blobs(self, read: Callable[[], T], *digests: str) -> T:
-        """`read()`, and once more if its bytes did not verify but the store can fetch them again.
-
-        A remote store's cached copy can be damaged while the bucket's object is
-        not: the copies are evicted and the second read fetches, verifies and
-        uses fresh ones, so the read that found the damage still succeeds. An
-        IntegrityError from the second read, or from a local store, is final.
-        """
-        try:
-            return read()
-        except IntegrityError:
-            evicted = [self.store.evict(digest) for digest in digests]
-            if not all(evicted):
-                raise
-        return read()
-
-    def _verification(self, digest: str) -> Check | None:
-        """What a read of `digest` verifies against; a server sends none: then one SHA-256 pass."""
-        if self._remote is not None:
-            return None
-        with db.session(self.engine) as s:
-            return catalog.verification(s, digest)
-
-    def _blake3_check(self, version: ModelVersion) -> files.Blake3Check | None:
-        """How a copy of the blob is verified: by its BLAKE3 when recorded, else None (SHA-256)."""
-        check = self._verification(version.sha256)
-        if check is None or not check.blake3:
-            return None
-        return files.Blake3Check(check.blake3, lambda: self.store.hash(version.sha256, version.ref))
-
-    @contextlib.contextmanager
-    def _weights_file(
-        self, version: ModelVersion, verify: bool
-    ) -> Iterator[tuple[Path, str, dict[str, Any]]]:
-        """The blob holding a version's weights (a trusted pickle's safe copy), its format.
-
-        With `verify`, the blob is re-hashed on other threads while the caller
-        reads it; the block ends only when the bytes matched, else IntegrityError
-        is raised and whatever the caller built from them is dropped.
-        """
-        if version.weights_sha256:
-            self._local(
-                f"reading {version.ref}'s weights",
-                "their safe copy (it was pushed as a trusted pickle), which the server does "
-                "not send; pull the original file, or load it where the store is",
-            )
-            digest, format, details = version.weights_sha256, "safetensors", {}
-        else:
-            digest, format, details = version.sha256, version.format, version.details
-        path = self.store.local_path(digest, version.ref)
-        if not verify:
-            yield path, format, details
-            return
-        check = self._verification(digest)
-        with ThreadPoolExecutor(1, "registry-verify") as pool:
-            verifying = pool.submit(self.store.verify, digest, version.ref, check)
-            try:
-                yield path, format, details
-            finally:
-                verifying.result()  # an IntegrityError wins over what corrupt bytes caused
-
-    # -- what changed --------------------------------------------------------------
+    # -- what changed, and whether it still computes the same -------------------
 
     def tensors(self, ref: str) -> list[TensorInfo]:
         """A version's tensor manifest: each tensor's name, dtype, shape and digest.
@@ -658,28 +415,7 @@ class Registry:
             >>> [(t.name, t.shape) for t in reg.tensors("vgg16@v1")][-1]
             ('classifier.6.bias', (1000,))
         """
-        if self._remote is not None:
-            return self._remote.tensors(ref)
-        return self._manifest(self.get(ref))
-
-    def _manifest(self, version: ModelVersion) -> list[TensorInfo]:
-        """The tensor manifest of a version already looked up: from the catalog, else its blob."""
-        with db.session(self.engine) as s:
-            _, row = catalog.resolve(s, refs.parse_ref(version.ref))
-            found = catalog.tensors(s, row.id)
-        if found:
-            return found
-        from registry import checkpoints
-
-        def describe() -> list[TensorInfo]:
-            with self._weights_file(version, verify=True) as (path, format, details):
-                return manifests.describe(checkpoints.load(path, format, details))
-
-        found = self._read_blobs(describe, _weights_digest(version))
-        with db.session(self.engine, write=True) as s:
-            _, row = catalog.resolve(s, refs.parse_ref(version.ref))
-            catalog.add_tensors(s, row.id, found)
-        return found
+        return self._reads.manifest(self.get(ref))
 
     def lineage(self, ref: str) -> Lineage:
         """A version's ancestors back to its root, nearest first, and its descendants as a tree.
@@ -694,13 +430,7 @@ class Registry:
             >>> reg.lineage("cifar-resnet@v2").to_json()["ancestors"]
             ['cifar-resnet@v1', 'resnet18@v1']
         """
-        from registry import lineage
-
-        if self._remote is not None:
-            return self._remote.lineage(ref)
-        with db.session(self.engine) as s:
-            model, row = catalog.resolve(s, refs.parse_ref(ref))
-            return lineage.of(s, model, row)
+        return self.catalog.lineage(ref)
 
     def diff(self, a: str, b: str | None = None) -> Diff:
         """Compare two versions tensor by tensor: `a` the older, `b` the newer.
@@ -719,8 +449,6 @@ class Registry:
             >>> reg.diff("resnet18@v1", "cifar-resnet@v1").summary
             {'identical': 60, 'changed': 0, 'added': 0, 'removed': 0, 'reshaped': 2}
         """
-        from registry import diffing
-
         if b is None:
             newer = self.get(a)
             if newer.parent is None:
@@ -736,29 +464,7 @@ class Registry:
                 ) from None
         else:
             older, newer = self.get(a), self.get(b)
-        if self._remote is not None:
-            return self._remote.diff(older.ref, newer.ref)
-        left, right = self._manifest(older), self._manifest(newer)
-        if diffing.unread(left, right):
-            return diffing.compare(older.ref, newer.ref, left, right, None, None)
-
-        def compare() -> Diff:
-            with contextlib.ExitStack() as stack:
-                readers = [stack.enter_context(self._tensor_reader(v)) for v in (older, newer)]
-                return diffing.compare(older.ref, newer.ref, left, right, *readers)
-
-        return self._read_blobs(compare, _weights_digest(older), _weights_digest(newer))
-
-    @contextlib.contextmanager
-    def _tensor_reader(self, version: ModelVersion) -> Iterator[Callable[[str], torch.Tensor]]:
-        """One tensor at a time from a version's weights; `diff` checks each against its digest."""
-        from registry import checkpoints
-
-        with (
-            self._weights_file(version, verify=False) as (path, format, details),
-            checkpoints.tensor_reader(path, format, details) as read,
-        ):
-            yield read
+        return self._reads.diff(older, newer)
 
     def check(self, ref: str, trust_arch: bool = False) -> CheckResult:
         """Rebuild a version and compare its output on the seeded check input with the recorded.
@@ -776,41 +482,19 @@ class Registry:
             >>> reg.check("resnet18@v2").matches
             True
         """
-        self._local("check", "the behaviour recorded in the catalog; run it where the catalog is")
         version = self.get(ref)
         recorded = self._fingerprint(version)
         model = self.load(version.ref, trust_arch=trust_arch)
-        return self._compare(version, recorded, model)
+        return behaviour.verdict(version, recorded, model)
 
     def _fingerprint(self, version: ModelVersion) -> Fingerprint:
-        self._local("check", "the behaviour recorded in the catalog; run it where the catalog is")
-        with db.session(self.engine) as s:
-            _, row = catalog.resolve(s, refs.parse_ref(version.ref))
-            found = catalog.fingerprint(s, row.id)
+        found = self.catalog.fingerprint(version)
         if found is None:
             raise CheckInputError(
                 f"{version.ref} was pushed without --check-input, so there is no recorded "
                 "behaviour to check; push it again with --check-input SHAPE"
             )
         return found
-
-    def _compare(
-        self, version: ModelVersion, recorded: Fingerprint, model: nn.Module
-    ) -> CheckResult:
-        from registry import architectures
-
-        outputs = behaviour.run(model, recorded.input_shape)
-        found = behaviour.compare(recorded.outputs, outputs)
-        detail = f"max abs diff {found.max_abs_diff:.3g} at {found.where}"
-        if not found.matches:
-            resolved = architectures.resolve(version.arch, trust=True)
-            now = behaviour.environment(resolved)
-            then = ", ".join(f"{k} {v}" for k, v in recorded.environment.items())
-            today = ", ".join(f"{k} {v}" for k, v in now.items())
-            detail += f" (tolerance {behaviour.TOLERANCE}); at push: {then}; now: {today}"
-        return CheckResult(
-            version.ref, found.matches, found.max_abs_diff, behaviour.TOLERANCE, detail
-        )
 
     # -- aliases, tags, deletion ----------------------------------------------
 
@@ -825,12 +509,9 @@ class Registry:
             >>> reg.set_alias("vgg16@v2", "production").ref
             'vgg16@v2'
         """
-        self._local("alias")
+        self.catalog.require_local("alias")
         refs.validate_alias(alias)
-        with db.session(self.engine, write=True) as s:
-            model, row = catalog.resolve(s, refs.parse_ref(ref))
-            catalog.set_alias(s, model, alias, row)
-            return catalog.records(s, [(model.name, row)])[0]
+        return self.catalog.set_alias(ref, alias)
 
     def delete_alias(self, name: str, alias: str) -> None:
         """Remove an alias from a model.
@@ -842,11 +523,10 @@ class Registry:
         Example:
             >>> reg.delete_alias("vgg16", "staging")
         """
-        self._local("alias --delete")
+        self.catalog.require_local("alias --delete")
         refs.validate_name(name)
         refs.validate_alias(alias)
-        with db.session(self.engine, write=True) as s:
-            catalog.delete_alias(s, catalog.model_row(s, name), alias)
+        self.catalog.delete_alias(name, alias)
 
     def set_tags(
         self, ref: str, tags: Mapping[str, str], *, delete: Iterable[str] = ()
@@ -863,17 +543,12 @@ class Registry:
             {'dataset': 'imagenet'}
         """
         deleted = list(dict.fromkeys(delete))  # once: `delete` may be an iterator
-        self._local("tag --delete" if deleted else "tag")
-        tags = {refs.validate_tag_key(k): str(v) for k, v in tags.items()}
+        self.catalog.require_local("tag --delete" if deleted else "tag")
+        tags = refs.validate_tags(tags)
         for key in deleted:
             if key in tags:
                 raise InvalidReferenceError(key, "tag key", "it is both set and deleted")
-        with db.session(self.engine, write=True) as s:
-            model, row = catalog.resolve(s, refs.parse_ref(ref))
-            for key in deleted:
-                catalog.delete_tag(s, row, f"{model.name}@v{row.version}", key)
-            catalog.set_tags(s, row, tags)
-            return catalog.records(s, [(model.name, row)])[0]
+        return self.catalog.set_tags(ref, tags, deleted)
 
     def delete_tag(self, ref: str, key: str) -> ModelVersion:
         """Remove one tag from a version.
@@ -899,12 +574,8 @@ class Registry:
             >>> reg.delete("vgg16@v1").ref
             'vgg16@v1'
         """
-        self._local("rm")
-        with db.session(self.engine, write=True) as s:
-            model, row = catalog.resolve(s, refs.parse_ref(ref))
-            record = catalog.records(s, [(model.name, row)])[0]
-            catalog.delete_version(s, row)
-            return record
+        self.catalog.require_local("rm")
+        return self.catalog.delete(ref)
 
     # -- store maintenance -----------------------------------------------------
 
@@ -920,9 +591,9 @@ class Registry:
         """
         from registry import maintenance
 
-        self._local("verify", "the store itself; run it where the store is")
+        self.catalog.require_local("verify", "the store itself; run it where the store is")
         versions = [self.get(ref)] if ref is not None else self.search()
-        return maintenance.verify(self.engine, self.store, versions)
+        return maintenance.verify(self.catalog, self.store, versions)
 
     def gc(self, dry_run: bool = False) -> Reclaimed:
         """Delete blobs no version references, and temp files of writers that are gone.
@@ -940,8 +611,8 @@ class Registry:
         """
         from registry import maintenance
 
-        self._local("gc")
-        return maintenance.gc(self.engine, self.store, dry_run)
+        self.catalog.require_local("gc")
+        return maintenance.gc(self.catalog, self.store, dry_run)
 
     def prune_cache(self, max_size: int = 0, dry_run: bool = False) -> Reclaimed:
         """Remove the least recently used blobs from a remote store's cache down to `max_size`.
@@ -979,13 +650,13 @@ class Registry:
         """
         from registry import transfers
 
-        self._local("export")
+        self.catalog.require_local("export")
         found = self.search() if refs is None else [self.get(ref) for ref in refs]
         # Oldest first, each once: the destination numbers them in this order.
         unique = {v.ref: v for v in found}
         versions = sorted(unique.values(), key=lambda v: (v.name, v.version))
         with self._progress("export", sum(v.size for v in versions)) as advance:
-            transfers.export(self.engine, self.store, versions, destination, advance)
+            transfers.export(self.catalog, self.store, versions, destination, advance)
         return versions
 
     def import_bundle(self, source: str | os.PathLike[str] | BinaryIO) -> list[ModelVersion]:
@@ -1006,13 +677,23 @@ class Registry:
         """
         from registry import transfers
 
-        self._local("import")
-        return transfers.import_(self.engine, self.store, source)
+        self.catalog.require_local("import")
+        return transfers.import_(self.catalog, self.store, source)
 
-    def _local(self, operation: str, need: str = "a catalog and a store") -> None:
-        """Refuse, on a registry read through a server, what needs the catalog or store itself."""
-        if self._remote is not None:
-            raise ReadOnlyError(self._remote.url, operation, need)
+
+def _open(settings: Settings) -> tuple[Catalog, Store]:
+    """The catalog and store the settings name: a registry server's, or a database and store."""
+    if settings.remote is not None:
+        from registry.catalogs.http import HttpCatalog
+        from registry.remote import Client
+        from registry.stores.http import HttpStore
+
+        client = Client(settings.remote, settings.token)
+        return HttpCatalog(client), HttpStore(client, settings.cache)
+    from registry.catalogs.sql import SqlCatalog
+    from registry.stores import open_store
+
+    return SqlCatalog(settings.database_url), open_store(settings.store, settings.cache)
 
 
 def _progress_factory(choice: bool | Progress | None) -> Progress:
@@ -1021,8 +702,3 @@ def _progress_factory(choice: bool | Progress | None) -> Progress:
     if choice is False or choice is None:
         return progress_bars.silent
     return choice
-
-
-def _weights_digest(version: ModelVersion) -> str:
-    """The blob holding a version's weights: a trusted pickle's safe copy, else the file."""
-    return version.weights_sha256 or version.sha256

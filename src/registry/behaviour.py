@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from registry.errors import CheckInputError, first_line
+from registry.records import CheckResult
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
     from registry.architectures import Arch
+    from registry.records import Fingerprint, ModelVersion
 
 SEED = 0
 MAX_VALUES = 4096
@@ -135,6 +137,20 @@ def compare(recorded: list[dict[str, Any]], now: list[dict[str, Any]]) -> Compar
             if deviation > largest:
                 largest, where = deviation, f"{old['path']} {what}: recorded {a!r}, now {b!r}"
     return Comparison(matches, max(largest, 0.0), where)
+
+
+def verdict(version: ModelVersion, recorded: Fingerprint, model: nn.Module) -> CheckResult:
+    """Run `model` on the recorded check input and say whether it computes what it did."""
+    from registry import architectures
+
+    found = compare(recorded.outputs, run(model, recorded.input_shape))
+    detail = f"max abs diff {found.max_abs_diff:.3g} at {found.where}"
+    if not found.matches:
+        now = environment(architectures.resolve(version.arch, trust=True))
+        then = ", ".join(f"{k} {v}" for k, v in recorded.environment.items())
+        today = ", ".join(f"{k} {v}" for k, v in now.items())
+        detail += f" (tolerance {TOLERANCE}); at push: {then}; now: {today}"
+    return CheckResult(version.ref, found.matches, found.max_abs_diff, TOLERANCE, detail)
 
 
 def _deviation(recorded: float | None, now: float | None) -> tuple[float, bool]:

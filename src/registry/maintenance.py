@@ -1,11 +1,8 @@
-"""Store maintenance: re-hash blobs, collect the unreferenced ones, trim a remote store's cache."""
+"""Store maintenance over a catalog and a store: re-hash, collect the unreferenced, prune."""
 
 from __future__ import annotations
 
-from sqlalchemy import Engine
-
-from registry import db
-from registry.catalogs import queries as catalog
+from registry.catalogs import Catalog
 from registry.digests import Hasher
 from registry.errors import ConfigurationError, IntegrityError
 from registry.files import CHUNK_SIZE
@@ -15,7 +12,7 @@ from registry.stores.cache import CachedStore
 from registry.stores.folder import BlobStore
 
 
-def verify(engine: Engine, store: Store, versions: list[ModelVersion]) -> list[Problem]:
+def verify(catalog: Catalog, store: Store, versions: list[ModelVersion]) -> list[Problem]:
     """Re-hash each version's blobs (its file, and a pickle's safe copy); report the bad ones.
 
     A blob recorded before BLAKE3 that passes gets its BLAKE3 recorded, so
@@ -34,14 +31,13 @@ def verify(engine: Engine, store: Store, versions: list[ModelVersion]) -> list[P
             if problem is not None:
                 problems.append(problem)
             elif isinstance(local, BlobStore):
-                _record_blake3(engine, local, digest)
+                _record_blake3(catalog, local, digest)
     return problems
 
 
-def _record_blake3(engine: Engine, store: BlobStore, digest: str) -> None:
+def _record_blake3(catalog: Catalog, store: BlobStore, digest: str) -> None:
     """Record the BLAKE3 of bytes whose SHA-256 is checked in the same pass."""
-    with db.session(engine) as s:
-        found = catalog.verification(s, digest)
+    found = catalog.verification(digest)
     if found is not None and found.blake3:
         return
     hasher = Hasher()
@@ -52,8 +48,7 @@ def _record_blake3(engine: Engine, store: BlobStore, digest: str) -> None:
     except FileNotFoundError:  # collected since it was checked, or never cached
         return
     if hasher.hexdigest() == digest and hasher.check.blake3:
-        with db.session(engine, write=True) as s:
-            catalog.record_blake3(s, digest, hasher.check.blake3)
+        catalog.record_blake3(digest, hasher.check.blake3)
 
 
 def _check_blob(store: Store, ref: str, digest: str, size: int | None) -> Problem | None:
@@ -67,7 +62,7 @@ def _check_blob(store: Store, ref: str, digest: str, size: int | None) -> Proble
     return Problem(ref, digest, actual, "truncated" if truncated else "corrupt")
 
 
-def gc(engine: Engine, store: Store, dry_run: bool) -> Reclaimed:
+def gc(catalog: Catalog, store: Store, dry_run: bool) -> Reclaimed:
     """Delete unreferenced blobs, each while its catalog row is locked, and stale temp files.
 
     The store is listed before the catalog is read: a push places its blob
@@ -79,9 +74,8 @@ def gc(engine: Engine, store: Store, dry_run: bool) -> Reclaimed:
     on_disk = store.digests()
     cache = store.cache if isinstance(store, CachedStore) else None  # a remote store's copies
     cached = set(cache.digests()) if cache is not None else set()
-    with db.session(engine) as s:
-        listed = set(on_disk) | cached | catalog.blob_digests(s)
-        unreferenced = listed - catalog.referenced_digests(s)
+    listed = set(on_disk) | cached | catalog.blob_digests()
+    unreferenced = listed - catalog.referenced_digests()
     blobs = freed = 0
     for digest in sorted(unreferenced):
         copy = cache if cache is not None and digest in cached else None
@@ -89,13 +83,18 @@ def gc(engine: Engine, store: Store, dry_run: bool) -> Reclaimed:
             size = store.size(digest) or (copy.size(digest) if copy else 0)
             blobs, freed = blobs + int(store.exists(digest) or copy is not None), freed + size
             continue
-        with db.session(engine, write=True) as s:
-            if not catalog.lock_unreferenced_blob(s, digest):
-                continue
+
+        def remove(digest: str = digest, copy: BlobStore | None = copy) -> tuple[int, int]:
+            """(blobs, bytes) removed, while the catalog holds the blob's row locked."""
             if store.exists(digest):  # a remote store drops its cached copy with it
-                blobs, freed = blobs + 1, freed + store.remove(digest)
-            elif copy is not None and copy.exists(digest):
-                blobs, freed = blobs + 1, freed + copy.remove(digest)
+                return 1, store.remove(digest)
+            if copy is not None and copy.exists(digest):
+                return 1, copy.remove(digest)
+            return 0, 0
+
+        removed = catalog.delete_unreferenced(digest, remove)
+        if removed is not None:
+            blobs, freed = blobs + removed[0], freed + removed[1]
     temps, temp_bytes = store.reclaim_temp_files(dry_run)
     return Reclaimed(blobs=blobs, bytes=freed + temp_bytes, temp_files=temps)
 

@@ -1,31 +1,147 @@
-"""The checkpoint side of a push: read the file or object, fit its weights, describe the version.
+"""Push: a checkpoint file, an nn.Module or a state_dict recorded as the next version.
 
-`Registry.push` owns the blob writes and the catalog transaction; the steps
-here decide what is stored: the arch built without weights, the weights that
-fit it (never a file's other entries), and the catalog row that records how
-to rebuild the model.
+The arch is built without weights on another thread while the file is
+copied into the store's writer and hashed; the weights are read from that
+copy (what is checked is exactly what is stored) and must fit the arch;
+then the blobs are published (an upload holds no catalog lock) and, in one
+catalog transaction, placed and recorded. A kill at any point leaves either
+no version or a whole one (docs/reliability.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import os
 import socket
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from registry import refs
-from registry.errors import ArchitectureError, InvalidReferenceError, NotFoundError
-from registry.tables import Fingerprint, Version
+from registry import behaviour, files, manifests, refs
+from registry.errors import ArchitectureError, CheckpointError, InvalidReferenceError, NotFoundError
+from registry.faults import crash_half_way, crash_point
+from registry.records import Fingerprint, ModelVersion, NewVersion
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from registry.architectures import Arch
+    from registry.catalogs import Catalog
     from registry.checkpoints import Weights
-    from registry.stores import BlobWriting
+    from registry.progress_bars import Progress
+    from registry.stores import BlobWriting, Store
+
+
+@dataclass(frozen=True)
+class PushOptions:
+    """What a push is told besides its source: `Registry.push` documents each."""
+
+    arch: str | Callable[..., nn.Module]
+    name: str | None = None
+    arch_args: Mapping[str, Any] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)
+    aliases: Sequence[str] = ()
+    description: str = ""
+    trust_pickle: bool = False
+    key: str | None = None
+    strip_prefix: str | None = None
+    parent: str | None = None
+    check_input: Sequence[int] | str | None = None
+
+
+def run(
+    catalog: Catalog,
+    store: Store,
+    source: str | os.PathLike[str] | nn.Module | Mapping[str, torch.Tensor],
+    options: PushOptions,
+    progress: Progress,
+) -> ModelVersion:
+    """Push `source` as the next version; see `Registry.push`."""
+    from registry import architectures
+
+    catalog.require_local("push")
+    arch = options.arch
+    builder = arch if isinstance(arch, str) else architectures.of(arch)
+    if isinstance(arch, str):
+        architectures.warn_if_main(arch)
+    arch_args = dict(options.arch_args)
+    tags = refs.validate_tags(options.tags)
+    aliases = tuple(refs.validate_alias(a) for a in options.aliases)
+    if options.name is not None:
+        refs.validate_name(options.name)
+    check_input = options.check_input
+    shape = behaviour.parse_shape(check_input) if check_input is not None else None
+    parent = catalog.get(options.parent).ref if options.parent is not None else None
+    path = Path(source) if isinstance(source, (str, os.PathLike)) else None
+    if path is not None:
+        preflight(path)
+
+    with contextlib.ExitStack() as stack:
+        original = stack.enter_context(store.writer())
+        # Importing torch takes seconds: build the arch on another thread while
+        # this one copies the file.
+        pool = stack.enter_context(ThreadPoolExecutor(1, "registry-build"))
+        building = pool.submit(build, builder, arch_args)
+        if path is not None:
+            copy_file(path, original, progress)
+            resolved, model = building.result()
+            weights = read_weights(
+                path, original, resolved, model, options.trust_pickle, options.key,
+                options.strip_prefix,
+            )  # fmt: skip
+            extension = refs.extension_of(path.suffix, IN_MEMORY_EXTENSION)
+        else:
+            resolved, model = building.result()
+            weights = write_object(source, original, resolved, model)
+            extension = IN_MEMORY_EXTENSION
+        new = replace(
+            new_version(resolved, model, arch_args, weights, options.description),
+            name=options.name if options.name is not None else default_name(resolved.name),
+            blob_sha256=original.finish(),
+            extension=extension,
+            tags=tags,
+            aliases=aliases,
+            tensors=tuple(manifests.describe(weights.state_dict)),
+            parent=parent,
+        )
+        if shape is not None:
+            new = replace(new, fingerprint=fingerprint(resolved, new, weights, shape))
+        writers = [original]
+        if weights.format == "pickle":  # so that loads never unpickle it again
+            from registry import checkpoints
+
+            safe_copy = stack.enter_context(store.writer())
+            checkpoints.save_safetensors(weights.state_dict, safe_copy)
+            new = replace(new, weights_sha256=safe_copy.finish())
+            writers.append(safe_copy)
+        for writer in writers:
+            writer.publish()  # before the transaction: an upload holds no catalog lock
+        with catalog.recording() as recording:
+            for writer in writers:
+                recording.place(writer)  # in place before any version refers to it
+            crash_point("push-blob-placed")
+            record = recording.add(new)
+            crash_point("push-commit")
+    return record
+
+
+def copy_file(path: Path, writer: BlobWriting, progress: Progress) -> None:
+    """Copy a checkpoint file into the writer, hashing it."""
+    try:
+        source = open(path, "rb")  # noqa: SIM115 -- copy_stream closes it
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror}") from None
+    size = os.fstat(source.fileno()).st_size
+    with progress(f"push {path.name}", size) as advance:
+        files.copy_stream(source, writer, crash_half_way("push-copy", size, advance))
+    writer.finish()
+    crash_point("push-hashed")
+
 
 # What an in-memory nn.Module or state_dict is stored as.
 IN_MEMORY_EXTENSION = ".pt"
@@ -90,8 +206,8 @@ def new_version(
     arch_args: dict[str, Any],
     weights: Weights,
     description: str,
-) -> Version:
-    """The catalog row for a push, less its blobs and number."""
+) -> NewVersion:
+    """The version a push records, less its name, blobs, tags and the rest `run` adds."""
     import torch
 
     from registry import architectures
@@ -105,7 +221,8 @@ def new_version(
     if added:  # what the builder was called with besides arch_args
         details["builder_defaults"] = added
     details["module_versions"] = architectures.versions_to_record(model, weights.module_versions)
-    return Version(
+    return NewVersion(
+        name="",
         format=weights.format,
         arch=arch.name,
         arch_args=arch_args,
@@ -119,7 +236,7 @@ def new_version(
 
 
 def fingerprint(
-    arch: Arch, version: Version, weights: Weights, shape: Sequence[int]
+    arch: Arch, version: NewVersion, weights: Weights, shape: Sequence[int]
 ) -> Fingerprint:
     """Run the model as a load will rebuild it on the seeded check input; record its output."""
     from registry import architectures, behaviour
@@ -128,7 +245,7 @@ def fingerprint(
         arch, version.arch_args, weights.state_dict, version.details["module_versions"]
     )
     return Fingerprint(
-        input_shape=list(shape),
+        input_shape=tuple(shape),
         outputs=behaviour.run(model, shape),
         environment=behaviour.environment(arch),
     )

@@ -48,6 +48,43 @@ class ModelVersion:
 
 
 @dataclass(frozen=True)
+class Fingerprint:
+    """What a version's model computed at push on the seeded check input (`--check-input`)."""
+
+    input_shape: tuple[int, ...]
+    outputs: list[dict[str, Any]]
+    environment: dict[str, str]  # torch, torchvision and the arch's code at push
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    """A version to record: what push (or an import) found, before the catalog numbers it.
+
+    The fields named as the catalog's columns are stored as they are; `parent`
+    is a reference to a version already recorded.
+    """
+
+    name: str
+    format: str
+    arch: str
+    arch_args: dict[str, Any]
+    description: str
+    created_at: datetime
+    created_by: str
+    num_params: int
+    torch_version: str
+    details: dict[str, Any]
+    blob_sha256: str = ""
+    extension: str = ""
+    weights_sha256: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+    tensors: tuple[TensorInfo, ...] = ()
+    parent: str | None = None
+    fingerprint: Fingerprint | None = None
+
+
+@dataclass(frozen=True)
 class Problem:
     """A version whose blob is missing or does not hash to its recorded digest."""
 

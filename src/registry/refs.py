@@ -10,6 +10,7 @@ vgg16@sha256:397923af the version whose digest starts with that hex (>= 8 chars)
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,7 +30,10 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 # A recorded extension names the pulled file (NAME-vN.EXT): one suffix, with no
 # separator, space or control character in it. Push, bundles and the remote client
 # all hold a version to this rule.
-_EXTENSION = re.compile(r"(\.[^\s./\\\x00-\x1f\x7f-\x9f]{1,32})?")
+# The dot and up to 31 characters: the catalog's column holds 32.
+_EXTENSION = re.compile(r"(\.[^\s./\\\x00-\x1f\x7f-\x9f]{1,31})?")
+# What no text field holds: it could forge a line of the CLI's output or a terminal escape.
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 NAME_RULE = (
     "use lowercase letters, digits, '.', '_', '-', optionally one '/' after a namespace, "
@@ -86,6 +90,20 @@ def validate_tag_key(key: str) -> str:
     if len(key) > MAX_NAME_LENGTH or not _TAG_KEY.fullmatch(key):
         raise InvalidReferenceError(key, "tag key", TAG_KEY_RULE)
     return key
+
+
+def validate_tag_value(key: str, value: str) -> str:
+    """Return a tag's value if it is one line without control characters, else raise."""
+    if CONTROL.search(value):
+        raise InvalidReferenceError(
+            value, f"value of tag {key!r}", "it holds a control character (a newline, a tab, ...)"
+        )
+    return value
+
+
+def validate_tags(tags: Mapping[str, object]) -> dict[str, str]:
+    """Tags as stored: each key a valid tag key, each value its text, one line."""
+    return {validate_tag_key(k): validate_tag_value(k, str(v)) for k, v in tags.items()}
 
 
 def is_sha256(text: object) -> bool:

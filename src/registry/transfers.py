@@ -14,31 +14,25 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session
-
-from registry import bundles, db, faults, files, refs
-from registry.catalogs import queries as catalog
+from registry import bundles, faults, files, refs
+from registry.catalogs import Catalog, Recording
 from registry.errors import BundleError, NotFoundError
-from registry.records import ModelVersion, TensorInfo
+from registry.records import Fingerprint, ModelVersion, NewVersion, TensorInfo
 from registry.stores import BlobWriting, Store
-from registry.tables import Fingerprint, Model, Version
 
 
 def export(
-    engine: Engine,
+    catalog: Catalog,
     store: Store,
     versions: list[ModelVersion],
     destination: str | os.PathLike[str] | BinaryIO,
     progress: Callable[[int], None],
 ) -> None:
     """Write `versions` to a bundle at a path (atomically) or to a binary stream."""
-    extras = _extras(engine, versions)
+    extras = _extras(catalog, versions)
     if isinstance(destination, (str, os.PathLike)):
         with files.atomic_file(Path(destination)) as out:
             bundles.write(versions, extras, store, out, progress)
@@ -46,27 +40,24 @@ def export(
         bundles.write(versions, extras, store, destination, progress)
 
 
-def _extras(engine: Engine, versions: list[ModelVersion]) -> dict[str, dict[str, Any]]:
+def _extras(catalog: Catalog, versions: list[ModelVersion]) -> dict[str, dict[str, Any]]:
     extras: dict[str, dict[str, Any]] = {v.ref: {} for v in versions}
-    with db.session(engine) as s:
-        for version in versions:
-            _, row = catalog.resolve(s, refs.parse_ref(version.ref))
-            found = catalog.fingerprint(s, row.id)
-            if found is not None:
-                extras[version.ref]["fingerprint"] = {
-                    "input_shape": found.input_shape,
-                    "outputs": found.outputs,
-                    "environment": found.environment,
-                }
-            if version.parent is not None:
-                with contextlib.suppress(NotFoundError):  # a deleted parent has no digest
-                    _, parent = catalog.resolve(s, refs.parse_ref(version.parent))
-                    extras[version.ref]["parent_sha256"] = parent.blob_sha256
+    for version in versions:
+        found = catalog.fingerprint(version)
+        if found is not None:
+            extras[version.ref]["fingerprint"] = {
+                "input_shape": list(found.input_shape),
+                "outputs": found.outputs,
+                "environment": found.environment,
+            }
+        if version.parent is not None:
+            with contextlib.suppress(NotFoundError):  # a deleted parent has no digest
+                extras[version.ref]["parent_sha256"] = catalog.get(version.parent).sha256
     return extras
 
 
 def import_(
-    engine: Engine, store: Store, source: str | os.PathLike[str] | BinaryIO
+    catalog: Catalog, store: Store, source: str | os.PathLike[str] | BinaryIO
 ) -> list[ModelVersion]:
     """Record a bundle's versions; see `Registry.import_bundle`."""
     with contextlib.ExitStack() as stack:
@@ -85,23 +76,25 @@ def import_(
         for writer in writers.values():
             writer.publish()
         imported: dict[str, ModelVersion] = {}
-        with db.session(engine, write=True) as s:
-            for digest, writer in writers.items():
-                now = datetime.now(timezone.utc)
-                catalog.claim_blob(s, digest, writer.size, writer.check, now)
-                writer.commit()  # in place before any version refers to it
+        with catalog.recording() as recording:
+            for writer in writers.values():
+                recording.place(writer)  # in place before any version refers to it
             for entry in _parents_first(entries):
-                record, is_new = catalog.add_version(
-                    s,
-                    entry.name,
-                    Version(**entry.fields),
-                    entry.tags,
-                    [],
-                    manifests[entry.source_ref],
-                    _parent(s, entry, imported),
-                    Fingerprint(**entry.fingerprint) if entry.fingerprint else None,
+                found = entry.fingerprint
+                imported[entry.source_ref] = recording.add(
+                    NewVersion(
+                        name=entry.name,
+                        **entry.fields,
+                        tags=entry.tags,
+                        tensors=tuple(manifests[entry.source_ref]),
+                        parent=_parent(recording, entry, imported),
+                        fingerprint=Fingerprint(
+                            tuple(found["input_shape"]), found["outputs"], found["environment"]
+                        )
+                        if found
+                        else None,
+                    )
                 )
-                imported[entry.source_ref] = replace(record, is_new=is_new)
             faults.crash_point("import-commit")  # blobs placed, the versions not yet committed
     return [imported[e.source_ref] for e in entries]
 
@@ -166,24 +159,15 @@ def _parents_first(entries: Sequence[bundles.Entry]) -> list[bundles.Entry]:
 
 
 def _parent(
-    s: Session, entry: bundles.Entry, imported: dict[str, ModelVersion]
-) -> tuple[Model, Version] | None:
+    recording: Recording, entry: bundles.Entry, imported: dict[str, ModelVersion]
+) -> str | None:
     """The destination's version for an entry's parent: imported with it, or already here."""
     if entry.parent is None:
         return None
     source_ref, digest = entry.parent
     found = imported.get(source_ref)
     if found is not None:
-        return catalog.resolve(s, refs.parse_ref(found.ref))
+        return found.ref
     if digest is None:
         return None
-    name = refs.parse_ref(source_ref).name
-    query = (
-        select(Model, Version)
-        .join(Version, Version.model_id == Model.id)
-        .where(Model.name == name, Version.blob_sha256 == digest)
-        .order_by(Version.version.desc())
-        .limit(1)
-    )
-    row = s.execute(query).first()
-    return (row[0], row[1]) if row else None
+    return recording.find(refs.parse_ref(source_ref).name, digest)

@@ -9,23 +9,22 @@ registry does that.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from registry import refs, wire
 from registry.diffing import kind
-from registry.errors import (
-    InvalidReferenceError,
-    NotFoundError,
-)
-from registry.records import (
-    Diff,
-    Lineage,
-    ModelSummary,
-    ModelVersion,
-    TensorInfo,
-)
+from registry.errors import InvalidReferenceError, NotFoundError, ReadOnlyError
+from registry.records import Diff, Fingerprint, Lineage, ModelSummary, ModelVersion, TensorInfo
 from registry.remote import Client, quoted, ref_path
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from sqlalchemy import Engine
+
+    from registry.catalogs import Recording
+    from registry.digests import Check
 
 T = TypeVar("T")
 
@@ -40,6 +39,26 @@ class HttpCatalog:
     def url(self) -> str:
         return self.client.url
 
+    @property
+    def location(self) -> str:
+        return self.client.url  # never the token
+
+    @property
+    def engine(self) -> Engine:
+        self.require_local("this", "a catalog")
+
+    def close(self) -> None:
+        self.client.close()
+
+    def require_local(self, operation: str, need: str = "a catalog and a store") -> NoReturn:
+        raise ReadOnlyError(self.client.url, operation, need)
+
+    def schema_revision(self) -> str | None:
+        self.require_local("db current", "a catalog")
+
+    def upgrade(self) -> str:
+        self.require_local("db upgrade", "a catalog")
+
     def get(self, ref: str) -> ModelVersion:
         wanted = refs.parse_ref(ref)  # a bad reference fails here, as it does locally
         path = f"/api/refs/{ref_path(ref)}"
@@ -48,29 +67,42 @@ class HttpCatalog:
             raise self.client.unexpected(path, f"the record of {version.ref}")
         return version
 
+    def versions(
+        self, name: str, arch: str | None, tags: Mapping[str, str] | None, limit: int | None
+    ) -> list[ModelVersion]:
+        return self._matching(self._listed(name), arch, tags, limit)
+
     def search(
         self,
-        name: str | None = None,
-        arch: str | None = None,
-        tags: Mapping[str, str] | None = None,
-        limit: int | None = None,
+        name: str | None,
+        arch: str | None,
+        tags: Mapping[str, str] | None,
+        limit: int | None,
     ) -> list[ModelVersion]:
         """Versions matching every filter, by model name then newest first, as the catalog's.
 
-        The API lists a model's versions whole, so the filters apply here. With
-        `name`, a model the server lacks is a NotFoundError.
+        The API lists a model's versions whole, so the filters apply here.
         """
         names = [name] if name is not None else [m.name for m in self.models()]
         found = []
         for each in names:
-            path = f"/api/models/{quoted(each)}"
             try:
-                answer = self.client.get(path)
-            except NotFoundError:
-                if name is not None:
-                    raise
-                continue  # deleted since it was listed
-            found += self._parse(path, wire.each(wire.version), answer)
+                found += self._listed(each)
+            except NotFoundError:  # no such model (or deleted since it was listed): no versions
+                continue
+        return self._matching(found, arch, tags, limit)
+
+    def _listed(self, name: str) -> list[ModelVersion]:
+        path = f"/api/models/{quoted(name)}"
+        return self._parse(path, wire.each(wire.version), self.client.get(path))
+
+    @staticmethod
+    def _matching(
+        found: list[ModelVersion],
+        arch: str | None,
+        tags: Mapping[str, str] | None,
+        limit: int | None,
+    ) -> list[ModelVersion]:
         matching = [
             v
             for v in found
@@ -83,23 +115,22 @@ class HttpCatalog:
         path = "/api/models"
         return self._parse(path, wire.each(wire.summary), self.client.get(path))
 
-    def tensors(self, ref: str) -> list[TensorInfo]:
-        refs.parse_ref(ref)
-        path = f"/api/refs/{ref_path(ref)}/tensors"
-        return self._parse(path, wire.each(wire.tensor), self.client.get(path, ref))
+    def tensors(self, version: ModelVersion) -> list[TensorInfo]:
+        path = f"/api/refs/{ref_path(version.ref)}/tensors"
+        return self._parse(path, wire.each(wire.tensor), self.client.get(path, version.ref))
 
     def lineage(self, ref: str) -> Lineage:
         refs.parse_ref(ref)
         path = f"/api/refs/{ref_path(ref)}/lineage"
         return self._parse(path, wire.lineage, self.client.get(path, ref))
 
-    def diff(self, a: str, b: str) -> Diff:
+    def diff(self, older: ModelVersion, newer: ModelVersion) -> Diff:
         """The server's diff of two versions, with the kinds the text view shows filled in."""
-        path = "/api/diff"
+        path, a, b = "/api/diff", older.ref, newer.ref
         found = self._parse(path, wire.diff, self.client.get(path, a, params={"a": a, "b": b}))
         # The JSON leaves out an added, removed or reshaped tensor's dtype and shape.
-        old = {t.name: t for t in self.tensors(a)}
-        new = {t.name: t for t in self.tensors(b)}
+        old = {t.name: t for t in self.tensors(older)}
+        new = {t.name: t for t in self.tensors(newer)}
         changes = []
         for change in found.tensors:
             if change.status == "added" and change.name in new:
@@ -111,6 +142,46 @@ class HttpCatalog:
                 change = dataclasses.replace(change, detail=kinds)
             changes.append(change)
         return dataclasses.replace(found, tensors=tuple(changes))
+
+    def fingerprint(self, version: ModelVersion) -> Fingerprint | None:
+        self.require_local(
+            "check", "the behaviour recorded in the catalog; run it where the catalog is"
+        )
+
+    def verification(self, digest: str) -> Check | None:
+        return None  # the server sends no chunk digests: a read is one SHA-256 pass
+
+    # -- what would write: only the server's own registry does
+
+    def recording(self) -> AbstractContextManager[Recording]:
+        self.require_local("push")
+
+    def add_tensors(self, version: ModelVersion, tensors: list[TensorInfo]) -> None:
+        """Nothing to keep: the server fills and keeps an old version's manifest itself."""
+
+    def set_alias(self, ref: str, alias: str) -> ModelVersion:
+        self.require_local("alias")
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        self.require_local("alias --delete")
+
+    def set_tags(self, ref: str, tags: Mapping[str, str], delete: Iterable[str]) -> ModelVersion:
+        self.require_local("tag --delete" if delete else "tag")
+
+    def delete(self, ref: str) -> ModelVersion:
+        self.require_local("rm")
+
+    def referenced_digests(self) -> set[str]:
+        self.require_local("gc")
+
+    def blob_digests(self) -> set[str]:
+        self.require_local("gc")
+
+    def delete_unreferenced(self, digest: str, remove: Callable[[], T]) -> T | None:
+        self.require_local("gc")
+
+    def record_blake3(self, digest: str, blake3: str) -> None:
+        self.require_local("verify", "the store itself; run it where the store is")
 
     def _parse(self, path: str, parse: Callable[[Any], T], data: Any) -> T:
         """`parse(data)`, or one line saying the server sent something else."""

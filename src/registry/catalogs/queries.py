@@ -1,8 +1,8 @@
-"""Catalog queries and writes, each inside the caller's session and transaction.
+"""The SQL catalog's queries and writes, each inside the caller's session and transaction.
 
 Every listing is one or a few indexed SQL queries; nothing loads every
-version into Python. Rows never leave this module: callers get the frozen
-records of `registry.records`.
+version into Python. Only `catalogs.sql` calls these: rows never leave the
+SQL catalog, whose callers get the frozen records of `registry.records`.
 """
 
 from __future__ import annotations
@@ -118,6 +118,19 @@ def lock_unreferenced_blob(s: Session, digest: str) -> bool:
     return True
 
 
+def newest_with_blob(s: Session, name: str, sha256: str) -> str | None:
+    """The reference of the newest version of model `name` whose file is `sha256`."""
+    query = (
+        select(Version.version)
+        .join(Model, Model.id == Version.model_id)
+        .where(Model.name == name, Version.blob_sha256 == sha256)
+        .order_by(Version.version.desc())
+        .limit(1)
+    )
+    number = s.scalar(query)
+    return f"{name}@v{number}" if number is not None else None
+
+
 def blob_digests(s: Session) -> set[str]:
     return set(s.scalars(select(Blob.sha256)))
 
@@ -177,7 +190,7 @@ def add_version(
 
 def _link(s: Session, model: Model, row: Version, parent_model: Model, parent: Version) -> None:
     """Record `parent` as the version's parent, unless that would close a loop."""
-    from registry import lineage
+    from registry.catalogs import lineage
 
     loop = (parent_model.id, parent.version) == (model.id, row.version) or any(
         node.ref == f"{model.name}@v{row.version}"

@@ -1,0 +1,240 @@
+"""SqlCatalog: the Catalog interface over SQLAlchemy, on SQLite or PostgreSQL.
+
+Each method is one session and one transaction; the queries themselves are
+in `queries` (and the lineage walks in `lineage`). The engine is opened,
+and a brand-new catalog created, on first use. Rows stay here: callers get
+records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, TypeVar
+
+from registry import db, refs
+from registry.catalogs import queries
+from registry.records import Fingerprint, ModelVersion, NewVersion, TensorInfo
+from registry.tables import Fingerprint as FingerprintRow
+from registry.tables import Model, Version
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session
+
+    from registry.digests import Check
+    from registry.records import Diff, Lineage, ModelSummary
+    from registry.stores import BlobWriting
+
+
+T = TypeVar("T")
+
+
+class SqlCatalog:
+    """A catalog in a SQL database, named by its SQLAlchemy URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: Engine | None = None
+
+    @property
+    def location(self) -> str:
+        return db.safe_url(self.url)
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            engine = db.open_engine(self.url)
+            db.ensure_schema(engine)
+            self._engine = engine
+        return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def require_local(self, operation: str, need: str = "a catalog and a store") -> None:
+        """Nothing to refuse: this catalog is the database itself."""
+
+    def schema_revision(self) -> str | None:
+        return db.current_revision(db.open_engine(self.url))  # creates nothing
+
+    def upgrade(self) -> str:
+        engine = db.open_engine(self.url)
+        db.upgrade(engine)
+        return db.current_revision(engine) or "none"
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, ref: str) -> ModelVersion:
+        with db.session(self.engine) as s:
+            return _record(s, *queries.resolve(s, refs.parse_ref(ref)))
+
+    def versions(
+        self, name: str, arch: str | None, tags: Mapping[str, str] | None, limit: int | None
+    ) -> list[ModelVersion]:
+        with db.session(self.engine) as s:
+            queries.model_row(s, name)
+            return queries.search(s, name=name, arch=arch, tags=tags, limit=limit)
+
+    def search(
+        self,
+        name: str | None,
+        arch: str | None,
+        tags: Mapping[str, str] | None,
+        limit: int | None,
+    ) -> list[ModelVersion]:
+        with db.session(self.engine) as s:
+            return queries.search(s, name=name, arch=arch, tags=tags, limit=limit)
+
+    def models(self) -> list[ModelSummary]:
+        with db.session(self.engine) as s:
+            return queries.summaries(s)
+
+    def tensors(self, version: ModelVersion) -> list[TensorInfo]:
+        with db.session(self.engine) as s:
+            return queries.tensors(s, _row(s, version).id)
+
+    def lineage(self, ref: str) -> Lineage:
+        from registry.catalogs import lineage
+
+        with db.session(self.engine) as s:
+            return lineage.of(s, *queries.resolve(s, refs.parse_ref(ref)))
+
+    def diff(self, older: ModelVersion, newer: ModelVersion) -> Diff | None:
+        return None  # compared here, from the manifests and the blobs
+
+    def fingerprint(self, version: ModelVersion) -> Fingerprint | None:
+        with db.session(self.engine) as s:
+            found = queries.fingerprint(s, _row(s, version).id)
+            if found is None:
+                return None
+            return Fingerprint(tuple(found.input_shape), found.outputs, found.environment)
+
+    def verification(self, digest: str) -> Check | None:
+        with db.session(self.engine) as s:
+            return queries.verification(s, digest)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[SqlRecording]:
+        with db.session(self.engine, write=True) as s:
+            yield SqlRecording(s)
+
+    def add_tensors(self, version: ModelVersion, tensors: list[TensorInfo]) -> None:
+        with db.session(self.engine, write=True) as s:
+            queries.add_tensors(s, _row(s, version).id, tensors)
+
+    def set_alias(self, ref: str, alias: str) -> ModelVersion:
+        with db.session(self.engine, write=True) as s:
+            model, row = queries.resolve(s, refs.parse_ref(ref))
+            queries.set_alias(s, model, alias, row)
+            return _record(s, model, row)
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        with db.session(self.engine, write=True) as s:
+            queries.delete_alias(s, queries.model_row(s, name), alias)
+
+    def set_tags(self, ref: str, tags: Mapping[str, str], delete: Iterable[str]) -> ModelVersion:
+        with db.session(self.engine, write=True) as s:
+            model, row = queries.resolve(s, refs.parse_ref(ref))
+            for key in delete:
+                queries.delete_tag(s, row, f"{model.name}@v{row.version}", key)
+            queries.set_tags(s, row, tags)
+            return _record(s, model, row)
+
+    def delete(self, ref: str) -> ModelVersion:
+        with db.session(self.engine, write=True) as s:
+            model, row = queries.resolve(s, refs.parse_ref(ref))
+            record = _record(s, model, row)
+            queries.delete_version(s, row)
+            return record
+
+    # -- maintenance -----------------------------------------------------------------------
+
+    def referenced_digests(self) -> set[str]:
+        with db.session(self.engine) as s:
+            return queries.referenced_digests(s)
+
+    def blob_digests(self) -> set[str]:
+        with db.session(self.engine) as s:
+            return queries.blob_digests(s)
+
+    def delete_unreferenced(self, digest: str, remove: Callable[[], T]) -> T | None:
+        with db.session(self.engine, write=True) as s:
+            if not queries.lock_unreferenced_blob(s, digest):
+                return None
+            return remove()  # before the commit: a push of the same bytes waits for it
+
+    def record_blake3(self, digest: str, blake3: str) -> None:
+        with db.session(self.engine, write=True) as s:
+            queries.record_blake3(s, digest, blake3)
+
+
+class SqlRecording:
+    """The write transaction of a push or an import (see `Catalog.recording`)."""
+
+    def __init__(self, session: Session) -> None:
+        self._s = session
+
+    def place(self, writer: BlobWriting) -> None:
+        digest = writer.finish()
+        now = datetime.now(timezone.utc)
+        queries.claim_blob(self._s, digest, writer.size, writer.check, now)
+        writer.commit()  # in place before any version refers to it
+
+    def add(self, new: NewVersion) -> ModelVersion:
+        s = self._s
+        parent = queries.resolve(s, refs.parse_ref(new.parent)) if new.parent else None
+        fingerprint = None
+        if new.fingerprint is not None:
+            found = new.fingerprint
+            shape = list(found.input_shape)
+            fingerprint = FingerprintRow(
+                input_shape=shape, outputs=found.outputs, environment=found.environment
+            )
+        record, is_new = queries.add_version(
+            s,
+            new.name,
+            Version(**{column: getattr(new, column) for column in _VERSION_COLUMNS}),
+            new.tags,
+            new.aliases,
+            new.tensors,
+            parent,
+            fingerprint,
+        )
+        s.flush()
+        return replace(record, is_new=is_new)
+
+    def find(self, name: str, sha256: str) -> str | None:
+        return queries.newest_with_blob(self._s, name, sha256)
+
+
+# The fields of a NewVersion that are columns of `versions`, stored as they are.
+_VERSION_COLUMNS = (
+    "format",
+    "arch",
+    "arch_args",
+    "description",
+    "created_at",
+    "created_by",
+    "num_params",
+    "torch_version",
+    "details",
+    "blob_sha256",
+    "extension",
+    "weights_sha256",
+)
+
+
+def _record(s: Session, model: Model, row: Version) -> ModelVersion:
+    return queries.records(s, [(model.name, row)])[0]
+
+
+def _row(s: Session, version: ModelVersion) -> Version:
+    """The row of a version already looked up (a deleted one: NotFoundError)."""
+    return queries.resolve(s, refs.parse_ref(version.ref))[1]

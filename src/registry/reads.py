@@ -1,0 +1,243 @@
+"""Verified reads of a version's blobs: pull, write_to, local_file, state_dict, load and diff.
+
+Every read goes through one helper, `weights_file`: the blob's local path
+(a remote store fetches it into its cache first) while, on other threads,
+its bytes are hashed against the catalog's digest. What the caller built
+from the bytes is handed on only when they matched; else IntegrityError.
+A remote store's damaged cached copy is evicted and read once more
+(`read_blobs`), so the read that found the damage still succeeds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+
+from registry import files, manifests
+from registry.errors import IntegrityError, InvalidReferenceError, StorageError
+from registry.faults import crash_half_way
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from registry.architectures import Arch
+    from registry.catalogs import Catalog
+    from registry.progress_bars import Progress
+    from registry.records import Diff, ModelVersion, TensorInfo
+    from registry.stores import Store
+
+FORMATS = ("original", "safetensors")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """The local file that holds a version's weights, and how to read it."""
+
+    path: Path
+    format: str
+    details: dict[str, Any]
+
+
+class Reads:
+    """Reads of the blobs of versions already looked up in `catalog`, from `store`."""
+
+    def __init__(self, catalog: Catalog, store: Store, progress: Progress) -> None:
+        self.catalog, self.store, self.progress = catalog, store, progress
+
+    def pull(
+        self,
+        version: ModelVersion,
+        destination: str | os.PathLike[str] | None,
+        verify: bool,
+        format: str,
+    ) -> Path:
+        """Write the version's file (or its weights as safetensors); see `Registry.pull`."""
+        if format not in FORMATS:
+            raise InvalidReferenceError(format, "format", f"choose one of {', '.join(FORMATS)}")
+        extension = version.extension if format == "original" else ".safetensors"
+        filename = f"{version.name.rsplit('/', 1)[-1]}-v{version.version}{extension}"
+        target = Path(destination) if destination is not None else Path(filename)
+        if target.is_dir() or str(destination).endswith(os.sep):
+            target = target / filename
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create folder {target.parent}: {exc.strerror}") from None
+        if format == "safetensors":
+            from registry import checkpoints
+
+            state = self.state_dict(version, verify)
+            with files.atomic_file(target) as out:
+                checkpoints.save_safetensors(state, out)
+            return target
+
+        def copy() -> None:
+            with self.progress(f"pull {version.ref}", version.size) as advance:
+                progress = crash_half_way("pull-copy", version.size, advance)
+                blake3 = self._blake3_check(version) if verify else None
+                source = self.store.open(version.sha256, version.ref)
+                files.copy_verified(
+                    source, target, version.sha256, version.ref, verify, progress, blake3
+                )
+
+        self.read_blobs(copy, version.sha256)
+        return target
+
+    def write_to(self, version: ModelVersion, sink: BinaryIO, verify: bool) -> None:
+        """Stream the version's file to `sink`, hashing it; see `Registry.write_to`."""
+        with self.progress(f"pull {version.ref}", version.size) as advance:
+            blake3 = self._blake3_check(version) if verify else None
+            source = self.store.open(version.sha256, version.ref)
+            try:
+                files.copy_stream_verified(
+                    source, sink, version.sha256, version.ref, verify, advance, blake3
+                )
+            except IntegrityError:
+                self.store.evict(version.sha256)  # sent already: the next read fetches afresh
+                raise
+
+    def local_file(self, version: ModelVersion, verify: bool) -> Path:
+        path = self.store.local_path(version.sha256, version.ref)
+        if verify:
+            check = self.catalog.verification(version.sha256)
+            self.store.verify(version.sha256, version.ref, check)
+        return path
+
+    def state_dict(self, version: ModelVersion, verify: bool) -> dict[str, torch.Tensor]:
+        from registry import checkpoints
+
+        def read() -> dict[str, torch.Tensor]:
+            with self.weights_file(version, verify) as weights:
+                return checkpoints.load(weights.path, weights.format, weights.details)
+
+        return self.read_blobs(read, weights_digest(version))
+
+    def model(self, version: ModelVersion, arch: Arch, verify: bool) -> nn.Module:
+        """The version's model built by `arch` with its weights (not yet in eval mode)."""
+        from registry import architectures, checkpoints
+
+        recorded_versions = version.details.get("module_versions")
+
+        def build() -> nn.Module:
+            with self.weights_file(version, verify) as weights:
+                state = checkpoints.load(weights.path, weights.format, weights.details)
+                return architectures.instantiate(arch, version.arch_args, state, recorded_versions)
+
+        return self.read_blobs(build, weights_digest(version))
+
+    def manifest(self, version: ModelVersion) -> list[TensorInfo]:
+        """The version's tensor manifest: recorded, else described from its blob once and kept."""
+        from registry import checkpoints
+
+        found = self.catalog.tensors(version)
+        if found:
+            return found
+
+        def describe() -> list[TensorInfo]:
+            with self.weights_file(version, verify=True) as weights:
+                state = checkpoints.load(weights.path, weights.format, weights.details)
+                return manifests.describe(state)
+
+        found = self.read_blobs(describe, weights_digest(version))
+        self.catalog.add_tensors(version, found)
+        return found
+
+    def diff(self, older: ModelVersion, newer: ModelVersion) -> Diff:
+        """Compare by manifest digests, then read the tensors that differ one pair at a time."""
+        from registry import diffing
+
+        served = self.catalog.diff(older, newer)
+        if served is not None:
+            return served
+        left, right = self.manifest(older), self.manifest(newer)
+        if diffing.unread(left, right):
+            return diffing.compare(older.ref, newer.ref, left, right, None, None)
+
+        def compare() -> Diff:
+            with contextlib.ExitStack() as stack:
+                readers = [stack.enter_context(self._tensor_reader(v)) for v in (older, newer)]
+                return diffing.compare(older.ref, newer.ref, left, right, *readers)
+
+        return self.read_blobs(compare, weights_digest(older), weights_digest(newer))
+
+    def read_blobs(self, read: Callable[[], T], *digests: str) -> T:
+        """`read()`, and once more if its bytes did not verify but the store can fetch them again.
+
+        A remote store's cached copy can be damaged while the bucket's object is
+        not: the copies are evicted and the second read fetches, verifies and
+        uses fresh ones. An IntegrityError from the second read, or from a
+        local store, is final.
+        """
+        try:
+            return read()
+        except IntegrityError:
+            evicted = [self.store.evict(digest) for digest in digests]
+            if not all(evicted):
+                raise
+        return read()
+
+    @contextlib.contextmanager
+    def weights_file(self, version: ModelVersion, verify: bool) -> Iterator[WeightsFile]:
+        """The blob holding a version's weights (a trusted pickle's safe copy), and its format.
+
+        With `verify`, the blob is re-hashed on another thread while the caller
+        reads it; the block ends only when the bytes matched. Otherwise the
+        IntegrityError is raised in place of whatever the caller raised, since
+        that came from bad bytes, and what the caller built is dropped.
+        """
+        if version.weights_sha256:
+            self.catalog.require_local(
+                f"reading {version.ref}'s weights",
+                "their safe copy (it was pushed as a trusted pickle), which the server does "
+                "not send; pull the original file, or load it where the store is",
+            )
+            digest, format, details = version.weights_sha256, "safetensors", {}
+        else:
+            digest, format, details = version.sha256, version.format, version.details
+        weights = WeightsFile(self.store.local_path(digest, version.ref), format, details)
+        with self._verifying(digest, version.ref, verify):
+            yield weights
+
+    @contextlib.contextmanager
+    def _verifying(self, digest: str, ref: str, verify: bool) -> Iterator[None]:
+        """Hash the blob on another thread for as long as the block runs (with `verify`)."""
+        if not verify:
+            yield
+            return
+        check = self.catalog.verification(digest)
+        with ThreadPoolExecutor(1, "registry-verify") as pool:
+            verifying = pool.submit(self.store.verify, digest, ref, check)
+            try:
+                yield
+            finally:
+                verifying.result()  # an IntegrityError wins over what corrupt bytes caused
+
+    @contextlib.contextmanager
+    def _tensor_reader(self, version: ModelVersion) -> Iterator[Callable[[str], torch.Tensor]]:
+        """One tensor at a time from a version's weights; `diff` checks each against its digest."""
+        from registry import checkpoints
+
+        with (
+            self.weights_file(version, verify=False) as weights,
+            checkpoints.tensor_reader(weights.path, weights.format, weights.details) as read,
+        ):
+            yield read
+
+    def _blake3_check(self, version: ModelVersion) -> files.Blake3Check | None:
+        """How a copy of the blob is verified: by its BLAKE3 when recorded, else None (SHA-256)."""
+        check = self.catalog.verification(version.sha256)
+        if check is None or not check.blake3:
+            return None
+        return files.Blake3Check(check.blake3, lambda: self.store.hash(version.sha256, version.ref))
+
+
+def weights_digest(version: ModelVersion) -> str:
+    """The blob holding a version's weights: a trusted pickle's safe copy, else the file."""
+    return version.weights_sha256 or version.sha256
