@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY, TINY_CLI
 
 from registry import BehaviourMismatchError, CheckInputError, Registry
-
-TINY = {"arch": "tiny_models:TinyNet", "arch_args": {"width": 4, "num_classes": 5}}
 
 EDITABLE = textwrap.dedent(
     """
@@ -113,13 +112,12 @@ def test_a_shape_the_model_rejects_fails_the_push_with_nothing_stored(
 ) -> None:
     path = tmp_path / "tiny.pt"
     torch.save(tiny_model.state_dict(), path)
-    args = ["--arch", TINY["arch"], "--arg", "width=4", "--arg", "num_classes=5"]
-    code, out, err = run("push", str(path), *args, "--check-input", "1,7,16,16")
+    code, out, err = run("push", str(path), *TINY_CLI, "--check-input", "1,7,16,16")
     assert (code, out) == (1, "")
     (line,) = err.splitlines()
     assert line.startswith("Error: the model rejects check input [1, 7, 16, 16]: RuntimeError: ")
     assert cli_reg.models() == []
-    assert run("push", str(path), *args, "--check-input", "1,x")[2] == (
+    assert run("push", str(path), *TINY_CLI, "--check-input", "1,x")[2] == (
         "Error: check input '1,x' is not a shape: give positive sizes such as 1,3,224,224\n"
     )
 

@@ -15,13 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import MARKER, outputs_equal
+from helpers import MARKER, TINY_ARCH, TINY_ARGS, outputs_equal
 from torch import nn
 
 from registry import BundleError, IntegrityError, Registry, UntrustedArchError
-
-ARCH = "tiny_models:TinyNet"
-ARGS = {"width": 4, "num_classes": 5}
 
 
 @pytest.fixture
@@ -36,7 +33,7 @@ def test_import_records_the_next_version_with_the_fields_of_the_source(
     target.push(nn.Linear(2, 2), arch="torch.nn:Linear", name="tiny",
                 arch_args={"in_features": 2, "out_features": 2})  # fmt: skip
     version = reg.push(
-        tiny_model, arch=ARCH, name="tiny", arch_args=ARGS,
+        tiny_model, arch=TINY_ARCH, name="tiny", arch_args=TINY_ARGS,
         tags={"dataset": "cifar"}, aliases=["production"], description="tuned",
     )  # fmt: skip
     bundle = tmp_path / "models.tar"
@@ -65,7 +62,7 @@ def test_every_extension_push_records_travels_in_a_bundle(
     source = Registry(home=tmp_path / "source")
     path = tmp_path / filename
     torch.save(tiny_model.state_dict(), path)
-    version = source.push(path, arch=ARCH, name="tiny", arch_args=ARGS)
+    version = source.push(path, arch=TINY_ARCH, name="tiny", arch_args=TINY_ARGS)
     assert version.extension == recorded
     source.export_bundle([version.ref], tmp_path / "b.tar")
     [imported] = target.import_bundle(tmp_path / "b.tar")
@@ -77,8 +74,8 @@ def test_every_extension_push_records_travels_in_a_bundle(
 def test_import_is_idempotent(
     reg: Registry, target: Registry, tiny_model: nn.Module, tmp_path: Path
 ) -> None:
-    reg.push(tiny_model, arch=ARCH, name="tiny", arch_args=ARGS)
-    reg.push(tiny_model, arch=ARCH, name="copy", arch_args=ARGS)
+    reg.push(tiny_model, arch=TINY_ARCH, name="tiny", arch_args=TINY_ARGS)
+    reg.push(tiny_model, arch=TINY_ARCH, name="copy", arch_args=TINY_ARGS)
     bundle = tmp_path / "models.tar"
     reg.export_bundle(None, bundle)  # every version; the one blob goes in once
     with tarfile.open(bundle) as tar:
@@ -99,7 +96,7 @@ def test_trusted_pickle_travels_with_its_safe_copy(
 ) -> None:
     path = tmp_path / "whole.pt"
     torch.save(tiny_model, path)
-    version = reg.push(path, arch=ARCH, name="tiny", arch_args=ARGS, trust_pickle=True)
+    version = reg.push(path, arch=TINY_ARCH, name="tiny", arch_args=TINY_ARGS, trust_pickle=True)
     reg.export_bundle([version.ref], tmp_path / "b.tar")
     [imported] = target.import_bundle(tmp_path / "b.tar")
     assert imported.weights_sha256 == version.weights_sha256
@@ -109,7 +106,7 @@ def test_trusted_pickle_travels_with_its_safe_copy(
 def test_export_of_a_damaged_blob_leaves_no_bundle(
     reg: Registry, tiny_model: nn.Module, tmp_path: Path
 ) -> None:
-    version = reg.push(tiny_model, arch=ARCH, name="tiny", arch_args=ARGS)
+    version = reg.push(tiny_model, arch=TINY_ARCH, name="tiny", arch_args=TINY_ARGS)
     blob = reg.store.path(version.sha256)
     blob.chmod(0o644)
     data = bytearray(blob.read_bytes())
@@ -125,7 +122,7 @@ def test_export_of_a_damaged_blob_leaves_no_bundle(
 
 
 def bundle_bytes(reg: Registry, tiny_model: nn.Module, tmp_path: Path) -> bytes:
-    version = reg.push(tiny_model, arch=ARCH, name="tiny", arch_args=ARGS)
+    version = reg.push(tiny_model, arch=TINY_ARCH, name="tiny", arch_args=TINY_ARGS)
     reg.export_bundle([version.ref], tmp_path / "good.tar")
     return (tmp_path / "good.tar").read_bytes()
 
@@ -308,7 +305,7 @@ def test_planted_arch_is_recorded_as_data_and_never_called(
 def test_cli_export_and_import(
     run, cli_reg: Registry, tiny_model: nn.Module, tmp_path: Path
 ) -> None:
-    version = cli_reg.push(tiny_model, arch=ARCH, name="tiny", arch_args=ARGS)
+    version = cli_reg.push(tiny_model, arch=TINY_ARCH, name="tiny", arch_args=TINY_ARGS)
     assert run("export", version.ref, "-o", "models.tar") == (
         0, "exported 1 versions to models.tar\n", "",
     )  # fmt: skip
@@ -339,7 +336,7 @@ def test_cli_usage_and_one_line_errors(run, tmp_path: Path) -> None:
 
 def test_export_piped_into_import_between_processes(tiny_model: nn.Module, tmp_path: Path) -> None:
     source = Registry(home=tmp_path / "dev")
-    source.push(tiny_model, arch=ARCH, name="tiny", arch_args=ARGS)
+    source.push(tiny_model, arch=TINY_ARCH, name="tiny", arch_args=TINY_ARGS)
     registry = [sys.executable, "-m", "registry"]
     exporter = subprocess.Popen(
         [*registry, "--home", str(tmp_path / "dev"), "export", "--all", "-o", "-"],
@@ -376,7 +373,9 @@ def test_export_all_keeps_the_order_versions_were_made_in(
 ) -> None:
     for step in (1, 2):
         tiny_model.head.bias.data += step
-        reg.push(tiny_model, arch=ARCH, name="tiny", arch_args=ARGS, tags={"step": str(step)})
+        reg.push(
+            tiny_model, arch=TINY_ARCH, name="tiny", arch_args=TINY_ARGS, tags={"step": str(step)}
+        )
     reg.export_bundle(["tiny@v2", "tiny@v1", "tiny@v2"], tmp_path / "b.tar")  # one of each
     imported = target.import_bundle(tmp_path / "b.tar")
     assert [(v.ref, v.tags["step"], v.is_new) for v in imported] == [

@@ -8,10 +8,9 @@ import sys
 import textwrap
 
 import pytest
+from helpers import TINY
 
 from registry import Registry
-
-TINY = {"arch": "tiny_models:TinyNet", "arch_args": {"width": 4, "num_classes": 5}}
 
 
 def complete(words: str, *heavy: str) -> tuple[list[str], list[str]]:

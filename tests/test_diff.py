@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY
 from safetensors.torch import save_file
 
 from registry import IntegrityError, NotFoundError, Registry
-
-TINY = {"arch": "tiny_models:TinyNet", "arch_args": {"width": 4, "num_classes": 5}}
 
 
 def tensor_bytes(blob: Path, name: str) -> tuple[int, int]:

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import LINEAR
 
 from registry.extras import EXTRAS
 
 ROOT = Path(__file__).resolve().parent.parent
 REGISTRY = Path(sys.executable).parent / "registry"
-LINEAR = ["--arch", "torch.nn:Linear", "--arg", "in_features=4", "--arg", "out_features=3"]
 
 # What each extra is needed by, as a user would meet it: (extra, command after `registry`).
 COMMANDS = {

@@ -22,7 +22,16 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import SMALL_ARCH
-from helpers import MARKER, Payload, all_eval, outputs_equal, same_tensors
+from helpers import (
+    MARKER,
+    TINY_ARCH,
+    TINY_ARGS,
+    Payload,
+    all_eval,
+    outputs_equal,
+    same_tensors,
+    tiny,
+)
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -35,8 +44,6 @@ from registry import (
     UnsafeCheckpointError,
 )
 
-TINY_ARCH = "tiny_models:TinyNet"
-TINY_ARGS = {"width": 4, "num_classes": 5}  # the `tiny_model` fixture's
 TINY_CLI_ARGS = (
     "--arch", TINY_ARCH, "--name", "tiny", "--arg", "width=4", "--arg", "num_classes=5",
 )  # fmt: skip
@@ -271,10 +278,7 @@ def test_legacy_training_checkpoint(reg: Registry, tiny_model: nn.Module, tmp_pa
 
 
 def other_weights(seed: int, width: int = 4) -> nn.Module:
-    import tiny_models
-
-    torch.manual_seed(seed)
-    return tiny_models.TinyNet(width=width, num_classes=5).eval()
+    return tiny(seed, width=width)
 
 
 @pytest.mark.parametrize(("misfit", "fit"), [("ema", "model"), ("model", "ema")])

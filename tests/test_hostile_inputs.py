@@ -21,24 +21,22 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
-import torch
 from click.testing import CliRunner
+from helpers import LINEAR, LINEAR_ARGS, Server, linear_file
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from torch import nn
 
 from registry import Registry
 from registry.cli import cli
 
 REGISTRY = Path(sys.executable).parent / "registry"
 KILL_AT = "REGISTRY_TEST_KILL_AT"
-LINEAR = ["--arch", "torch.nn:Linear", "--arg", "in_features=4", "--arg", "out_features=3"]
 SLOW_OK = settings(
     max_examples=15,
     deadline=None,
@@ -84,21 +82,13 @@ def member(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, **fields
     return info, data if kind == tarfile.REGTYPE else None
 
 
-def linear_file(folder: Path, seed: int, in_features: int = 4, out_features: int = 3) -> Path:
-    torch.manual_seed(seed)
-    path = folder / f"linear-{seed}-{in_features}x{out_features}.pth"
-    torch.save(nn.Linear(in_features, out_features).state_dict(), path)
-    return path
-
-
 class Good:
     """A valid bundle of one nn.Linear version: its manifest and blob, to be rearranged."""
 
     def __init__(self, folder: Path) -> None:
         reg = Registry(home=folder / "source")
         path = linear_file(folder, 0)
-        args = {"in_features": 4, "out_features": 3}
-        self.version = reg.push(path, arch="torch.nn:Linear", name="lin", arch_args=args)
+        self.version = reg.push(path, arch="torch.nn:Linear", name="lin", arch_args=LINEAR_ARGS)
         reg.export_bundle([self.version.ref], folder / "good.tar")
         reg.close()
         with tarfile.open(folder / "good.tar") as tar:
@@ -497,69 +487,46 @@ def test_disk_full_during_import_is_one_line_and_leaves_nothing(tmp_path: Path) 
 # -- HTTP -------------------------------------------------------------------------------------
 
 
-class Server:
-    """A `registry serve` subprocess on 127.0.0.1:0."""
+def request(
+    server: Server, method: str, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    """Send `method` and `path` as they are (no client normalises `..` or escapes)."""
+    conn = http.client.HTTPConnection("127.0.0.1", urlsplit(server.url).port, timeout=30)
+    try:
+        conn.putrequest(method, path, skip_accept_encoding=True)
+        for key, value in (headers or {}).items():
+            conn.putheader(key, value)
+        conn.endheaders()
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
 
-    def __init__(self, home: Path) -> None:
-        command = [str(REGISTRY), "--home", str(home), "serve", "--port", "0"]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        assert self.process.stdout is not None
-        url = self.process.stdout.readline().strip().rstrip("/")
-        assert url.startswith("http://127.0.0.1:"), url
-        self.port = int(url.rsplit(":", 1)[1])
-        self.log: list[str] = []  # read all along, so a full pipe never stalls the server
-        self._reader = threading.Thread(target=self._read_log, daemon=True)
-        self._reader.start()
 
-    def _read_log(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.log.append(line)
+def raw(server: Server, data: bytes) -> bytes:
+    """Send bytes as they are (no client's checks) and return what came back.
 
-    def request(
-        self, method: str, path: str, headers: dict[str, str] | None = None
-    ) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+    The server answers and hangs up, or hangs up at once (a reset, perhaps before it read
+    all of `data`); one that does neither within 10 s fails the test with a TimeoutError.
+    """
+    with socket.create_connection(("127.0.0.1", urlsplit(server.url).port), timeout=10) as sock:
+        chunks = []
         try:
-            conn.putrequest(method, path, skip_accept_encoding=True)
-            for key, value in (headers or {}).items():
-                conn.putheader(key, value)
-            conn.endheaders()
-            response = conn.getresponse()
-            return response.status, response.read()
-        finally:
-            conn.close()
-
-    def raw(self, data: bytes) -> bytes:
-        """Send bytes as they are (no client's checks) and return what came back."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
-            chunks = []
-            try:
-                sock.sendall(data)
-                while chunk := sock.recv(65536):
-                    chunks.append(chunk)
-            except (TimeoutError, ConnectionError):  # an answer is in, or the server hung up
-                pass
-            return b"".join(chunks)
-
-    def stop(self) -> str:
-        self.process.send_signal(signal.SIGTERM)
-        out, _ = self.process.communicate(timeout=30)
-        self._reader.join(timeout=30)
-        return out + "".join(self.log)
+            sock.sendall(data)
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except ConnectionError:
+            pass
+        return b"".join(chunks)
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
     home = tmp_path_factory.mktemp("served")
     reg = Registry(home=home)
-    args = {"in_features": 4, "out_features": 3}
-    path = linear_file(home, 0)
-    reg.push(path, arch="torch.nn:Linear", name="lin", arch_args=args)
-    reg.push(linear_file(home, 1), arch="torch.nn:Linear", name="lin", arch_args=args,
-             parent="lin@v1")  # fmt: skip
+    args = {"arch": "torch.nn:Linear", "name": "lin", "arch_args": LINEAR_ARGS}
+    reg.push(linear_file(home, 0), **args)
+    reg.push(linear_file(home, 1), parent="lin@v1", **args)
     reg.close()
     (home / "secret.txt").write_text("outside the store")
     server = Server(home)
@@ -602,23 +569,23 @@ ODD_RANGES = [
 def test_odd_paths_methods_and_ranges_never_get_a_500(served: tuple[Server, Path]) -> None:
     server, _ = served
     for path in ODD_PATHS:
-        status, body = server.request("GET", path)
+        status, body = request(server, "GET", path)
         answered_sanely(status, body, path)
         if path.startswith("/api/") and status >= 400:
             assert "error" in json.loads(body), path
     for method in ODD_METHODS:
         for path in ("/api/models", "/api/files/lin@v1", "/", "/static/style.css"):
-            status, body = server.request(method, path)
+            status, body = request(server, method, path)
             answered_sanely(status, body, (method, path))
             if path.startswith("/api/"):
                 assert status in (400, 405), (method, path, status)
-    size = len(server.request("GET", "/api/files/lin@v1")[1])
+    size = len(request(server, "GET", "/api/files/lin@v1")[1])
     for value in ODD_RANGES:
-        status, body = server.request("GET", "/api/files/lin@v1", {"Range": value})
+        status, body = request(server, "GET", "/api/files/lin@v1", {"Range": value})
         answered_sanely(status, body, value)
         assert status in (200, 206, 400, 416), (value, status)
         assert status != 200 or len(body) == size, value
-    for raw in [
+    for data in [
         b"GET /api/refs/a\x00b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         b"GET /api/models/\xff\xfe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         b"GET /api/models/" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
@@ -629,10 +596,10 @@ def test_odd_paths_methods_and_ranges_never_get_a_500(served: tuple[Server, Path
         b"GET /api/models HTTP/9.9\r\nConnection: close\r\n\r\n",
         b"GET\r\n\r\n",
     ]:
-        answer = server.raw(raw)
-        assert not answer.startswith(b"HTTP/1.1 5"), (raw[:60], answer[:200])
+        answer = raw(server, data)
+        assert not answer.startswith(b"HTTP/1.1 5"), (data[:60], answer[:200])
         assert b"Traceback" not in answer
-    assert server.request("GET", "/api/models")[0] == 200  # still serving
+    assert request(server, "GET", "/api/models")[0] == 200  # still serving
 
 
 HEADER_TEXT = st.characters(blacklist_categories=("Cc", "Cs"))  # what a header may carry
@@ -662,7 +629,7 @@ def test_no_encoded_path_method_or_range_gets_a_500(
     # as it is (non-ASCII, a space) is escaped, as a client would.
     path = prefix + "/".join(quote(s, safe="@/.~%") for s in segments)
     headers = {"Range": range_.encode("utf-8", "replace").decode("latin-1")} if range_ else {}
-    status, body = server.request(method, path, headers)
+    status, body = request(server, method, path, headers)
     answered_sanely(status, body, (method, path, range_))
 
 

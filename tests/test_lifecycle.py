@@ -10,18 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY, TINY_ARGS, TINY_CLI, tiny
 
 from registry import AmbiguousReferenceError, InvalidReferenceError, NotFoundError, Registry
 
-ARGS = {"width": 4, "num_classes": 5}
-
 
 def push_tiny(reg: Registry, seed: int, name: str = "tiny", **kwargs):
-    import tiny_models
-
-    torch.manual_seed(seed)
-    model = tiny_models.TinyNet(**ARGS)
-    return reg.push(model, arch="tiny_models:TinyNet", name=name, arch_args=ARGS, **kwargs)
+    return reg.push(tiny(seed), name=name, **TINY, **kwargs)
 
 
 def flip_byte(path: Path) -> None:
@@ -54,7 +49,9 @@ def test_namespaced_names(reg: Registry) -> None:
 def test_ambiguous_digest_prefix_lists_candidates(reg: Registry) -> None:
     # Two versions of one model share a blob when the same bytes come with another arch.
     first = push_tiny(reg, 1)
-    reg.push(reg.store.path(first.sha256), arch="tiny_models:tiny", name="tiny", arch_args=ARGS)
+    reg.push(
+        reg.store.path(first.sha256), arch="tiny_models:tiny", name="tiny", arch_args=TINY_ARGS
+    )
     with pytest.raises(AmbiguousReferenceError, match=r"matches 2 versions \(tiny@v1, tiny@v2\)"):
         reg.get(f"tiny@sha256:{first.sha256[:8]}")
 
@@ -176,7 +173,9 @@ def test_delete_never_reuses_the_number(reg: Registry) -> None:
 def test_gc_reclaims_exactly_the_unreferenced_blobs(reg: Registry) -> None:
     kept = push_tiny(reg, 1)
     shared = push_tiny(reg, 2)
-    reg.push(reg.store.path(shared.sha256), arch="tiny_models:TinyNet", name="copy", arch_args=ARGS)
+    reg.push(
+        reg.store.path(shared.sha256), arch="tiny_models:TinyNet", name="copy", arch_args=TINY_ARGS
+    )
     gone = push_tiny(reg, 3)
     reg.delete("tiny@v2")  # its blob is still used by copy@v1
     reg.delete("tiny@v3")
@@ -317,8 +316,7 @@ def test_cli_verify_and_gc(run, cli_reg: Registry) -> None:
 def test_cli_push_of_identical_bytes_says_so(run, cli_reg: Registry, tiny_model, tmp_path) -> None:
     path = tmp_path / "tiny.pth"
     torch.save(tiny_model.state_dict(), path)
-    args = ["push", str(path), "--arch", "tiny_models:TinyNet", "--arg", "width=4",
-            "--arg", "num_classes=5"]  # fmt: skip
+    args = ["push", str(path), *TINY_CLI]
     code, out, err = run(*args)
     assert (code, err) == (0, "") and out.startswith("tinynet@v1 sha256:")
     code, again, err = run(*args, "--tag", "k=v")

@@ -6,14 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import Server
+from helpers import TINY, TINY_CLI, Server
 from sqlalchemy import event, insert, select, update
 
 from registry import InvalidReferenceError, NotFoundError, Registry, jsontext
 from registry.tables import Lineage as LineageRow
 from registry.tables import Model, Version
-
-TINY = {"arch": "tiny_models:TinyNet", "arch_args": {"width": 4, "num_classes": 5}}
 
 
 def push_child(reg: Registry, model, name: str, parent: str | None, seed: int) -> str:
@@ -104,8 +102,7 @@ def test_a_parent_that_does_not_exist_is_one_line_and_nothing_is_stored(
 
     path = tmp_path / "tiny.pt"
     torch.save(tiny_model.state_dict(), path)
-    args = ["--arch", TINY["arch"], "--arg", "width=4", "--arg", "num_classes=5"]
-    code, out, err = run("push", str(path), *args, "--parent", "nope@v1")
+    code, out, err = run("push", str(path), *TINY_CLI, "--parent", "nope@v1")
     assert (code, out) == (1, "")
     assert err == "Error: model 'nope' not found; see `registry ls` for the models there are\n"
     assert cli_reg.models() == []

@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import SMALL_ARCH
+from helpers import TINY
 from sqlalchemy import text
 
 from registry import IntegrityError, Registry, SchemaOutOfDateError, db
 from registry.manifests import tensor_digest
-
-TINY = {"arch": "tiny_models:TinyNet", "arch_args": {"width": 4, "num_classes": 5}}
 
 
 def test_push_records_every_tensor_in_state_dict_order(reg: Registry, tiny_model) -> None:
@@ -36,7 +35,10 @@ def test_tensor_digest_follows_the_bytes_not_the_object() -> None:
     nudged = a.clone()
     nudged[2, 3] += 1e-6
     assert tensor_digest(a) != tensor_digest(nudged)
-    assert tensor_digest(torch.tensor(1.5, dtype=torch.bfloat16)) is not None
+    # bfloat16, which numpy lacks, by its bytes: 1.5 is 0x3FC0, as an int16 of that value is
+    bf16 = tensor_digest(torch.tensor(1.5, dtype=torch.bfloat16))
+    assert bf16 == tensor_digest(torch.tensor(0x3FC0, dtype=torch.int16))
+    assert bf16 != tensor_digest(torch.tensor(1.75, dtype=torch.bfloat16))
 
 
 def test_show_tensors_lists_them_and_json_adds_the_list(run, small_file: Path) -> None:

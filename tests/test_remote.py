@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import Server, outputs_equal, same_tensors
+from helpers import TINY, Server, outputs_equal, same_tensors, tiny
 from torch import nn
 
 from registry import ConfigurationError, IntegrityError, ReadOnlyError, Registry
@@ -28,7 +28,6 @@ from registry.stores.folder import BlobWriter
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
 
-TINY = {"arch": "tiny_models:TinyNet", "arch_args": {"width": 4, "num_classes": 5}}
 TOKEN = "s3cret-t0ken-never-shown"
 
 
@@ -40,10 +39,10 @@ def served(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterat
     import tiny_models
 
     reg = Registry(home=home)
-    reg.push(model(0), name="base", tags={"dataset": "toy"}, **TINY)
-    reg.push(model(1), name="base", aliases=["production"], parent="base@v1", **TINY)
-    reg.push(model(2), name="team/detector", description="namespaced", **TINY)
-    reg.push(model(2), name="team/lineage", **TINY)  # not the lineage of a model `team`
+    reg.push(tiny(0), name="base", tags={"dataset": "toy"}, **TINY)
+    reg.push(tiny(1), name="base", aliases=["production"], parent="base@v1", **TINY)
+    reg.push(tiny(2), name="team/detector", description="namespaced", **TINY)
+    reg.push(tiny(2), name="team/lineage", **TINY)  # not the lineage of a model `team`
     whole = home.parent / "whole.pt"
     torch.save(tiny_models.TinyNet(4, 5), whole)
     reg.push(whole, name="pickled", trust_pickle=True, **TINY)
@@ -51,13 +50,6 @@ def served(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterat
     server = Server(home, "--token", TOKEN)
     yield server
     assert TOKEN not in server.stop()
-
-
-def model(seed: int) -> nn.Module:
-    import tiny_models
-
-    torch.manual_seed(seed)
-    return tiny_models.TinyNet(4, 5).eval()
 
 
 @pytest.fixture(autouse=True)
@@ -140,8 +132,8 @@ def test_load_and_state_dict_rebuild_the_pushed_model(
 ) -> None:
     loaded = remote.load("base@production")
     assert isinstance(loaded, nn.Module) and not loaded.training
-    assert outputs_equal(model(1), loaded)
-    assert same_tensors(remote.state_dict("team/detector"), model(2).state_dict())
+    assert outputs_equal(tiny(1), loaded)
+    assert same_tensors(remote.state_dict("team/detector"), tiny(2).state_dict())
     code, out, err = run("--remote", served.url, "load", "base@v1", "--json")
     assert code == 0, err
     assert json.loads(out) == local_json(served, "load", "base@v1")
@@ -278,7 +270,7 @@ def test_a_damaged_cached_copy_is_fetched_again(served: Server, remote: Registry
     # Store.evict (as tests/test_s3.py asks of S3) heals it within that read.
     with contextlib.suppress(IntegrityError):
         remote.load(version.ref)
-    assert outputs_equal(model(0), remote.load(version.ref))
+    assert outputs_equal(tiny(0), remote.load(version.ref))
     assert cached.read_bytes() == good
 
 

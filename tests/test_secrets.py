@@ -14,20 +14,16 @@ may name types, never the secrets.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import threading
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 from conftest import PG_URL, reset_postgres
-from helpers import moto_endpoint
-from torch import nn
+from helpers import LINEAR, Server, linear_file, moto_endpoint
 
 from registry import Registry
 from registry.cli import cli
@@ -48,7 +44,6 @@ URL_SECRET = "h2-url-S3cr3t-Lb2"
 SECRETS = [PASSWORD, WRONG_PASSWORD, KEY_ID, SECRET_KEY, TOKEN, WRONG_TOKEN, URL_SECRET]
 ROLE = "h2_secret_role"
 BUCKET = "h2-secret-models"
-LINEAR = ["--arch", "torch.nn:Linear", "--arg", "in_features=4", "--arg", "out_features=3"]
 
 
 def leaked(text: str) -> list[str]:
@@ -165,37 +160,6 @@ def every_command() -> set[str]:
     return names
 
 
-def linear_file(folder: Path, seed: int) -> Path:
-    torch.manual_seed(seed)
-    path = folder / f"linear-{seed}.pth"
-    torch.save(nn.Linear(4, 3).state_dict(), path)
-    return path
-
-
-class Serve:
-    def __init__(self, env: dict[str, str], *args: str) -> None:
-        self.process = subprocess.Popen(
-            [str(REGISTRY), *args, "serve", "--port", "0", "--token", TOKEN],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert self.process.stdout is not None and self.process.stderr is not None
-        self.first = self.process.stdout.readline()
-        self.url = self.first.strip().rstrip("/")
-        self.log: list[str] = []
-        self.reader = threading.Thread(
-            target=lambda: self.log.extend(self.process.stderr),
-            daemon=True,  # type: ignore[arg-type]
-        )
-        self.reader.start()
-        assert self.url.startswith("http://127.0.0.1:"), (self.url, self.process.stderr)
-
-    def stop(self) -> str:
-        self.process.send_signal(signal.SIGTERM)
-        out, _ = self.process.communicate(timeout=30)
-        self.reader.join(timeout=30)
-        return self.first + out + "".join(self.log)
-
-
 @pytest.mark.long  # 15-25 s a run: 21 commands in-process, 20 failing invocations, a server
 @pytest.mark.parametrize("debug", [False, True], ids=["debug-unset", "debug-1"])
 def test_no_secret_in_any_output_of_any_command(
@@ -252,8 +216,10 @@ def test_no_secret_in_any_output_of_any_command(
     t.run(*base, "show", "lin@v9", ok=False)
     t.run(*base, "import", "pulled.pth", ok=False)
     # the server: its output, its log and its answers, and clients with right and wrong tokens
-    env = {**os.environ, "REGISTRY_DEBUG": "1" if debug else ""}
-    server = Serve(env, *base)
+    server = Server(
+        tmp_path / "home", "--token", TOKEN, options=["--database-url", url, "--store", store],
+        env={"REGISTRY_DEBUG": "1" if debug else ""},
+    )  # fmt: skip
     t.commands.add("serve")
     try:
         login = httpx.get(f"{server.url}/?token={TOKEN}", timeout=30)

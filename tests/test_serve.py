@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import Server
+from helpers import TINY, Server, tiny
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +23,6 @@ from registry.cli import cli
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
 
-TINY = {"arch": "tiny_models:TinyNet", "arch_args": {"width": 4, "num_classes": 5}}
 TOKEN = "t0ken-never-shown"
 PREFIXES = ["/api/refs/", "/api/models/", "/api/files/", "/api/diff?a=", "/refs/", "/models/",
             "/diff?a=", "/"]  # fmt: skip
@@ -35,11 +34,8 @@ def served(
 ) -> Iterator[tuple[Server, Path]]:
     """A home with a base model, a fine-tune of it, a namespaced model, served without a token."""
     home = tmp_path_factory.mktemp("served")
-    import tiny_models
-
     reg = Registry(home=home)
-    torch.manual_seed(0)
-    model = tiny_models.TinyNet(4, 5)
+    model = tiny(0)
     reg.push(model, name="base", tags={"xss": "<script>alert(1)</script>"}, **TINY)
     with torch.no_grad():
         model.head.weight.mul_(2)

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +25,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import Server
 from test_reliability import REGISTRY
 
 from registry import Registry
@@ -93,14 +92,9 @@ def peak_rss(pid: int) -> int:
 
 @pytest.mark.long
 def test_hundred_api_clients_and_four_500_mb_pulls_at_once(loaded: Loaded, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "registry", "--home", str(loaded.home), "serve", "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-    )  # fmt: skip
-    assert server.stdout is not None
-    url = server.stdout.readline().strip().rstrip("/")
-    assert url.startswith("http://127.0.0.1:"), url
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}  # the pulls'
+    server = Server(loaded.home)
+    url = server.url
     failures: list[str] = []
     calls = [0] * CLIENTS
     api_done = [0.0] * CLIENTS
@@ -154,13 +148,12 @@ def test_hundred_api_clients_and_four_500_mb_pulls_at_once(loaded: Loaded, tmp_p
             thread.join(timeout=max(1.0, deadline - time.monotonic()))
         for thread in api:
             thread.join(timeout=max(1.0, deadline - time.monotonic()))
-        peak = peak_rss(server.pid)
+        peak = peak_rss(server.process.pid)
     finally:
         for process in processes:  # a pull still running at the deadline
             if process.poll() is None:
                 process.kill()
-        server.send_signal(signal.SIGTERM)
-        server.communicate(timeout=60)
+        log = server.stop()
     print(
         f"\n{CLIENTS} API clients: {sum(calls)} calls, done in {max(api_done):.1f} s; "
         f"{PULLS} pulls of {loaded.big_size / 1e6:.0f} MB done in "
@@ -171,4 +164,5 @@ def test_hundred_api_clients_and_four_500_mb_pulls_at_once(loaded: Loaded, tmp_p
     assert calls == [CALLS] * CLIENTS
     assert sorted(pulled) == [(0, loaded.big_sha256, loaded.big_size, "")] * PULLS
     assert peak < PEAK_RSS_BOUND, f"server peak RSS {peak / 1e6:.0f} MB"
-    assert server.returncode == 0
+    assert server.process.returncode == 0, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]

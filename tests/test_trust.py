@@ -13,13 +13,11 @@ from pathlib import Path
 
 import pytest
 from conftest import SMALL_ARCH
-from helpers import MARKER, all_eval, outputs_equal
+from helpers import MARKER, TINY_ARGS, all_eval, outputs_equal
 from sqlalchemy import text
 from torch import nn
 
 from registry import ArchitectureError, Registry, UntrustedArchError
-
-TINY_ARGS = {"width": 4, "num_classes": 5}
 
 
 def rewrite(reg: Registry, ref: str, arch: str, arch_args: dict) -> None:

@@ -9,14 +9,9 @@ Under CI=true a missing Chromium or chromedriver fails instead of skipping.
 
 from __future__ import annotations
 
-import importlib
 import os
 import secrets
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +19,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import IN_CI
+from helpers import TINY, Server, tiny
 from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException, WebDriverException
 from selenium.webdriver.chrome.options import Options
@@ -34,12 +30,10 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.ui import WebDriverWait
 
-import registry
 from registry import Registry
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-TINY = {"arch": "tiny_models:TinyNet", "arch_args": {"width": 4, "num_classes": 5}}
 XSS = "<script>alert(1)</script>"
 HTML_DESCRIPTION = "<b>bold</b> and <img src=x onerror=alert(2)>"
 # Seconds for a page or a download, at most: the first diff a server computes imports
@@ -53,66 +47,36 @@ EXTRA_SCREENSHOTS = (
 )
 
 
-class Server:
-    """`registry serve --port 0` in a subprocess; `stop()` sends SIGTERM and returns its output."""
-
-    def __init__(self, home: Path, env: dict[str, str], *args: str) -> None:
-        command = [sys.executable, "-m", "registry", "--home", str(home)]
-        command += ["--database-url", f"sqlite:///{home / 'registry.db'}", "--store"]
-        command += [str(home / "blobs"), "serve", "--port", "0", *args]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-        )
-        assert self.process.stdout is not None
-        self.url = self.process.stdout.readline().strip().rstrip("/")
-        if not self.url.startswith("http://127.0.0.1:"):
-            _, output = self.stop()
-            raise AssertionError(f"the server printed no URL first: {self.url!r}\n{output}")
-
-    def stop(self) -> tuple[int, str]:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        out, err = self.process.communicate(timeout=30)
-        return self.process.returncode, out + err
-
-
 @pytest.fixture(scope="module")
-def pushed(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> dict[str, Any]:
+def pushed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A SQLite home with a base model, three versions of it, a fine-tune and `team/detector`."""
     home = tmp_path_factory.mktemp("browser-home")
     files = tmp_path_factory.mktemp("browser-files")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(models_dir))  # the user's `tiny_models`, for the arch too
-        tiny_models = importlib.import_module("tiny_models")
-        torch.manual_seed(0)
-        base = tiny_models.TinyNet(**TINY["arch_args"]).eval().state_dict()
+    base = tiny(0).state_dict()
 
-        def saved(name: str, state: dict[str, torch.Tensor]) -> Path:
-            path = files / name
-            torch.save(state, path)
-            return path
+    def saved(name: str, state: dict[str, torch.Tensor]) -> Path:
+        path = files / name
+        torch.save(state, path)
+        return path
 
-        v2 = {**base, "features.0.weight": base["features.0.weight"] * 2}
-        v3 = {**v2, "features.1.running_mean": base["features.1.running_mean"] + 1}
-        tuned = {**base, "head.weight": torch.randn(5, 4), "head.bias": torch.randn(5)}
-        reg = Registry(
-            home=home, database_url=f"sqlite:///{home / 'registry.db'}", store=home / "blobs"
-        )
-        with reg:
-            reg.push(saved("v1.pt", base), name="tinynet", tags={"stage": "base"}, **TINY)
-            reg.push(saved("v2.pt", v2), name="tinynet", tags={"note": XSS}, **TINY)
-            reg.push(
-                saved("v3.pt", v3), name="tinynet", aliases=["production"], tags={"stage": "prod"},
-                **TINY,
-            )  # fmt: skip
-            reg.set_alias("tinynet@v2", "staging")
-            tuned_path = saved("tuned.pt", tuned)
-            reg.push(
-                tuned_path, name="tinynet-tuned", parent="tinynet@v1",
-                description=HTML_DESCRIPTION, **TINY,
-            )  # fmt: skip
-            reg.push(saved("detector.pt", base), name="team/detector", **TINY)
-            versions = {v.ref: v for m in reg.models() for v in reg.versions(m.name)}
+    v2 = {**base, "features.0.weight": base["features.0.weight"] * 2}
+    v3 = {**v2, "features.1.running_mean": base["features.1.running_mean"] + 1}
+    tuned = {**base, "head.weight": torch.randn(5, 4), "head.bias": torch.randn(5)}
+    with Registry(home=home) as reg:
+        reg.push(saved("v1.pt", base), name="tinynet", tags={"stage": "base"}, **TINY)
+        reg.push(saved("v2.pt", v2), name="tinynet", tags={"note": XSS}, **TINY)
+        reg.push(
+            saved("v3.pt", v3), name="tinynet", aliases=["production"], tags={"stage": "prod"},
+            **TINY,
+        )  # fmt: skip
+        reg.set_alias("tinynet@v2", "staging")
+        tuned_path = saved("tuned.pt", tuned)
+        reg.push(
+            tuned_path, name="tinynet-tuned", parent="tinynet@v1",
+            description=HTML_DESCRIPTION, **TINY,
+        )  # fmt: skip
+        reg.push(saved("detector.pt", base), name="team/detector", **TINY)
+        versions = {v.ref: v for m in reg.models() for v in reg.versions(m.name)}
     return {
         "home": home,
         "versions": versions,
@@ -122,17 +86,8 @@ def pushed(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> dict[s
 
 
 @pytest.fixture(scope="module")
-def server_env(models_dir: Path) -> dict[str, str]:
-    """The server's environment: the user's models and this checkout importable, no REGISTRY_*."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-    checkout = Path(registry.__file__).resolve().parent.parent
-    env["PYTHONPATH"] = os.pathsep.join([str(models_dir), str(checkout)])
-    return env
-
-
-@pytest.fixture(scope="module")
-def server(pushed: dict[str, Any], server_env: dict[str, str]) -> Iterator[Server]:
-    served = Server(pushed["home"], server_env)
+def server(pushed: dict[str, Any]) -> Iterator[Server]:
+    served = Server(pushed["home"])
     yield served
     served.stop()
 
@@ -396,10 +351,10 @@ def test_download_link_gives_the_pushed_bytes(
     assert button.text == "Download tinynet-tuned-v1.pt"
     button.click()
     target = downloads / "tinynet-tuned-v1.pt"
-    deadline = time.monotonic() + WAIT
-    while not target.exists() or list(downloads.glob("*.crdownload")):
-        assert time.monotonic() < deadline, f"no download in {WAIT}s: {list(downloads.iterdir())}"
-        time.sleep(0.1)
+    WebDriverWait(driver, WAIT).until(
+        lambda _: target.exists() and not list(downloads.glob("*.crdownload")),
+        f"no download in {WAIT}s",
+    )
     assert target.read_bytes() == pushed["tuned_bytes"]
 
 
@@ -418,11 +373,9 @@ def test_html_in_tags_and_descriptions_shows_as_text(driver: Any, server: Server
 # -- with a token --------------------------------------------------------------------------
 
 
-def test_token_login_by_cookie_and_never_printed(
-    driver: Any, pushed: dict[str, Any], server_env: dict[str, str]
-) -> None:
+def test_token_login_by_cookie_and_never_printed(driver: Any, pushed: dict[str, Any]) -> None:
     token = secrets.token_urlsafe(16)
-    guarded = Server(pushed["home"], server_env, "--token", token)
+    guarded = Server(pushed["home"], "--token", token)
     try:
         driver.delete_all_cookies()  # cookies go by host, not port: start logged out
         driver.get(guarded.url + "/")
@@ -444,7 +397,7 @@ def test_token_login_by_cookie_and_never_printed(
         driver.refresh()
         assert driver.find_element(By.TAG_NAME, "h1").text == "401"
     finally:
-        code, output = guarded.stop()
-    assert code == 0, output
+        output = guarded.stop()
+    assert guarded.process.returncode == 0, output
     assert "GET / 303" in output  # requests are logged, without their query strings
     assert token not in output

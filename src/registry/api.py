@@ -2,7 +2,7 @@
 
 Each method validates what it is given and delegates: the records to a
 `catalogs.Catalog` (SQL, or a registry server read through HTTP), the bytes
-to a `stores.Store`, a push to `push`, the verified reads to `reads`. Where
+to a `stores.Store`, a push to `pushing`, the verified reads to `reads`. Where
 the catalog and store live is decided once, in `_open`.
 """
 
@@ -28,7 +28,7 @@ from registry.errors import (
 from registry.progress_bars import Progress
 from registry.pushing import PushOptions
 from registry.pushing import run as run_push
-from registry.reads import FORMATS, Reads
+from registry.reads import Reads
 from registry.records import (
     CheckResult,
     Diff,
@@ -48,8 +48,6 @@ if TYPE_CHECKING:
 
     from registry.catalogs import Catalog
     from registry.stores import Store
-
-__all__ = ["FORMATS", "Registry"]
 
 
 class Registry:
