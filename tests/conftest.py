@@ -183,7 +183,6 @@ def small_file(tmp_path: Path, small_model: torch.nn.Module) -> Path:
 
 @pytest.fixture
 def tiny_model() -> torch.nn.Module:
-    import tiny_models
+    from helpers import tiny
 
-    torch.manual_seed(0)
-    return tiny_models.TinyNet(width=4, num_classes=5).eval()
+    return tiny(0)

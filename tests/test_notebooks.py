@@ -15,13 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import SMALL_ARCH
-from helpers import all_eval, outputs_equal
+from helpers import TINY_ARGS, all_eval, outputs_equal
 from torch import nn
 
 import registry
 from registry import ArchitectureError, Registry
-
-TINY_ARGS = {"width": 4, "num_classes": 5}
 
 SCRIPT_NET = """
 import sys, warnings

@@ -39,6 +39,8 @@ import torch
 from alembic.script import ScriptDirectory
 from click.testing import CliRunner
 from conftest import IN_CI, PG_URL, TINY_MODELS
+from helpers import TINY_ARCH, TINY_CLI, tiny_file
+from helpers import TINY_ARGS as TINY_MODEL_ARGS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, MetaData, inspect, select, text
@@ -46,9 +48,7 @@ from sqlalchemy import Engine, MetaData, inspect, select, text
 from registry import IntegrityError, InvalidReferenceError, ModelVersion, Registry, db, faults
 from registry.cli import cli
 
-ARCH = "tiny_models:TinyNet"
-ARGS = {"width": 4, "num_classes": 5}
-TINY_ARGS = ["--arch", ARCH, "--arg", "width=4", "--arg", "num_classes=5"]
+ARCH, ARGS, TINY_ARGS = TINY_ARCH, TINY_MODEL_ARGS, TINY_CLI  # as other suites import them
 # A TinyNet of 41 MB (a 1024 x 10000 head): five 8 MiB copy chunks, so "half-way" is real.
 BIG_ARGS = {"width": 1024, "num_classes": 10_000}
 REGISTRY = Path(sys.executable).parent / "registry"
@@ -60,16 +60,6 @@ EMPTY_LS = "NAME  VERSIONS  LATEST  SIZE  UPDATED  ALIASES\n"
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def tiny_file(folder: Path, seed: int, args: dict[str, int] = ARGS) -> Path:
-    """torch.save a seeded TinyNet's state_dict into `folder`; distinct seeds, distinct bytes."""
-    import tiny_models
-
-    path = folder / f"tiny-{seed}-{args['num_classes']}.pth"
-    torch.manual_seed(seed)
-    torch.save(tiny_models.TinyNet(**args).state_dict(), path)
-    return path
 
 
 def push_tiny(reg: Registry, folder: Path, seed: int, name: str = "tiny", **kwargs: Any):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import moto_endpoint, outputs_equal
+from helpers import TINY_ARCH, TINY_ARGS, moto_endpoint, outputs_equal
 from sqlalchemy import text
 from torch import nn
 
@@ -27,8 +27,7 @@ from registry.records import Reclaimed
 pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
 
-ARCH = "tiny_models:TinyNet"
-ARGS = {"width": 4, "num_classes": 5}
+ARCH, ARGS = TINY_ARCH, TINY_ARGS  # as other suites import them
 SECRET = "s3cr3t-never-printed"
 
 
