@@ -646,7 +646,7 @@ class Registry:
             >>> [v.ref for v in reg.export_bundle(["vgg16@v3"], "models.tar")]
             ['vgg16@v3']
         """
-        from registry import transfers
+        from registry.bundles import exchange
 
         self.catalog.require_local("export")
         found = self.search() if refs is None else [self.get(ref) for ref in refs]
@@ -654,7 +654,7 @@ class Registry:
         unique = {v.ref: v for v in found}
         versions = sorted(unique.values(), key=lambda v: (v.name, v.version))
         with self._progress("export", sum(v.size for v in versions)) as advance:
-            transfers.export(self.catalog, self.store, versions, destination, advance)
+            exchange.export(self.catalog, self.store, versions, destination, advance)
         return versions
 
     def import_bundle(self, source: str | os.PathLike[str] | BinaryIO) -> list[ModelVersion]:
@@ -673,10 +673,10 @@ class Registry:
             >>> [(v.ref, v.is_new) for v in reg.import_bundle("models.tar")]
             [('vgg16@v1', True)]
         """
-        from registry import transfers
+        from registry.bundles import exchange
 
         self.catalog.require_local("import")
-        return transfers.import_(self.catalog, self.store, source)
+        return exchange.import_(self.catalog, self.store, source)
 
 
 def _open(settings: Settings) -> tuple[Catalog, Store]:

@@ -1,4 +1,4 @@
-"""Bundles: versions moved between registries as one tar file, read as untrusted input.
+"""The bundle archive: versions as one tar file, written verified and read as untrusted input.
 
     models.tar
       manifest.json              {"format": "registry-bundle", "bundle_version": 1,

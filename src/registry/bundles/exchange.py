@@ -1,4 +1,4 @@
-"""Export and import: versions moved between a registry and a bundle (see `bundles`).
+"""Export and import: versions moved between a registry and a bundle (see `bundles.archive`).
 
 Export adds what the version records do not hold: each behaviour
 fingerprint, and each parent's blob digest, so the destination can find a
@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from registry import bundles, faults, files, refs
+from registry import faults, files, refs
+from registry.bundles import archive
 from registry.catalogs import Catalog, Recording
 from registry.errors import BundleError, NotFoundError
 from registry.records import Fingerprint, ModelVersion, NewVersion, TensorInfo
@@ -35,9 +36,9 @@ def export(
     extras = _extras(catalog, versions)
     if isinstance(destination, (str, os.PathLike)):
         with files.atomic_file(Path(destination)) as out:
-            bundles.write(versions, extras, store, out, progress)
+            archive.write(versions, extras, store, out, progress)
     else:
-        bundles.write(versions, extras, store, destination, progress)
+        archive.write(versions, extras, store, destination, progress)
 
 
 def _extras(catalog: Catalog, versions: list[ModelVersion]) -> dict[str, dict[str, Any]]:
@@ -71,7 +72,7 @@ def import_(
                 raise BundleError(f"cannot read {shown_as}: {exc.strerror}") from None
         else:
             shown_as, stream = "the bundle", source
-        entries, writers = bundles.read(_crashing(stream), store, stack, shown_as)
+        entries, writers = archive.read(_crashing(stream), store, stack, shown_as)
         manifests = {e.source_ref: _manifest(e, writers) for e in entries}
         for writer in writers.values():
             writer.publish()
@@ -127,7 +128,7 @@ class _CountingReader:
         return data
 
 
-def _manifest(entry: bundles.Entry, writers: dict[str, BlobWriting]) -> list[TensorInfo]:
+def _manifest(entry: archive.Entry, writers: dict[str, BlobWriting]) -> list[TensorInfo]:
     """The tensor manifest of a version, computed from its verified, not yet placed, blob."""
     from registry import checkpoints, manifests
 
@@ -140,10 +141,10 @@ def _manifest(entry: bundles.Entry, writers: dict[str, BlobWriting]) -> list[Ten
     return manifests.describe(state)
 
 
-def _parents_first(entries: Sequence[bundles.Entry]) -> list[bundles.Entry]:
+def _parents_first(entries: Sequence[archive.Entry]) -> list[archive.Entry]:
     """The entries in bundle order, except that a parent in the bundle precedes its children."""
     by_ref = {e.source_ref: e for e in entries}
-    ordered: list[bundles.Entry] = []
+    ordered: list[archive.Entry] = []
     placed: set[str] = set()
     for entry in entries:
         chain = []
@@ -159,7 +160,7 @@ def _parents_first(entries: Sequence[bundles.Entry]) -> list[bundles.Entry]:
 
 
 def _parent(
-    recording: Recording, entry: bundles.Entry, imported: dict[str, ModelVersion]
+    recording: Recording, entry: archive.Entry, imported: dict[str, ModelVersion]
 ) -> str | None:
     """The destination's version for an entry's parent: imported with it, or already here."""
     if entry.parent is None:
