@@ -326,3 +326,14 @@ def test_unusable_device_is_a_one_line_error(reg: Registry, tiny_model) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(registry.DeviceError, match=r"cannot load onto device 'cuda'"):
             reg.load("tiny", device="cuda")
+
+
+def test_push_options_hold_exactly_the_keywords_of_registry_push() -> None:
+    """Registry.push hands every keyword to PushOptions: a new one must reach push itself."""
+    import dataclasses
+    import inspect
+
+    from registry.pushing import PushOptions
+
+    fields = {f.name for f in dataclasses.fields(PushOptions)}
+    assert fields == set(inspect.signature(Registry.push).parameters) - {"self", "source"}

@@ -369,3 +369,12 @@ def test_pull_to_standard_output_is_bit_exact(
     assert result.exit_code == 0, result.stderr
     assert result.stdout_bytes == small_file.read_bytes()
     assert not Path("-").exists()
+
+
+def test_push_has_an_option_for_every_keyword_of_registry_push_and_no_other() -> None:
+    """`registry push` hands its options to `Registry.push` by name: they cannot drift apart."""
+    import inspect
+
+    options = {p.name for p in cli.commands["push"].params} - {"file", "as_json"}
+    keywords = set(inspect.signature(Registry.push).parameters) - {"self", "source"}
+    assert options == keywords

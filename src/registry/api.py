@@ -194,9 +194,18 @@ class Registry:
             ModelVersion(name='vgg16', version=1, ...)
         """
         options = PushOptions(
-            arch, name, dict(arch_args or {}), dict(tags or {}), tuple(aliases), description,
-            trust_pickle, key, strip_prefix, parent, check_input,
-        )  # fmt: skip
+            arch=arch,
+            name=name,
+            arch_args=dict(arch_args or {}),
+            tags=dict(tags or {}),
+            aliases=tuple(aliases),
+            description=description,
+            trust_pickle=trust_pickle,
+            key=key,
+            strip_prefix=strip_prefix,
+            parent=parent,
+            check_input=check_input,
+        )
         return run_push(self.catalog, self.store, source, options, self._progress)
 
     # -- reading -------------------------------------------------------------

@@ -169,41 +169,13 @@ def key_values(
 )
 @json_option
 @click.pass_obj
-def push(
-    reg: Registry,
-    file: str,
-    arch: str,
-    name: str | None,
-    arch_args: dict[str, Any],
-    tags: dict[str, Any],
-    aliases: tuple[str, ...],
-    description: str,
-    key: str | None,
-    strip_prefix: str | None,
-    trust_pickle: bool,
-    parent: str | None,
-    check_input: str | None,
-    as_json: bool,
-) -> None:
+def push(reg: Registry, /, file: str, as_json: bool, **options: Any) -> None:
     """Register checkpoint FILE as the model's next version; print NAME@vN sha256:<hex>.
 
     FILE is a torch.save'd state_dict or training checkpoint, a PyTorch Lightning
     .ckpt, or a .safetensors file.
     """
-    version = reg.push(
-        file,
-        arch=arch,
-        name=name,
-        arch_args=arch_args,
-        tags=tags,
-        aliases=aliases,
-        description=description,
-        trust_pickle=trust_pickle,
-        key=key,
-        strip_prefix=strip_prefix,
-        parent=parent,
-        check_input=check_input,
-    )
+    version = reg.push(file, **options)  # each option is named as Registry.push's keyword
     if not version.is_new:
         click.echo(f"{version.ref} already holds these bytes; no new version made", err=True)
     _print(version.to_json() if as_json else f"{version.ref} sha256:{version.sha256}", as_json)
