@@ -1,0 +1,161 @@
+"""Folder checkpoints (SPEC "Folders"): which files a folder version holds, its digest, its kind.
+
+A folder version holds every regular file under the folder by its relative,
+`/`-separated path. What could make a stored folder differ from the one
+pushed, or a pulled one write outside its destination, is refused with one
+line before anything is read: a symlink, a device, a socket or pipe, a path
+that is not UTF-8 or holds a control character (the file list is one line
+per file). The version's digest is the SHA-256 of its file list:
+
+    <sha256 hex>  <size>  <path>\\n      one line per file, sorted by path (UTF-8)
+
+The kind (`format`) is told from the content alone: nothing from the folder
+is imported or run here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from registry import refs
+from registry.errors import CheckpointError
+
+KINDS = ("transformers", "hub_mixin", "peft", "sharded", "dcp", "folder")
+MAX_FILES = 100_000  # more is not a checkpoint; listing it would only take memory
+MAX_CONFIG_BYTES = 16 << 20  # a config.json or index larger than this is not read
+
+_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")  # control characters, and `\` (a separator)
+
+
+@dataclass(frozen=True)
+class FolderFile:
+    """One file of a folder version: its relative path, size and (once hashed) SHA-256."""
+
+    path: str
+    size: int
+    sha256: str = ""
+
+
+def scan(folder: Path) -> list[FolderFile]:
+    """Every regular file under `folder`, sorted by path; refuse what a version cannot hold.
+
+    Raises:
+        CheckpointError: a symlink, a device, a socket or pipe, an odd path,
+            an empty folder, or more than MAX_FILES files.
+    """
+    found: list[FolderFile] = []
+    for root, dirs, names in os.walk(folder, onerror=_unreadable(folder)):
+        for name in sorted(dirs + names):
+            path = Path(root) / name
+            relative = _relative(folder, path)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                raise CheckpointError(
+                    f"{folder}: {relative} is a symlink; a version holds regular files only "
+                    "(copy the target in its place)"
+                )
+            if stat.S_ISDIR(mode):
+                continue
+            if not stat.S_ISREG(mode):
+                raise CheckpointError(
+                    f"{folder}: {relative} is not a regular file (a device, socket or pipe)"
+                )
+            found.append(FolderFile(relative, os.lstat(path).st_size))
+            if len(found) > MAX_FILES:
+                raise CheckpointError(f"{folder} holds more than {MAX_FILES:,} files")
+    if not found:
+        raise CheckpointError(f"{folder} holds no files")
+    return sorted(found, key=lambda f: f.path.encode())
+
+
+def file_list(files: Iterable[FolderFile]) -> bytes:
+    """The text a folder version's digest is the SHA-256 of (see the module docstring)."""
+    ordered = sorted(files, key=lambda f: f.path.encode())
+    return "".join(f"{f.sha256}  {f.size}  {f.path}\n" for f in ordered).encode()
+
+
+def digest(files: Iterable[FolderFile]) -> str:
+    """A folder version's `sha256`: the SHA-256 of its file list."""
+    listed = list(files)
+    unhashed = [f.path for f in listed if not refs.is_sha256(f.sha256)]
+    if unhashed:
+        raise ValueError(f"not hashed yet: {unhashed[0]}")
+    return hashlib.sha256(file_list(listed)).hexdigest()
+
+
+def kind(folder: Path, files: Sequence[FolderFile]) -> str:
+    """The folder's kind, told from its files (and its JSON configs, read as data)."""
+    paths = {f.path for f in files}
+    if {"adapter_config.json", "adapter_model.safetensors"} <= paths:
+        return "peft"
+    if {".metadata"} <= paths and any(p.endswith(".distcp") for p in paths):
+        return "dcp"
+    config = _json(folder, "config.json") if "config.json" in paths else None
+    hf_weights = (
+        "model.safetensors" in paths
+        or "model.safetensors.index.json" in paths
+        or any(re.fullmatch(r"pytorch_model(-\d+-of-\d+)?\.bin(\.index\.json)?", p) for p in paths)
+    )
+    if isinstance(config, dict) and hf_weights:
+        architectures = config.get("architectures")
+        if isinstance(architectures, list) and architectures and isinstance(architectures[0], str):
+            return "transformers"
+        if "model.safetensors" in paths:
+            return "hub_mixin"
+    if any(_is_index(folder, p) for p in paths if p.endswith(".index.json")):
+        return "sharded"
+    return "folder"
+
+
+def default_name(class_name: str) -> str:
+    """A model name from a class name: `BertForSequenceClassification` ->
+    `bert-for-sequence-classification`, `GPT2LMHeadModel` -> `gpt2-lm-head-model`."""
+    split = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "-", class_name)
+    return refs.validate_name(split.lower())
+
+
+def _relative(folder: Path, path: Path) -> str:
+    """`path` relative to `folder`, `/`-separated, refused unless it is plain UTF-8 text."""
+    relative = path.relative_to(folder).as_posix()
+    try:
+        relative.encode()
+    except UnicodeEncodeError:  # a name that is not UTF-8 comes back with surrogates
+        raise CheckpointError(f"{folder}: a file name is not UTF-8: {relative!r}") from None
+    if _FORBIDDEN.search(relative):
+        raise CheckpointError(
+            f"{folder}: the path {relative!r} holds a control character or a backslash"
+        )
+    return relative
+
+
+def _unreadable(folder: Path) -> Callable[[OSError], None]:
+    """What `os.walk` calls on a folder it cannot list: one line, naming it."""
+
+    def refuse(exc: OSError) -> None:
+        raise CheckpointError(f"cannot read {folder}: {exc.strerror} ({exc.filename})")
+
+    return refuse
+
+
+def _json(folder: Path, relative: str) -> object:
+    """A small JSON file of the folder as data, or None when it is not small, valid JSON."""
+    path = folder / relative
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            return None
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def _is_index(folder: Path, relative: str) -> bool:
+    """Whether a `*.index.json` maps weights to shards (`weight_map`), as safetensors' does."""
+    data = _json(folder, relative)
+    return isinstance(data, dict) and isinstance(data.get("weight_map"), dict)
