@@ -38,8 +38,10 @@ def test_push_json_uses_spec_field_names(run, small_file: Path) -> None:
     spec_fields = {
         "name", "version", "ref", "sha256", "size", "format", "arch", "arch_args", "tags",
         "aliases", "description", "created_at", "created_by", "num_params", "torch_version",
+        "files",
     }  # fmt: skip
     assert spec_fields <= data.keys()
+    assert data["files"] is None  # a single-file version (SPEC "Folders")
     assert (data["ref"], data["arch_args"], data["format"]) == (
         f"{SMALL_ARCH}@v1",
         {"num_classes": 10},

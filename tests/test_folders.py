@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import save
 
 from registry.errors import CheckpointError
-from registry.folders import FolderFile, default_name, digest, file_list, kind, scan
+from registry.folders import default_name, digest, file_list, kind, scan
+from registry.records import FolderFile
 
 
 def write(folder: Path, files: dict[str, bytes]) -> Path:

@@ -154,6 +154,10 @@ HOSTILE: dict[str, tuple[Edit, str]] = {
     "arch_args-a-list": (replaced(arch_args=[1]), "arch_args is missing or not a dict"),
     "description-null": (replaced(description=None), "description is missing or not a str"),
     "bad-digest": (replaced(sha256="ZZ"), "sha256 'ZZ' is not 64 lowercase hex digits"),
+    "folder-files": (
+        replaced(files=[{"path": "../x", "size": 1, "sha256": "0" * 64}]),
+        "a folder version (files) is not something this registry reads yet",
+    ),
     "uppercase-digest": (
         lambda record: {**record, "sha256": record["sha256"].upper()},
         "is not 64 lowercase hex digits",

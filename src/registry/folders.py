@@ -21,26 +21,17 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from registry import refs
 from registry.errors import CheckpointError
+from registry.records import FolderFile
 
 KINDS = ("transformers", "hub_mixin", "peft", "sharded", "dcp", "folder")
 MAX_FILES = 100_000  # more is not a checkpoint; listing it would only take memory
 MAX_CONFIG_BYTES = 16 << 20  # a config.json or index larger than this is not read
 
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")  # control characters, and `\` (a separator)
-
-
-@dataclass(frozen=True)
-class FolderFile:
-    """One file of a folder version: its relative path, size and (once hashed) SHA-256."""
-
-    path: str
-    size: int
-    sha256: str = ""
 
 
 def scan(folder: Path) -> list[FolderFile]:

@@ -31,6 +31,7 @@ class ModelVersion:
     details: dict[str, Any] = field(default_factory=dict)
     parent: str | None = None  # the version it was derived from ("resnet18@v1"), maybe deleted
     check_input: tuple[int, ...] | None = None  # the behaviour check's input shape, if recorded
+    files: tuple[FolderFile, ...] | None = None  # a folder version's files; None: one file
     # True only on the record `push` returns when it made a new version (not in JSON).
     is_new: bool = field(default=False, compare=False, repr=False)
 
@@ -44,7 +45,17 @@ class ModelVersion:
         data["aliases"] = list(self.aliases)
         data["created_at"] = self.created_at.isoformat()
         data["check_input"] = list(self.check_input) if self.check_input else None
+        data["files"] = None if self.files is None else [asdict(f) for f in self.files]
         return data
+
+
+@dataclass(frozen=True)
+class FolderFile:
+    """One file of a folder version: its relative path, size and (once hashed) SHA-256."""
+
+    path: str
+    size: int
+    sha256: str = ""
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,8 @@ def version(data: Any, *, numbered: bool = True) -> ModelVersion:
             "(weights_sha256) is not what a registry records"
         )
     parent = data.get("parent")
+    if data.get("files") is not None:  # missing: a registry older than folder versions
+        raise ValueError("a folder version (files) is not something this registry reads yet")
     return ModelVersion(
         name=name,
         version=number,
