@@ -28,7 +28,7 @@ from registry.errors import (
 from registry.progress_bars import Progress
 from registry.pushing import PushOptions
 from registry.pushing import run as run_push
-from registry.reads import Reads
+from registry.reads import Reads, single_file
 from registry.records import (
     CheckResult,
     Diff,
@@ -127,7 +127,7 @@ class Registry:
 
         Example:
             >>> reg.schema_revision()
-            '0005'
+            '0006'
         """
         return self.catalog.schema_revision()
 
@@ -140,7 +140,7 @@ class Registry:
 
         Example:
             >>> reg.upgrade()
-            '0005'
+            '0006'
         """
         return self.catalog.upgrade()
 
@@ -382,6 +382,7 @@ class Registry:
         from registry import architectures
 
         version = self.get(ref)
+        single_file(version, "load")
         recorded = self._fingerprint(version) if check else None
         try:
             if arch is None:

@@ -13,7 +13,8 @@ from registry.stores.folder import BlobStore
 
 
 def verify(catalog: Catalog, store: Store, versions: list[ModelVersion]) -> list[Problem]:
-    """Re-hash each version's blobs (its file, and a pickle's safe copy); report the bad ones.
+    """Re-hash each version's blobs (its file or a folder's files, a pickle's safe copy);
+    report the bad ones.
 
     A blob recorded before BLAKE3 that passes gets its BLAKE3 recorded, so
     later reads verify on every core: from the blob itself, or from a remote
@@ -23,7 +24,10 @@ def verify(catalog: Catalog, store: Store, versions: list[ModelVersion]) -> list
     # The files whose BLAKE3 can be recorded: the folder's blobs, or a remote store's cache.
     local = store.cache if isinstance(store, CachedStore) else store
     for version in versions:
-        digests: list[tuple[str, int | None]] = [(version.sha256, version.size)]
+        if version.files is None:
+            digests: list[tuple[str, int | None]] = [(version.sha256, version.size)]
+        else:  # a folder's file list, then each of its files
+            digests = [(version.sha256, None), *((f.sha256, f.size) for f in version.files)]
         if version.weights_sha256:
             digests.append((version.weights_sha256, None))
         for digest, size in digests:

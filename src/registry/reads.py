@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from registry import files, manifests
-from registry.errors import IntegrityError, InvalidReferenceError, StorageError
+from registry.errors import CheckpointError, IntegrityError, InvalidReferenceError, StorageError
 from registry.faults import crash_half_way
 
 if TYPE_CHECKING:
@@ -61,6 +61,7 @@ class Reads:
         """Write the version's file (or its weights as safetensors); see `Registry.pull`."""
         if format not in FORMATS:
             raise InvalidReferenceError(format, "format", f"choose one of {', '.join(FORMATS)}")
+        single_file(version, "pull")
         extension = version.extension if format == "original" else ".safetensors"
         filename = f"{version.name.rsplit('/', 1)[-1]}-v{version.version}{extension}"
         target = Path(destination) if destination is not None else Path(filename)
@@ -92,6 +93,7 @@ class Reads:
 
     def write_to(self, version: ModelVersion, sink: BinaryIO, verify: bool) -> None:
         """Stream the version's file to `sink`, hashing it; see `Registry.write_to`."""
+        single_file(version, "pull -o -")
         with self.progress(f"pull {version.ref}", version.size) as advance:
             blake3 = self._blake3_check(version) if verify else None
             source = self.store.open(version.sha256, version.ref)
@@ -104,6 +106,7 @@ class Reads:
                 raise
 
     def local_file(self, version: ModelVersion, verify: bool) -> Path:
+        single_file(version, "local_file")
         path = self.store.local_path(version.sha256, version.ref)
         if verify:
             check = self.catalog.verification(version.sha256)
@@ -192,6 +195,7 @@ class Reads:
         IntegrityError is raised in place of whatever the caller raised, since
         that came from bad bytes, and what the caller built is dropped.
         """
+        single_file(version, "reading the weights of")
         if version.weights_sha256:
             self.catalog.require_local(
                 f"reading {version.ref}'s weights",
@@ -236,6 +240,15 @@ class Reads:
         if check is None or not check.blake3:
             return None
         return files.Blake3Check(check.blake3, lambda: self.store.hash(version.sha256, version.ref))
+
+
+def single_file(version: ModelVersion, operation: str) -> None:
+    """Refuse what reads one file from a folder version, whose reads are not built yet."""
+    if version.files is not None:
+        raise CheckpointError(
+            f"{operation} {version.ref}: it is a folder version ({len(version.files)} files), "
+            "which this registry cannot read yet"
+        )
 
 
 def weights_digest(version: ModelVersion) -> str:

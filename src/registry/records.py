@@ -93,6 +93,7 @@ class NewVersion:
     tensors: tuple[TensorInfo, ...] = ()
     parent: str | None = None
     fingerprint: Fingerprint | None = None
+    files: tuple[FolderFile, ...] | None = None  # a folder's; `blob_sha256` is its file list's
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,20 @@ class Version(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+class VersionFile(Base):
+    """One file of a folder version, by relative path; its bytes are the blob `sha256` (0006)."""
+
+    __tablename__ = "version_files"
+    __table_args__ = (Index("ix_version_files_sha256", "sha256"),)
+
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    path: Mapped[str] = mapped_column(Text, primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+
+
 class Tag(Base):
     __tablename__ = "tags"
     __table_args__ = (Index("ix_tags_key_value", "key", "value"),)

@@ -21,6 +21,7 @@ from registry import faults, files, refs
 from registry.bundles import archive
 from registry.catalogs import Catalog, Recording
 from registry.errors import BundleError, NotFoundError
+from registry.reads import single_file
 from registry.records import Fingerprint, ModelVersion, NewVersion, TensorInfo
 from registry.stores import BlobWriting, Store
 
@@ -33,6 +34,8 @@ def export(
     progress: Callable[[int], None],
 ) -> None:
     """Write `versions` to a bundle at a path (atomically) or to a binary stream."""
+    for version in versions:
+        single_file(version, "export")
     extras = _extras(catalog, versions)
     if isinstance(destination, (str, os.PathLike)):
         with files.atomic_file(Path(destination)) as out:

@@ -7,6 +7,7 @@ SQL catalog, whose callers get the frozen records of `registry.records`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -17,8 +18,18 @@ from sqlalchemy.orm import Session
 from registry import refs
 from registry.digests import CHUNK_SIZE, Check
 from registry.errors import AmbiguousReferenceError, InvalidReferenceError, NotFoundError
-from registry.records import ModelSummary, ModelVersion, TensorInfo
-from registry.tables import Alias, Blob, Fingerprint, Lineage, Model, Tag, Tensor, Version
+from registry.records import FolderFile, ModelSummary, ModelVersion, TensorInfo
+from registry.tables import (
+    Alias,
+    Blob,
+    Fingerprint,
+    Lineage,
+    Model,
+    Tag,
+    Tensor,
+    Version,
+    VersionFile,
+)
 
 
 def resolve(s: Session, ref: refs.Ref) -> tuple[Model, Version]:
@@ -111,7 +122,7 @@ def lock_unreferenced_blob(s: Session, digest: str) -> bool:
     s.execute(select(Blob.sha256).where(Blob.sha256 == digest).with_for_update())
     used = s.scalar(
         select(exists().where((Version.blob_sha256 == digest) | (Version.weights_sha256 == digest)))
-    )
+    ) or s.scalar(select(exists().where(VersionFile.sha256 == digest)))
     if used:
         return False
     s.execute(delete(Blob).where(Blob.sha256 == digest))
@@ -144,6 +155,7 @@ def add_version(
     tensors: Sequence[TensorInfo] = (),
     parent: tuple[Model, Version] | None = None,
     fingerprint: Fingerprint | None = None,
+    files: Sequence[FolderFile] | None = None,
 ) -> tuple[ModelVersion, bool]:
     """Record a pushed version, or find the identical one already there.
 
@@ -171,11 +183,20 @@ def add_version(
         s.flush()
         row = version
         add_tensors(s, row.id, tensors)
+        if files is not None:
+            s.execute(
+                _insert(s, VersionFile).values(
+                    [{"version_id": row.id, **dataclasses.asdict(f)} for f in files]
+                )
+            )
         model.num_versions += 1
         model.latest_version = row.version
         when = utc(row.created_at)
         model.updated_at = max(utc(model.updated_at), when) if model.updated_at else when
-        model.size += s.scalar(select(Blob.size).where(Blob.sha256 == row.blob_sha256)) or 0
+        if files is not None:  # a folder's size is its files', not its file list's
+            model.size += sum(f.size for f in files)
+        else:
+            model.size += s.scalar(select(Blob.size).where(Blob.sha256 == row.blob_sha256)) or 0
     if parent is not None and s.get(Lineage, (model.id, row.version)) is None:
         _link(s, model, row, *parent)
     if fingerprint is not None and s.get(Fingerprint, row.id) is None:
@@ -287,17 +308,24 @@ def delete_version(s: Session, version: Version) -> None:
     locked = select(Model).where(Model.id == version.model_id).with_for_update()
     model = s.scalars(locked.execution_options(populate_existing=True)).one()
     s.execute(delete(Version).where(Version.id == version.id))
-    left = s.execute(
+    is_folder = exists().where(VersionFile.version_id == Version.id)
+    count, latest, updated, single_files = s.execute(
         select(
             func.count(Version.id),
             func.max(Version.version),
             func.max(Version.created_at),
-            func.coalesce(func.sum(Blob.size), 0),
+            func.coalesce(func.sum(Blob.size).filter(~is_folder), 0),
         )
         .join(Blob, Blob.sha256 == Version.blob_sha256)
         .where(Version.model_id == model.id)
     ).one()
-    model.num_versions, model.latest_version, model.updated_at, model.size = left
+    folders = s.scalar(
+        select(func.coalesce(func.sum(VersionFile.size), 0))
+        .join(Version, Version.id == VersionFile.version_id)
+        .where(Version.model_id == model.id)
+    )
+    model.num_versions, model.latest_version, model.updated_at = count, latest, updated
+    model.size = int(single_files) + int(folders or 0)
 
 
 def search(
@@ -349,10 +377,12 @@ def summaries(s: Session) -> list[ModelSummary]:
 
 
 def referenced_digests(s: Session) -> set[str]:
-    """Every blob some version needs: its original file, or its safe weights copy."""
+    """Every blob some version needs: its file (a folder's file list), a safe weights copy,
+    or a folder's file."""
     originals = set(s.scalars(select(Version.blob_sha256).distinct()))
     copies = s.scalars(select(Version.weights_sha256).where(Version.weights_sha256.is_not(None)))
-    return originals | {digest for digest in copies if digest is not None}
+    folder_files = set(s.scalars(select(VersionFile.sha256).distinct()))
+    return originals | folder_files | {digest for digest in copies if digest is not None}
 
 
 def records(s: Session, rows: Sequence[tuple[str, Version]]) -> list[ModelVersion]:
@@ -372,12 +402,18 @@ def records(s: Session, rows: Sequence[tuple[str, Version]]) -> list[ModelVersio
     check_inputs = {
         i: shape for i, shape in s.execute(checks.where(Fingerprint.version_id.in_(ids)))
     }
+    files: dict[int, list[FolderFile]] = {}
+    listed = select(VersionFile).where(VersionFile.version_id.in_(ids))
+    for f in s.scalars(listed):
+        files.setdefault(f.version_id, []).append(FolderFile(f.path, f.size, f.sha256))
+    for found in files.values():
+        found.sort(key=lambda f: f.path.encode())
     return [
         ModelVersion(
             name=name,
             version=v.version,
             sha256=v.blob_sha256,
-            size=sizes[v.blob_sha256],
+            size=sum(f.size for f in files[v.id]) if v.id in files else sizes[v.blob_sha256],
             format=v.format,
             arch=v.arch,
             arch_args=dict(v.arch_args),
@@ -393,6 +429,7 @@ def records(s: Session, rows: Sequence[tuple[str, Version]]) -> list[ModelVersio
             details=dict(v.details),
             parent=parents.get((v.model_id, v.version)),
             check_input=tuple(check_inputs[v.id]) if v.id in check_inputs else None,
+            files=tuple(files[v.id]) if v.id in files else None,
         )
         for name, v in rows
     ]

@@ -206,6 +206,7 @@ class SqlRecording:
             new.tensors,
             parent,
             fingerprint,
+            new.files,
         )
         s.flush()
         return replace(record, is_new=is_new)
