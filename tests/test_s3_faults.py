@@ -11,6 +11,7 @@ global to the process that serves.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -72,8 +73,13 @@ class StoppableServer:
         from werkzeug.serving import make_server
 
         self.port = self.port or port_outside_the_ephemeral_range()
-        self._server = make_server("127.0.0.1", self.port, self._serve, threaded=True)
-        self.port = self._server.server_port
+        listening = _listen(self.port)
+        try:  # werkzeug takes its own copy of the socket
+            self._server = make_server(
+                "127.0.0.1", self.port, self._serve, threaded=True, fd=listening.fileno()
+            )
+        finally:
+            listening.close()
         serve = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )  # a stop waits for the next poll
@@ -114,6 +120,28 @@ class StoppableServer:
     def _go_down(self, environ: dict[str, Any]) -> None:
         self.stop()
         environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
+
+
+def _listen(port: int, patience_s: float = 10.0) -> socket.socket:
+    """A socket listening on loopback `port`, tried again while the port is still taken.
+
+    A restart takes the port the clients know. Right after a stop, the old
+    server's last connections can still be closing; werkzeug's own bind would
+    give up at once (it exits the process), so the socket is made here.
+    """
+    deadline = time.monotonic() + patience_s
+    while True:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+            sock.listen(128)
+            return sock
+        except OSError as exc:
+            sock.close()
+            if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def port_outside_the_ephemeral_range() -> int:
