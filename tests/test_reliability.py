@@ -395,6 +395,7 @@ TABLES = [
     "models",
     "tags",
     "tensors",
+    "version_files",
     "versions",
 ]
 
