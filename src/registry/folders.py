@@ -31,8 +31,6 @@ KINDS = ("transformers", "hub_mixin", "peft", "sharded", "dcp", "folder")
 MAX_FILES = 100_000  # more is not a checkpoint; listing it would only take memory
 MAX_CONFIG_BYTES = 16 << 20  # a config.json or index larger than this is not read
 
-_FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\\]")  # control characters, and `\` (a separator)
-
 
 def scan(folder: Path) -> list[FolderFile]:
     """Every regular file under `folder`, sorted by path; refuse what a version cannot hold.
@@ -119,7 +117,7 @@ def _relative(folder: Path, path: Path) -> str:
         relative.encode()
     except UnicodeEncodeError:  # a name that is not UTF-8 comes back with surrogates
         raise CheckpointError(f"{folder}: a file name is not UTF-8: {relative!r}") from None
-    if _FORBIDDEN.search(relative):
+    if refs.CONTROL.search(relative) or "\\" in relative:  # a backslash reads as a separator
         raise CheckpointError(
             f"{folder}: the path {relative!r} holds a control character or a backslash"
         )

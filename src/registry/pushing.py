@@ -239,7 +239,7 @@ def fingerprint(
     arch: Arch, version: NewVersion, weights: Weights, shape: Sequence[int]
 ) -> Fingerprint:
     """Run the model as a load will rebuild it on the seeded check input; record its output."""
-    from registry import architectures, behaviour
+    from registry import architectures
 
     model = architectures.instantiate(
         arch, version.arch_args, weights.state_dict, version.details["module_versions"]

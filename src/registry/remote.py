@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from urllib.parse import quote
 
-from registry import extras, jsontext
+from registry import extras, jsontext, refs
 from registry.errors import (
     ConfigurationError,
     IntegrityError,
@@ -43,7 +43,6 @@ READ_TIMEOUT_S = 60.0  # the most a server may stay silent mid-answer (a diff re
 CONNECT_RETRIES = 3  # a refused or failed connection is tried again after 0, 0.5 and 1 s
 RESUMES = 3  # a download cut off mid-way goes on from where it stopped this many times
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 MAX_MESSAGE = 400  # characters of a server's error message that are shown
 MAX_ERROR_BODY = 64 << 10  # bytes of an error answer read, looking for its message
 
@@ -238,7 +237,7 @@ def _message(body: bytes) -> str | None:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("error"), str):
         return None
-    text = _CONTROL.sub(" ", data["error"]).strip()
+    text = refs.CONTROL.sub(" ", data["error"]).strip()
     return text[:MAX_MESSAGE] + ("..." if len(text) > MAX_MESSAGE else "")
 
 

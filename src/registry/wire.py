@@ -37,7 +37,6 @@ MAX_COUNT = 2**63  # a BigInteger
 MAX_VERSION = 10**refs.MAX_VERSION_DIGITS
 
 _ARCH = re.compile(r"[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?")  # a model name or module:callable
-_CONTROL = refs.CONTROL
 _NULL = type(None)
 
 
@@ -196,7 +195,7 @@ def text(value: Any, what: str, longest: int | None = None) -> str:
     """A one-line string: nothing that could forge a line of the CLI's output."""
     if not isinstance(value, str):
         raise TypeError(f"{what} is not a string without control characters")
-    if _CONTROL.search(value):
+    if refs.CONTROL.search(value):
         raise ValueError(f"{what} is not a string without control characters")
     if longest is not None and len(value) > longest:
         raise ValueError(f"{what} is longer than {longest} characters")

@@ -8,7 +8,7 @@ memory-maps a local file.
 Every blob is named by the hex SHA-256 of its bytes. A blob is written
 through a `BlobWriting` that hashes on the way and places the blob only on
 `commit`, which the caller runs while it holds the blob's catalog row locked
-(see `Registry.push`, `Registry.gc`).
+(see `pushing.run`, `maintenance.gc`).
 """
 
 from __future__ import annotations
