@@ -36,10 +36,6 @@ class HttpCatalog:
         self.client = client
 
     @property
-    def url(self) -> str:
-        return self.client.url
-
-    @property
     def location(self) -> str:
         return self.client.url  # never the token
 
