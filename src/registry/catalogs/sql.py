@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, TypeVar
 
@@ -216,20 +216,7 @@ class SqlRecording:
 
 
 # The fields of a NewVersion that are columns of `versions`, stored as they are.
-_VERSION_COLUMNS = (
-    "format",
-    "arch",
-    "arch_args",
-    "description",
-    "created_at",
-    "created_by",
-    "num_params",
-    "torch_version",
-    "details",
-    "blob_sha256",
-    "extension",
-    "weights_sha256",
-)
+_VERSION_COLUMNS = tuple(f.name for f in fields(NewVersion) if f.name in Version.__table__.columns)
 
 
 def _record(s: Session, model: Model, row: Version) -> ModelVersion:
