@@ -692,7 +692,7 @@ HOSTILE = [
     ("random-bytes", "is not a checkpoint"),
     ("truncated-zip", "is a damaged zip archive"),
     ("empty", "is empty"),
-    ("directory", "is a folder, not a checkpoint file"),
+    ("directory", "holds no files"),  # an empty folder: nothing to push
     ("torchscript", "is a TorchScript archive (torch.jit.save)"),
     ("safetensors-10gb-header", "looks like safetensors but its header claims 10,000,000,000"),
     ("safetensors-offsets-past-end", "is not a valid safetensors file"),

@@ -154,9 +154,13 @@ HOSTILE: dict[str, tuple[Edit, str]] = {
     "arch_args-a-list": (replaced(arch_args=[1]), "arch_args is missing or not a dict"),
     "description-null": (replaced(description=None), "description is missing or not a str"),
     "bad-digest": (replaced(sha256="ZZ"), "sha256 'ZZ' is not 64 lowercase hex digits"),
-    "folder-files": (
+    "folder-path-leaves": (
         replaced(files=[{"path": "../x", "size": 1, "sha256": "0" * 64}]),
-        "a folder version (files) is not something this registry reads yet",
+        "the file path '../x' is not a plain relative path",
+    ),
+    "folder-files-of-another-digest": (
+        replaced(files=[{"path": "x", "size": 1, "sha256": "0" * 64}]),
+        "sha256 is not the digest of the file list",
     ),
     "uppercase-digest": (
         lambda record: {**record, "sha256": record["sha256"].upper()},

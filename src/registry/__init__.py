@@ -111,7 +111,7 @@ def __getattr__(name: str) -> Any:
 
 def push(
     source: str | os.PathLike[str] | nn.Module | Mapping[str, torch.Tensor],
-    arch: str | Callable[..., nn.Module],
+    arch: str | Callable[..., nn.Module] | None = None,
     name: str | None = None,
     arch_args: Mapping[str, Any] | None = None,
     tags: Mapping[str, str] | None = None,
@@ -171,11 +171,18 @@ def load(
     trust_arch: bool = False,
     arch: str | Callable[..., nn.Module] | None = None,
     check: bool = False,
+    merge: bool = False,
 ) -> nn.Module:
     """Load a model from the default Registry, in eval mode; see `Registry.load`."""
     from registry.api import Registry
 
     with Registry() as reg:
         return reg.load(
-            ref, device=device, verify=verify, trust_arch=trust_arch, arch=arch, check=check
+            ref,
+            device=device,
+            verify=verify,
+            trust_arch=trust_arch,
+            arch=arch,
+            check=check,
+            merge=merge,
         )

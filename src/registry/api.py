@@ -9,6 +9,7 @@ the catalog and store live is decided once, in `_open`.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -19,6 +20,7 @@ from registry.errors import (
     ArchitectureError,
     BehaviourMismatchError,
     CheckInputError,
+    CheckpointError,
     DeviceError,
     InvalidReferenceError,
     NotFoundError,
@@ -28,7 +30,7 @@ from registry.errors import (
 from registry.progress_bars import Progress
 from registry.pushing import PushOptions
 from registry.pushing import run as run_push
-from registry.reads import Reads, single_file
+from registry.reads import Reads
 from registry.records import (
     CheckResult,
     Diff,
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
     from torch import nn
 
+    from registry.architectures import Arch
     from registry.catalogs import Catalog
     from registry.stores import Store
 
@@ -149,7 +152,7 @@ class Registry:
     def push(
         self,
         source: str | os.PathLike[str] | nn.Module | Mapping[str, torch.Tensor],
-        arch: str | Callable[..., nn.Module],
+        arch: str | Callable[..., nn.Module] | None = None,
         name: str | None = None,
         arch_args: Mapping[str, Any] | None = None,
         tags: Mapping[str, str] | None = None,
@@ -161,7 +164,7 @@ class Registry:
         parent: str | None = None,
         check_input: Sequence[int] | str | None = None,
     ) -> ModelVersion:
-        """Register a checkpoint file, an nn.Module or a state_dict as the next version.
+        """Register a checkpoint file or folder, an nn.Module or a state_dict as the next version.
 
         `arch` is a torchvision model name (`"vgg16"`), a `"package.module:callable"`
         path, or the class or function itself (recorded as `module:qualname`;
@@ -178,6 +181,12 @@ class Registry:
         `(1, 3, 224, 224)`) runs the rebuilt model on a seeded input and
         records its output, for `check` to compare with later. Every push
         records the tensor manifest (names, dtypes, shapes, digests).
+
+        A folder (`save_pretrained`'s, a sharded checkpoint, a PEFT adapter, a
+        `torch.distributed.checkpoint`) is pushed whole, each file a blob; its
+        kind is told from its content and a transformers folder needs no
+        `arch`. A transformers `PreTrainedModel` is saved as `save_pretrained`
+        saves it, then pushed as that folder.
 
         Raises:
             NotFoundError: the file does not exist.
@@ -206,6 +215,12 @@ class Registry:
             parent=parent,
             check_input=check_input,
         )
+        from registry import hf
+
+        if hf.is_pretrained_model(source):
+            with tempfile.TemporaryDirectory(prefix="registry-push-") as folder:
+                hf.save(source, Path(folder))  # type: ignore[arg-type]  # a PreTrainedModel
+                return run_push(self.catalog, self.store, folder, options, self._progress)
         return run_push(self.catalog, self.store, source, options, self._progress)
 
     # -- reading -------------------------------------------------------------
@@ -355,6 +370,7 @@ class Registry:
         trust_arch: bool = False,
         arch: str | Callable[..., nn.Module] | None = None,
         check: bool = False,
+        merge: bool = False,
     ) -> nn.Module:
         """Rebuild a version's model with its weights, in eval mode, ready for inference.
 
@@ -363,7 +379,10 @@ class Registry:
         `arch` rebuilds with a builder you hand in instead (one defined in a
         notebook, or a class that has moved since the push); the weights are
         still checked against it. `check` reruns the behaviour check recorded
-        at push (on the CPU, before moving to `device`).
+        at push (on the CPU, before moving to `device`). A transformers folder
+        is rebuilt from its recorded config, with no network; a PEFT adapter
+        is applied to its base (its parent version), or merged into it with
+        `merge`.
 
         Raises:
             NotFoundError: no such version.
@@ -371,6 +390,7 @@ class Registry:
             ArchitectureError: the arch cannot be found or built
                 (UntrustedArchError: a recorded function nobody trusted).
             ArchitectureMismatchError: the weights do not fit the arch.
+            CheckpointError: a folder of files the registry cannot rebuild.
             DeviceError: the model cannot be moved to `device`.
             BehaviourMismatchError: with `check`, the model computes something else.
             CheckInputError: with `check`, the version has no behaviour check.
@@ -379,23 +399,16 @@ class Registry:
             >>> model = reg.load("vgg16@production", device="cuda")
             >>> model = reg.load("net@v1", arch=Net)   # Net defined in this notebook
         """
-        from registry import architectures
-
         version = self.get(ref)
-        single_file(version, "load")
+        if merge and version.format != "peft":
+            raise CheckpointError(f"merge is for a PEFT adapter; {version.ref} is not one")
         recorded = self._fingerprint(version) if check else None
-        try:
-            if arch is None:
-                resolved = architectures.resolve(version.arch, trust=trust_arch)
-            elif isinstance(arch, str):
-                resolved = architectures.resolve(arch)
-            else:
-                resolved = architectures.of(arch, for_load=True)
-        except UntrustedArchError as exc:
-            raise UntrustedArchError(exc.arch, exc.kind, version.ref) from None
-        except ArchitectureError as exc:
-            raise ArchitectureError(f"cannot rebuild {version.ref}: {exc}") from None
-        model = self._reads.model(version, resolved, verify)
+        if version.format == "peft":
+            model = self._adapted(version, verify, trust_arch, merge)
+        elif version.format == "transformers" and arch is None:
+            model = self._reads.transformers_model(version, verify, trust_arch)
+        else:
+            model = self._reads.model(version, self._arch(version, trust_arch, arch), verify)
         if recorded is not None:
             result = behaviour.verdict(version, recorded, model)
             if not result.matches:
@@ -406,6 +419,45 @@ class Registry:
             except (RuntimeError, AssertionError, ValueError) as exc:
                 raise DeviceError(device, first_line(exc)) from None
         return model.eval()
+
+    def _arch(
+        self,
+        version: ModelVersion,
+        trust_arch: bool,
+        arch: str | Callable[..., nn.Module] | None,
+    ) -> Arch:
+        """The builder a load calls: the recorded one (trusted as the policy says), or `arch`."""
+        from registry import architectures
+
+        if version.format == "folder":
+            raise CheckpointError(
+                f"{version.ref} is a folder of files this registry does not know how to "
+                "rebuild; pull it instead"
+            )
+        try:
+            if arch is None:
+                return architectures.resolve(version.arch, trust=trust_arch)
+            if isinstance(arch, str):
+                return architectures.resolve(arch)
+            return architectures.of(arch, for_load=True)
+        except UntrustedArchError as exc:
+            raise UntrustedArchError(exc.arch, exc.kind, version.ref) from None
+        except ArchitectureError as exc:
+            raise ArchitectureError(f"cannot rebuild {version.ref}: {exc}") from None
+
+    def _adapted(
+        self, version: ModelVersion, verify: bool, trust_arch: bool, merge: bool
+    ) -> nn.Module:
+        """A PEFT adapter's base, rebuilt from its version, with the adapter applied or merged."""
+        if version.parent is None:
+            raise NotFoundError(f"the base of adapter {version.ref}", "it records no parent")
+        try:
+            base = self.load(version.parent, verify=verify, trust_arch=trust_arch)
+        except NotFoundError:
+            raise NotFoundError(
+                f"{version.parent}, the base of adapter {version.ref},", "it was deleted"
+            ) from None
+        return self._reads.adapted(version, base, verify, merge)
 
     # -- what changed, and whether it still computes the same -------------------
 

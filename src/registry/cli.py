@@ -124,8 +124,8 @@ def key_values(
 @click.argument("file", type=click.Path(dir_okay=True))
 @click.option(
     "--arch",
-    required=True,
-    help="torchvision model name (vgg16, resnet50, ...) or package.module:callable.",
+    help="torchvision model name (vgg16, resnet50, ...) or package.module:callable "
+    "[required for a file; a transformers folder's comes from its config.json].",
 )
 @click.option("--name", help="Model name [default: the arch name].")
 @click.option(
@@ -170,11 +170,15 @@ def key_values(
 @json_option
 @click.pass_obj
 def push(reg: Registry, /, file: str, as_json: bool, **options: Any) -> None:
-    """Register checkpoint FILE as the model's next version; print NAME@vN sha256:<hex>.
+    """Register checkpoint FILE (or folder) as the model's next version; print NAME@vN sha256:<hex>.
 
     FILE is a torch.save'd state_dict or training checkpoint, a PyTorch Lightning
-    .ckpt, or a .safetensors file.
+    .ckpt, or a .safetensors file. A folder is pushed whole: a transformers
+    save_pretrained folder, sharded weights with an index, a PEFT adapter
+    (with --parent), a torch.distributed.checkpoint folder, or any other files.
     """
+    if options["arch"] is None and not os.path.isdir(file):
+        raise click.UsageError("Missing option '--arch' (a file needs its model's builder).")
     version = reg.push(file, **options)  # each option is named as Registry.push's keyword
     if not version.is_new:
         click.echo(f"{version.ref} already holds these bytes; no new version made", err=True)
@@ -239,6 +243,7 @@ def _input_shape(ctx: click.Context, param: click.Parameter, text: str | None) -
     help="Call the recorded builder even if it is a function, not an nn.Module class.",
 )
 @click.option("--check", is_flag=True, help="Rerun the behaviour check recorded at push.")
+@click.option("--merge", is_flag=True, help="For a PEFT adapter: merge it into its base model.")
 @json_option
 @click.pass_obj
 def load(
@@ -249,6 +254,7 @@ def load(
     no_verify: bool,
     trust_arch: bool,
     check: bool,
+    merge: bool,
     as_json: bool,
 ) -> None:
     """Rebuild REF's model with its weights in eval mode and report on it."""
@@ -257,7 +263,12 @@ def load(
 
     version = reg.get(ref)
     model = reg.load(
-        version.ref, device=device, verify=not no_verify, trust_arch=trust_arch, check=check
+        version.ref,
+        device=device,
+        verify=not no_verify,
+        trust_arch=trust_arch,
+        check=check,
+        merge=merge,
     )
     result: dict[str, Any] = {
         "ref": version.ref,
@@ -341,10 +352,17 @@ def show(reg: Registry, ref: str, tensors: bool, as_json: bool) -> None:
         return
     if version.parent is not None and not _exists(reg, version.parent):
         data["parent"] = f"{version.parent} (deleted)"
+    del data["files"]  # a folder's are listed below, one per line
     width = max(map(len, data))
     for key, value in data.items():
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
         click.echo(f"{key + ':':<{width + 1}} {text}")
+    if version.files is not None:
+        click.echo(f"files: {len(version.files)}")
+        _table(
+            ["  PATH", "SIZE", "SHA256"],
+            [[f"  {f.path}", _human_size(f.size), f.sha256[:12]] for f in version.files],
+        )
     if tensors:
         click.echo(f"tensors: {len(listed)}")
         _table(

@@ -18,6 +18,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "s3": ("boto3", "botocore"),  # the S3 store
     "serve": ("starlette", "uvicorn", "jinja2"),  # `registry serve`
     "remote": ("httpx",),  # --remote URL
+    "hf": ("transformers", "peft"),  # Hugging Face folders (transformers, PEFT)
 }
 
 

@@ -17,6 +17,7 @@ POINTS = (
     "push-blob-placed",  # blob renamed into place, catalog not yet committed
     "push-commit",  # version row written, just before COMMIT
     "pull-copy",  # half-way through writing the destination's temp file
+    "pull-folder-written",  # every file of a pulled folder written, before the rename
     "s3-upload",  # half-way through uploading a blob to the bucket
     "s3-uploaded",  # object in the bucket, catalog not yet committed
     "cache-fill",  # half-way through filling a cache entry from the bucket

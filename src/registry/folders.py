@@ -64,6 +64,24 @@ def scan(folder: Path) -> list[FolderFile]:
     return sorted(found, key=lambda f: f.path.encode())
 
 
+def check_path(path: str) -> str:
+    """Refuse a recorded file path that could not come from `scan` (it would write elsewhere).
+
+    Raises:
+        ValueError: empty, absolute, `.`/`..`/empty segments, a backslash or a control character.
+    """
+    parts = path.split("/")
+    if (
+        not path
+        or path.startswith("/")
+        or any(part in ("", ".", "..") for part in parts)
+        or "\\" in path
+        or refs.CONTROL.search(path)
+    ):
+        raise ValueError(f"the file path {path!r} is not a plain relative path")
+    return path
+
+
 def file_list(files: Iterable[FolderFile]) -> bytes:
     """The text a folder version's digest is the SHA-256 of (see the module docstring)."""
     ordered = sorted(files, key=lambda f: f.path.encode())
@@ -101,6 +119,11 @@ def kind(folder: Path, files: Sequence[FolderFile]) -> str:
     if any(_is_index(folder, p) for p in paths if p.endswith(".index.json")):
         return "sharded"
     return "folder"
+
+
+def config(folder: Path) -> object:
+    """The folder's `config.json` as data, or None when it is not small, valid JSON."""
+    return _json(folder, "config.json")
 
 
 def default_name(class_name: str) -> str:

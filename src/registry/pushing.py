@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 class PushOptions:
     """What a push is told besides its source: `Registry.push` documents each."""
 
-    arch: str | Callable[..., nn.Module]
+    arch: str | Callable[..., nn.Module] | None = None
     name: str | None = None
     arch_args: Mapping[str, Any] = field(default_factory=dict)
     tags: Mapping[str, str] = field(default_factory=dict)
@@ -52,6 +52,28 @@ class PushOptions:
     strip_prefix: str | None = None
     parent: str | None = None
     check_input: Sequence[int] | str | None = None
+
+
+@dataclass(frozen=True)
+class Validated:
+    """What every push checks in its options before it reads a byte."""
+
+    tags: dict[str, str]
+    aliases: tuple[str, ...]
+    shape: tuple[int, ...] | None
+    parent: str | None  # the parent's ref, looked up
+
+
+def validate(catalog: Catalog, options: PushOptions) -> Validated:
+    """Check the names, tags, aliases and check input; look the parent up."""
+    tags = refs.validate_tags(options.tags)
+    aliases = tuple(refs.validate_alias(a) for a in options.aliases)
+    if options.name is not None:
+        refs.validate_name(options.name)
+    check_input = options.check_input
+    shape = behaviour.parse_shape(check_input) if check_input is not None else None
+    parent = catalog.get(options.parent).ref if options.parent is not None else None
+    return Validated(tags, aliases, tuple(shape) if shape is not None else None, parent)
 
 
 def run(
@@ -65,19 +87,23 @@ def run(
     from registry import architectures
 
     catalog.require_local("push")
+    checked = validate(catalog, options)
+    path = Path(source) if isinstance(source, (str, os.PathLike)) else None
+    if path is not None and path.is_dir():
+        from registry import folder_push
+
+        return folder_push.run(catalog, store, path, options, checked, progress)
+    if options.arch is None:
+        raise ArchitectureError(
+            "name the model's builder with --arch (arch=): a torchvision model name or "
+            "package.module:callable"
+        )
     arch = options.arch
     builder = arch if isinstance(arch, str) else architectures.of(arch)
     if isinstance(arch, str):
         architectures.warn_if_main(arch)
     arch_args = dict(options.arch_args)
-    tags = refs.validate_tags(options.tags)
-    aliases = tuple(refs.validate_alias(a) for a in options.aliases)
-    if options.name is not None:
-        refs.validate_name(options.name)
-    check_input = options.check_input
-    shape = behaviour.parse_shape(check_input) if check_input is not None else None
-    parent = catalog.get(options.parent).ref if options.parent is not None else None
-    path = Path(source) if isinstance(source, (str, os.PathLike)) else None
+    tags, aliases, shape, parent = checked.tags, checked.aliases, checked.shape, checked.parent
     if path is not None:
         preflight(path)
 
@@ -228,7 +254,7 @@ def new_version(
         arch_args=arch_args,
         description=description,
         created_at=datetime.now(timezone.utc),
-        created_by=_user_at_host(),
+        created_by=user_at_host(),
         num_params=architectures.count_params(model),
         torch_version=torch.__version__,
         details=details,
@@ -262,7 +288,7 @@ def default_name(arch: str) -> str:
         ) from None
 
 
-def _user_at_host() -> str:
+def user_at_host() -> str:
     try:
         user = getpass.getuser()
     except (KeyError, OSError):

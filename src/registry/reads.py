@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from registry import files, manifests
-from registry.errors import CheckpointError, IntegrityError, InvalidReferenceError, StorageError
+from registry import files, folder_pull, manifests, shards
+from registry.errors import (
+    CheckpointError,
+    IntegrityError,
+    InvalidReferenceError,
+    NotFoundError,
+    StorageError,
+)
 from registry.faults import crash_half_way
 
 if TYPE_CHECKING:
@@ -61,6 +67,12 @@ class Reads:
         """Write the version's file (or its weights as safetensors); see `Registry.pull`."""
         if format not in FORMATS:
             raise InvalidReferenceError(format, "format", f"choose one of {', '.join(FORMATS)}")
+        if version.files is not None:
+            if format != "original":
+                single_file(version, f"pull --format {format}")
+            folder = f"{version.name.rsplit('/', 1)[-1]}-v{version.version}"
+            target = Path(destination) if destination is not None else Path(folder)
+            return folder_pull.write_folder(self, version, target, verify)
         single_file(version, "pull")
         extension = version.extension if format == "original" else ".safetensors"
         filename = f"{version.name.rsplit('/', 1)[-1]}-v{version.version}{extension}"
@@ -82,7 +94,7 @@ class Reads:
         def copy() -> None:
             with self.progress(f"pull {version.ref}", version.size) as advance:
                 progress = crash_half_way("pull-copy", version.size, advance)
-                blake3 = self._blake3_check(version) if verify else None
+                blake3 = self.blake3_check(version.sha256, version.ref) if verify else None
                 source = self.store.open(version.sha256, version.ref)
                 files.copy_verified(
                     source, target, version.sha256, version.ref, verify, progress, blake3
@@ -92,10 +104,13 @@ class Reads:
         return target
 
     def write_to(self, version: ModelVersion, sink: BinaryIO, verify: bool) -> None:
-        """Stream the version's file to `sink`, hashing it; see `Registry.write_to`."""
-        single_file(version, "pull -o -")
+        """Stream the version's file (a folder's as a tar) to `sink`, hashing it; see
+        `Registry.write_to`."""
+        if version.files is not None:
+            folder_pull.write_tar(self, version, sink, verify)
+            return
         with self.progress(f"pull {version.ref}", version.size) as advance:
-            blake3 = self._blake3_check(version) if verify else None
+            blake3 = self.blake3_check(version.sha256, version.ref) if verify else None
             source = self.store.open(version.sha256, version.ref)
             try:
                 files.copy_stream_verified(
@@ -116,6 +131,9 @@ class Reads:
     def state_dict(self, version: ModelVersion, verify: bool) -> dict[str, torch.Tensor]:
         from registry import checkpoints
 
+        if version.files is not None:
+            return self._folder_read(version, verify, shards.state_dict)
+
         def read() -> dict[str, torch.Tensor]:
             with self.weights_file(version, verify) as weights:
                 return checkpoints.load(weights.path, weights.format, weights.details)
@@ -127,6 +145,13 @@ class Reads:
         from registry import architectures, checkpoints
 
         recorded_versions = version.details.get("module_versions")
+        if version.files is not None:
+
+            def build_folder(kind: str, local: Mapping[str, Path]) -> nn.Module:
+                state = shards.state_dict(kind, local)
+                return architectures.instantiate(arch, version.arch_args, state, recorded_versions)
+
+            return self._folder_read(version, verify, build_folder)
 
         def build() -> nn.Module:
             with self.weights_file(version, verify) as weights:
@@ -135,12 +160,41 @@ class Reads:
 
         return self.read_blobs(build, weights_digest(version))
 
+    def transformers_model(
+        self, version: ModelVersion, verify: bool, trust_arch: bool
+    ) -> nn.Module:
+        """A transformers folder's model, rebuilt from its recorded config (no network)."""
+        from registry import architectures, extras, hf
+
+        hf.offline()
+        extras.require("hf", f"loading {version.ref}")
+        trusted = trust_arch or architectures.trusted_by_environment(version.arch)
+
+        def build(kind: str, local: Mapping[str, Path]) -> nn.Module:
+            return hf.load(version.arch, local, trusted)
+
+        return self._folder_read(version, verify, build)
+
+    def adapted(
+        self, version: ModelVersion, base: nn.Module, verify: bool, merge: bool
+    ) -> nn.Module:
+        """`base` with a PEFT adapter version applied (or merged in)."""
+        from registry import extras, hf
+
+        hf.offline()
+        extras.require("hf", f"loading adapter {version.ref}")
+
+        def apply(kind: str, local: Mapping[str, Path]) -> nn.Module:
+            return hf.apply_adapter(base, local, merge)
+
+        return self._folder_read(version, verify, apply)
+
     def manifest(self, version: ModelVersion) -> list[TensorInfo]:
         """The version's tensor manifest: recorded, else described from its blob once and kept."""
         from registry import checkpoints
 
         found = self.catalog.tensors(version)
-        if found:
+        if found or version.files is not None:  # a folder's is recorded at push
             return found
 
         def describe() -> list[TensorInfo]:
@@ -159,7 +213,7 @@ class Reads:
         served = self.catalog.diff(older, newer)
         if served is not None:
             return served
-        left, right = self.manifest(older), self.manifest(newer)
+        left, right = self._compared(older), self._compared(newer)
         if diffing.unread(left, right):
             return diffing.compare(older.ref, newer.ref, left, right, None, None)
 
@@ -169,6 +223,25 @@ class Reads:
                 return diffing.compare(older.ref, newer.ref, left, right, *readers)
 
         return self.read_blobs(compare, weights_digest(older), weights_digest(newer))
+
+    def _compared(self, version: ModelVersion) -> list[TensorInfo]:
+        """What a diff compares: the manifest; an adapter's over its base's (as loaded)."""
+        own = self.manifest(version)
+        base = self._adapter_base(version)
+        if base is None:
+            return own
+        adapter = [replace(t, name=_adapted_name(t.name)) for t in own]
+        names = {t.name for t in adapter}
+        return [t for t in self._compared(base) if t.name not in names] + adapter
+
+    def _adapter_base(self, version: ModelVersion) -> ModelVersion | None:
+        """A PEFT adapter's base version, if it is still there."""
+        if version.format != "peft" or version.parent is None:
+            return None
+        try:
+            return self.catalog.get(version.parent)
+        except NotFoundError:
+            return None
 
     def read_blobs(self, read: Callable[[], T], *digests: str) -> T:
         """`read()`, and once more if its bytes did not verify but the store can fetch them again.
@@ -228,27 +301,94 @@ class Reads:
         """One tensor at a time from a version's weights; `diff` checks each against its digest."""
         from registry import checkpoints
 
+        if version.files is not None:
+            kind = version.format
+            base = self._adapter_base(version)
+            with contextlib.ExitStack() as stack:
+                local = stack.enter_context(
+                    self.folder_files(version, self._needed(version), False)
+                )
+                state = shards.state_dict(kind, local)
+                if base is None:
+                    yield state.__getitem__
+                    return
+                own = {_adapted_name(name): tensor for name, tensor in state.items()}
+                read_base = stack.enter_context(self._tensor_reader(base))
+                yield lambda name: own[name] if name in own else read_base(name)
+            return
         with (
             self.weights_file(version, verify=False) as weights,
             checkpoints.tensor_reader(weights.path, weights.format, weights.details) as read,
         ):
             yield read
 
-    def _blake3_check(self, version: ModelVersion) -> files.Blake3Check | None:
-        """How a copy of the blob is verified: by its BLAKE3 when recorded, else None (SHA-256)."""
-        check = self.catalog.verification(version.sha256)
+    def blake3_check(self, digest: str, ref: str) -> files.Blake3Check | None:
+        """How a copy of a blob is verified: by its BLAKE3 when recorded, else None (SHA-256)."""
+        check = self.catalog.verification(digest)
         if check is None or not check.blake3:
             return None
-        return files.Blake3Check(check.blake3, lambda: self.store.hash(version.sha256, version.ref))
+        return files.Blake3Check(check.blake3, lambda: self.store.hash(digest, ref))
+
+    def _folder_read(
+        self, version: ModelVersion, verify: bool, read: Callable[[str, Mapping[str, Path]], T]
+    ) -> T:
+        """`read(kind, files)` over the files a folder version's weights need, verified."""
+        kind = version.format
+        if kind == "folder":
+            raise CheckpointError(
+                f"{version.ref} is a folder of files this registry does not know how to rebuild "
+                "or read weights from; pull it instead"
+            )
+        needed = self._needed(version)
+        digests = [f.sha256 for f in version.files or () if f.path in needed]
+
+        def attempt() -> T:
+            with self.folder_files(version, needed, verify) as local:
+                return read(kind, local)
+
+        return self.read_blobs(attempt, *digests)
+
+    def _needed(self, version: ModelVersion) -> list[str]:
+        """The paths a folder version's weights are read from (its index says, if sharded)."""
+        paths = {f.path: Path() for f in version.files or ()}
+        index = shards.index_of(version.format, paths)
+        if index is not None:  # verified with the rest when they are read
+            found = next(f for f in version.files or () if f.path == index)
+            paths[index] = self.store.local_path(found.sha256, folder_pull.file_ref(version, found))
+        return shards.needed(version.format, paths)
+
+    @contextlib.contextmanager
+    def folder_files(
+        self, version: ModelVersion, paths: Iterable[str], verify: bool
+    ) -> Iterator[dict[str, Path]]:
+        """Local files holding the named files of a folder version (fetched into a remote
+        store's cache first), hashed on another thread while the block runs (with `verify`)."""
+        wanted = set(paths)
+        chosen = [f for f in version.files or () if f.path in wanted]
+        local = {
+            f.path: self.store.local_path(f.sha256, folder_pull.file_ref(version, f))
+            for f in chosen
+        }
+        with contextlib.ExitStack() as stack:
+            for f in chosen:
+                stack.enter_context(
+                    self._verifying(f.sha256, folder_pull.file_ref(version, f), verify)
+                )
+            yield local
 
 
 def single_file(version: ModelVersion, operation: str) -> None:
-    """Refuse what reads one file from a folder version, whose reads are not built yet."""
+    """Refuse what only a single-file version has (one local file, a format conversion)."""
     if version.files is not None:
         raise CheckpointError(
             f"{operation} {version.ref}: it is a folder version ({len(version.files)} files), "
-            "which this registry cannot read yet"
+            "not one file; pull it as a folder"
         )
+
+
+def _adapted_name(name: str) -> str:
+    """An adapter tensor's name in the adapted model: PEFT saves it under `base_model.model.`."""
+    return name.removeprefix("base_model.model.")
 
 
 def weights_digest(version: ModelVersion) -> str:

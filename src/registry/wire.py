@@ -16,10 +16,11 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, TypeVar, cast
 
-from registry import behaviour, refs
+from registry import behaviour, folders, refs
 from registry.records import (
     DIFF_STATUSES,
     Diff,
+    FolderFile,
     Lineage,
     LineageNode,
     ModelSummary,
@@ -30,7 +31,9 @@ from registry.records import (
 
 T = TypeVar("T")
 
-FORMATS = ("state_dict", "checkpoint", "safetensors", "pickle")
+FOLDER_FORMATS = folders.KINDS
+FORMATS = ("state_dict", "checkpoint", "safetensors", "pickle", *FOLDER_FORMATS)
+MAX_PATH = 4096  # a file path in a folder version: the longest a Linux path may be
 # The catalog's columns (tables.Version): what a registry can hold.
 MAX_ARCH, MAX_CREATED_BY, MAX_TORCH_VERSION = 256, 256, 64
 MAX_COUNT = 2**63  # a BigInteger
@@ -78,15 +81,22 @@ def version(data: Any, *, numbered: bool = True) -> ModelVersion:
             "(weights_sha256) is not what a registry records"
         )
     parent = data.get("parent")
-    if data.get("files") is not None:  # missing: a registry older than folder versions
-        raise ValueError("a folder version (files) is not something this registry reads yet")
+    listed = data.get("files")  # missing: a registry older than folder versions
+    sha256 = digest(data.get("sha256"), "sha256")
+    folder = None if listed is None else _files(listed, sha256)
+    if (format in FOLDER_FORMATS) != (folder is not None):
+        raise ValueError(f"format {format!r} {'with' if folder else 'without'} files")
+    size = count(data.get("size"), "size")
+    if folder is not None and size != sum(f.size for f in folder):
+        raise ValueError("size is not the sum of the files' sizes")
+    arch = data.get("arch")
     return ModelVersion(
         name=name,
         version=number,
-        sha256=digest(data.get("sha256"), "sha256"),
-        size=count(data.get("size"), "size"),
+        sha256=sha256,
+        size=size,
         format=format,
-        arch=_arch(data.get("arch")),
+        arch="" if folder is not None and arch == "" else _arch(arch),
         arch_args=typed(data.get("arch_args"), dict, "arch_args"),
         description=typed(data.get("description"), str, "description"),
         created_at=_instant(data.get("created_at"), "created_at"),
@@ -100,7 +110,33 @@ def version(data: Any, *, numbered: bool = True) -> ModelVersion:
         details=_details(data.get("details")),
         parent=None if parent is None else str(_numbered(typed(parent, str, "parent"), "parent")),
         check_input=check_input,
+        files=folder,
     )
+
+
+def _files(value: Any, sha256: str) -> tuple[FolderFile, ...]:
+    """A folder version's file list, refused unless it is what `sha256` is the digest of."""
+    entries = typed(value, list, "files")
+    if not entries or len(entries) > folders.MAX_FILES:
+        raise ValueError(f"files lists {len(entries)} files")
+    listed = []
+    for entry in entries:
+        typed(entry, dict, "a file")
+        path = text(entry.get("path"), "a file's path", MAX_PATH)
+        folders.check_path(path)
+        listed.append(
+            FolderFile(
+                path,
+                count(entry.get("size"), "a file's size"),
+                digest(entry.get("sha256"), "a file's sha256"),
+            )
+        )
+    paths = [f.path.encode() for f in listed]
+    if paths != sorted(set(paths)):
+        raise ValueError("files are not sorted by path, each once")
+    if folders.digest(listed) != sha256:
+        raise ValueError("sha256 is not the digest of the file list")
+    return tuple(listed)
 
 
 def summary(data: Any) -> ModelSummary:

@@ -39,6 +39,10 @@ class Recording(Protocol):
         """Claim a written blob's row (locked until commit: gc waits), then put it in place."""
         ...
 
+    def keep(self, digest: str, size: int, check: Check) -> None:
+        """Claim the row of a blob stored already (locked until commit: gc waits)."""
+        ...
+
     def add(self, new: NewVersion) -> ModelVersion:
         """Record the next version of `new.name`, or find the identical one (`is_new` says)."""
         ...

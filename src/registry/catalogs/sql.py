@@ -187,6 +187,9 @@ class SqlRecording:
         queries.claim_blob(self._s, digest, writer.size, writer.check, now)
         writer.commit()  # in place before any version refers to it
 
+    def keep(self, digest: str, size: int, check: Check) -> None:
+        queries.claim_blob(self._s, digest, size, check, datetime.now(timezone.utc))
+
     def add(self, new: NewVersion) -> ModelVersion:
         s = self._s
         parent = queries.resolve(s, refs.parse_ref(new.parent)) if new.parent else None

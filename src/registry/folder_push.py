@@ -1,0 +1,357 @@
+"""Push of a folder (SPEC "Folders"): each file a blob, the file list the version's digest.
+
+The folder is scanned and refused whole (a symlink, a device, an odd path)
+before anything is stored. Each file is copied into a store writer and
+hashed; a file the model's previous version holds at the same path and size
+is hashed first and, when unchanged, not copied again (an unchanged shard
+costs a read, not a write). The weights are then read from those copies,
+one shard at a time, and checked against the arch as a single file's are;
+the file list is stored as one more blob; and, in one catalog transaction,
+every blob is placed or kept and the version recorded. A kill at any point
+leaves either no version or a whole one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from registry import files as file_io
+from registry import folders, manifests, shards
+from registry.digests import Check, Hasher
+from registry.errors import (
+    ArchitectureError,
+    CheckpointError,
+    NotFoundError,
+    StorageError,
+)
+from registry.faults import crash_half_way, crash_point
+from registry.records import FolderFile, ModelVersion, NewVersion, TensorInfo
+
+if TYPE_CHECKING:
+    from registry.catalogs import Catalog
+    from registry.progress_bars import Progress
+    from registry.pushing import PushOptions, Validated
+    from registry.stores import BlobWriting, Store
+
+# The kinds whose arch is a builder the pusher names (`--arch`), as for a single file.
+ARCH_KINDS = ("hub_mixin", "sharded", "dcp")
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A file whose bytes the store holds already: hashed, not copied."""
+
+    file: FolderFile
+    check: Check
+
+
+def run(
+    catalog: Catalog,
+    store: Store,
+    folder: Path,
+    options: PushOptions,
+    checked: Validated,
+    progress: Progress,
+) -> ModelVersion:
+    """Push `folder` as the next version; see `Registry.push`."""
+    listed = folders.scan(folder)
+    kind = folders.kind(folder, listed)
+    _refuse_options(folder, kind, options, checked)
+    name = options.name or _default_name(kind, folder, options)
+    previous = _previous_files(catalog, name)
+
+    with contextlib.ExitStack() as stack:
+        stored: list[FolderFile] = []
+        writers: list[BlobWriting] = []
+        kept: list[Kept] = []
+        local: dict[str, Path] = {}
+        total = sum(f.size for f in listed)
+        with progress(f"push {folder.name}/", total) as advance:
+            step = crash_half_way("push-copy", total, advance)
+            for entry in listed:
+                source = folder / entry.path
+                if (entry.path, entry.size) in previous:
+                    digest, check = _hash(source, step)
+                    if digest == previous[(entry.path, entry.size)]:
+                        kept.append(Kept(replace(entry, sha256=digest), check))
+                        stored.append(kept[-1].file)
+                        local[entry.path] = source
+                        continue
+                writer = stack.enter_context(store.writer())
+                _copy(source, entry, writer, step)
+                stored.append(replace(entry, sha256=writer.finish()))
+                writers.append(writer)
+                local[entry.path] = writer.temp_path
+        crash_point("push-hashed")
+
+        new = _describe(kind, folder, local, options, checked)
+        listing = stack.enter_context(store.writer())
+        listing.write(folders.file_list(stored))
+        new = replace(
+            new,
+            name=name,
+            blob_sha256=listing.finish(),
+            tags=checked.tags,
+            aliases=checked.aliases,
+            parent=checked.parent,
+            files=tuple(stored),
+        )
+        writers.append(listing)
+        for writer in writers:
+            writer.publish()  # before the transaction: an upload holds no catalog lock
+        with catalog.recording() as recording:
+            for writer in writers:
+                recording.place(writer)
+            for found in kept:  # locked now: a gc that took it meanwhile shows here
+                recording.keep(found.file.sha256, found.file.size, found.check)
+                if not store.exists(found.file.sha256):
+                    raise StorageError(
+                        f"{found.file.path}: its stored copy was deleted by a gc during this "
+                        "push; push again"
+                    )
+            crash_point("push-blob-placed")
+            record = recording.add(new)
+            crash_point("push-commit")
+    return record
+
+
+def _refuse_options(folder: Path, kind: str, options: PushOptions, checked: Validated) -> None:
+    """Refuse, before anything is read, what a folder of this kind cannot take."""
+    for option, given in (
+        ("--key", options.key),
+        ("--strip-prefix", options.strip_prefix),
+        ("--trust-pickle", options.trust_pickle),
+    ):
+        if given:
+            raise CheckpointError(f"{option} is for a checkpoint file; {folder} is a folder")
+    if kind in ARCH_KINDS and options.arch is None:
+        raise ArchitectureError(
+            f"{folder} is a {kind} folder: name the model's builder with --arch"
+        )
+    if kind in ("peft", "folder") and options.arch is not None:
+        what = "the adapter's base is its --parent" if kind == "peft" else "it holds no weights"
+        raise ArchitectureError(f"{folder} is a {kind} folder, which takes no --arch: {what}")
+    if kind == "peft" and checked.parent is None:
+        raise ArchitectureError(
+            f"{folder} is a PEFT adapter: name the version of its base model with --parent REF"
+        )
+    if checked.shape is not None and kind not in ARCH_KINDS:
+        raise ArchitectureError(
+            f"--check-input needs a folder rebuilt by --arch ({', '.join(ARCH_KINDS)}); "
+            f"{folder} is a {kind} folder"
+        )
+    if options.arch_args and kind in ("transformers", "peft", "folder"):
+        raise ArchitectureError(
+            f"{folder} is a {kind} folder, which takes no --arg"
+            + ("; its config.json holds the model's settings" if kind == "transformers" else "")
+        )
+
+
+def _default_name(kind: str, folder: Path, options: PushOptions) -> str:
+    """The name a push without --name records: the class's, the arch's, else the folder's."""
+    from registry import pushing
+
+    if kind == "transformers" and options.arch is None:
+        config = folders.config(folder)
+        return folders.default_name(_class_name(config, folder))
+    if options.arch is not None:
+        arch = options.arch if isinstance(options.arch, str) else _arch_name(options.arch)
+        if arch.startswith("transformers:"):
+            return folders.default_name(arch.removeprefix("transformers:"))
+        return pushing.default_name(arch)
+    return folders.default_name(folder.resolve().name)
+
+
+def _class_name(config: object, folder: Path) -> str:
+    architectures = config.get("architectures") if isinstance(config, dict) else None
+    if not isinstance(architectures, list) or not architectures:
+        raise CheckpointError(f"{folder}/config.json names no architectures")
+    return str(architectures[0])
+
+
+def _arch_name(builder: Any) -> str:
+    from registry import architectures
+
+    return architectures.of(builder).name
+
+
+def _previous_files(catalog: Catalog, name: str) -> dict[tuple[str, int], str]:
+    """The newest version's files by (path, size): the ones worth hashing before copying."""
+    try:
+        latest = catalog.get(name)
+    except NotFoundError:
+        return {}
+    return {(f.path, f.size): f.sha256 for f in latest.files or ()}
+
+
+def _hash(source: Path, step: Any) -> tuple[str, Check]:
+    """The SHA-256 (and BLAKE3) of a file, read once."""
+    hasher = Hasher()
+    with open(source, "rb") as stream:
+        while chunk := stream.read(file_io.CHUNK_SIZE):
+            hasher.update(chunk)
+            step(len(chunk))
+    return hasher.hexdigest(), hasher.check
+
+
+def _copy(source: Path, entry: FolderFile, writer: BlobWriting, step: Any) -> None:
+    try:
+        stream = open(source, "rb")  # noqa: SIM115 -- copy_stream closes it
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {source}: {exc.strerror}") from None
+    file_io.copy_stream(stream, writer, step)
+    if writer.size != entry.size:
+        raise CheckpointError(f"{source} changed while it was pushed; push again")
+
+
+def _describe(
+    kind: str,
+    folder: Path,
+    local: Mapping[str, Path],
+    options: PushOptions,
+    checked: Validated,
+) -> NewVersion:
+    """What the folder's weights are, checked against its arch (read from the copies)."""
+    if kind == "folder":
+        return _version(kind, "", {}, 0, {"num_files": len(local)}, options)
+    if kind == "peft":
+        return _adapter(local, options)
+    if kind == "transformers":
+        return _transformers(folder, local, options)
+    return _built(kind, folder, local, options, checked)
+
+
+def _adapter(local: Mapping[str, Path], options: PushOptions) -> NewVersion:
+    from registry import extras, hf
+
+    extras.require("hf", "a PEFT adapter folder")
+    config = hf.adapter_config(local)
+    tensors, shapes, dtypes = _read_weights("peft", local)
+    details = {"peft_type": config.get("peft_type"), **_summary(tensors, dtypes)}
+    count = sum(_numel(shape) for shape, _ in shapes.values())
+    version = _version("peft", f"peft:{config.get('peft_type')}", {}, count, details, options)
+    return replace(version, tensors=tuple(tensors))
+
+
+def _transformers(folder: Path, local: Mapping[str, Path], options: PushOptions) -> NewVersion:
+    from registry import architectures, extras, hf
+
+    hf.offline()
+    extras.require("hf", "a transformers folder")
+    given = options.arch
+    named = given if given is None or isinstance(given, str) else architectures.of(given).name
+    config = hf.config_data(local, trusted=named is not None)
+    arch = named if isinstance(named, str) else hf.arch_of(config)
+    model = hf.build(hf.model_class(arch, trusted=True), config)  # the pusher's own arch
+    tensors, shapes, dtypes = _read_weights("transformers", local)
+    hf.fit(model, shapes, arch)
+    import transformers
+
+    details = {
+        **_summary(tensors, dtypes),
+        "transformers_version": transformers.__version__,
+        "model_type": config.get("model_type"),
+    }
+    count = architectures.count_params(model)
+    return replace(_version("transformers", arch, {}, count, details, options), tensors=tensors)
+
+
+def _built(
+    kind: str,
+    folder: Path,
+    local: Mapping[str, Path],
+    options: PushOptions,
+    checked: Validated,
+) -> NewVersion:
+    """A folder rebuilt by the pusher's --arch: hub_mixin (arguments from config.json),
+    sharded or DCP."""
+    import torch
+
+    from registry import architectures, pushing
+    from registry.checkpoints import Weights
+
+    arch_args = dict(options.arch_args)
+    if kind == "hub_mixin":
+        config = folders.config(folder)
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{folder}/config.json is not a JSON object of arguments")
+        arch_args = {**config, **arch_args}
+    assert options.arch is not None
+    given = options.arch
+    builder = given if isinstance(given, str) else architectures.of(given)
+    resolved, model = pushing.build(builder, arch_args)
+    tensors, shapes, dtypes = _read_weights(kind, local)
+    placeholders = {
+        name: torch.empty(shape, dtype=getattr(torch, dtype), device="meta")
+        for name, (shape, dtype) in shapes.items()
+    }
+    error = architectures.mismatch(resolved.name, model, placeholders)
+    if error is not None:
+        raise error
+    weights = Weights(placeholders, kind, {})
+    new = pushing.new_version(resolved, model, arch_args, weights, options.description)
+    new = replace(new, details={**new.details, **_summary(tensors, dtypes)}, tensors=tensors)
+    if checked.shape is not None:
+        state = shards.state_dict(kind, local)
+        full = Weights(state, kind, {})
+        new = replace(new, fingerprint=pushing.fingerprint(resolved, new, full, checked.shape))
+    return new
+
+
+def _read_weights(
+    kind: str, local: Mapping[str, Path]
+) -> tuple[tuple[TensorInfo, ...], dict[str, tuple[tuple[int, ...], str]], dict[str, int]]:
+    """The manifest, shapes and dtype counts of a folder's weights, one shard at a time."""
+    tensors: list[TensorInfo] = []
+    shapes: dict[str, tuple[tuple[int, ...], str]] = {}
+    dtypes: dict[str, int] = {}
+    for shard in shards.each_shard(kind, local):
+        tensors.extend(manifests.describe(shard))
+        for tensor_name, tensor in shard.items():
+            dtype = str(tensor.dtype).removeprefix("torch.")
+            shapes[tensor_name] = (tuple(tensor.shape), dtype)
+            dtypes[dtype] = dtypes.get(dtype, 0) + 1
+        del shard  # its mapping goes before the next is read
+    return tuple(sorted(tensors, key=lambda t: t.name)), shapes, dtypes
+
+
+def _summary(tensors: tuple[TensorInfo, ...], dtypes: dict[str, int]) -> dict[str, Any]:
+    return {"num_tensors": len(tensors), "dtypes": dtypes}
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def _version(
+    kind: str,
+    arch: str,
+    arch_args: dict[str, Any],
+    num_params: int,
+    details: dict[str, Any],
+    options: PushOptions,
+) -> NewVersion:
+    import torch
+
+    from registry import pushing
+
+    return NewVersion(
+        name="",
+        format=kind,
+        arch=arch,
+        arch_args=arch_args,
+        description=options.description,
+        created_at=datetime.now(timezone.utc),
+        created_by=pushing.user_at_host(),
+        num_params=num_params,
+        torch_version=torch.__version__,
+        details=details,
+    )
