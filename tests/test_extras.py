@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import LINEAR
+from safetensors.torch import save_file
 
 from registry.extras import EXTRAS
 
@@ -30,6 +31,7 @@ COMMANDS = {
     "s3-push": ("s3", ["--store", "s3://models/team", "push", "weights.pth", *LINEAR]),
     "s3-gc": ("s3", ["--store", "s3://models/team", "gc"]),
     "serve": ("serve", ["serve", "--port", "0"]),
+    "hf-push": ("hf", ["push", "bert"]),  # a save_pretrained folder
 }
 CASES = [
     pytest.param(extra, module, command, id=f"{name}-without-{module}")
@@ -53,6 +55,11 @@ def test_a_missing_extra_is_one_line_naming_it(
     tmp_path: Path, extra: str, module: str, command: list[str]
 ) -> None:
     torch.save(torch.nn.Linear(4, 3).state_dict(), tmp_path / "weights.pth")
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text(
+        '{"architectures": ["BertModel"], "model_type": "bert"}'
+    )
+    save_file(torch.nn.Linear(4, 3).state_dict(), tmp_path / "bert" / "model.safetensors")
     hidden = hide(module, tmp_path / "hidden")
     env = {**os.environ, "PYTHONPATH": f"{hidden}{os.pathsep}{os.environ['PYTHONPATH']}"}
     result = subprocess.run(

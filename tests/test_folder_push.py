@@ -206,7 +206,7 @@ def test_a_folder_version_through_a_bundle(reg: Registry, tmp_path: Path) -> Non
     folder = sharded(tmp_path / "linear")
     version = reg.push(folder, **LINEAR)
     bundle = tmp_path / "linear.tar"
-    reg.export_bundle(bundle, refs=["linear@v1"])
+    reg.export_bundle(["linear@v1"], bundle)
     other = Registry(database_url=f"sqlite:///{tmp_path / 'other.db'}", store=tmp_path / "other")
     imported = other.import_bundle(bundle)
     assert [v.sha256 for v in imported] == [version.sha256]

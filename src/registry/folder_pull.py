@@ -71,12 +71,9 @@ def write_folder(reads: Reads, version: ModelVersion, target: Path, verify: bool
 def write_tar(reads: Reads, version: ModelVersion, sink: BinaryIO, verify: bool) -> None:
     """Stream `version`'s files to `sink` as a tar (POSIX pax), each checked on the way."""
     assert version.files is not None
-    mtime = int(version.created_at.timestamp())
     with reads.progress(f"pull {version.ref}", version.size) as advance:
         for file in version.files:
-            info = tarfile.TarInfo(_plain(file.path))
-            info.size, info.mode, info.mtime = file.size, 0o644, mtime
-            sink.write(info.tobuf(format=tarfile.PAX_FORMAT))
+            sink.write(tar_header(version, file))
             ref = file_ref(version, file)
             source = reads.store.open(file.sha256, ref)
             try:
@@ -95,6 +92,13 @@ def write_tar(reads: Reads, version: ModelVersion, sink: BinaryIO, verify: bool)
             sink.write(b"\0" * (-file.size % BLOCK))
     sink.write(b"\0" * (2 * BLOCK))  # the end-of-archive marker
     sink.flush()
+
+
+def tar_header(version: ModelVersion, file: FolderFile) -> bytes:
+    """The tar header of one file of a folder version (pax; its time the version's)."""
+    info = tarfile.TarInfo(_plain(file.path))
+    info.size, info.mode, info.mtime = file.size, 0o644, int(version.created_at.timestamp())
+    return info.tobuf(format=tarfile.PAX_FORMAT)
 
 
 def _copy(

@@ -4,6 +4,7 @@
     <server>/api/refs/REF[/tensors|/lineage]       (SPEC, "Seeing it": the API table)
     <server>/api/diff?a=REF&b=REF
     <server>/api/files/REF                          a checkpoint as pushed; ETag, Range
+    <server>/api/files/NAME@vN/PATH                 one file of a folder version; ETag, Range
 
 A failed request is one line naming the server; an error answer becomes the
 RegistryError it stands for. A download is one streamed GET, and a
@@ -94,6 +95,9 @@ class Client:
 
     def download(self, ref: str, digest: str, sink: BlobWriter) -> None:
         """Stream the file of version `ref` (whose sha256 is `digest`) into `sink`.
+
+        `ref` may name one file of a folder version, `NAME@vN/PATH`
+        (`folder_pull.file_ref`); `digest` is then that file's.
 
         A connection cut off mid-way is resumed with `Range` from the bytes
         received, RESUMES times; `If-Range` makes the server send the whole

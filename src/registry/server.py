@@ -6,6 +6,10 @@
     /diff?a=REF&b=REF       two versions compared
     /static/style.css       the only asset: nothing is fetched from elsewhere
     /api/...                JSON in the CLI's --json shapes (SPEC, "Seeing it")
+    /api/files/REF          a version's file as pushed (Range); a folder version's files
+                            as one tar, the one `pull -o -` writes
+    /api/files/REF/PATH     one file of a folder version (Range): REF ends at the first
+                            `/` after its `@`, so `team/det@v1/docs/a.md` is path `docs/a.md`
 
 Every route is read-only and every handler a plain function, run on
 Starlette's thread pool: the Registry's calls block. Errors become JSON
@@ -19,6 +23,7 @@ prints query strings, is off).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import ipaddress
 import logging
@@ -28,10 +33,11 @@ import socket
 import sys
 from collections.abc import Callable, Iterator
 from importlib import resources
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from registry import extras, jsontext, refs
+from registry import extras, folders, jsontext, refs
 from registry.errors import (
     ConfigurationError,
     IntegrityError,
@@ -46,11 +52,13 @@ if TYPE_CHECKING:
     from starlette.responses import Response
 
     from registry.api import Registry
+    from registry.records import FolderFile, ModelVersion
 
 COOKIE = "registry_token"
 SUB_RESOURCES = ("tensors", "lineage")
 MANIFEST_OPEN_UP_TO = 40  # tensors listed open; a longer manifest starts collapsed
 MAX_LOGGED_PATH = 200  # characters of a request's path in the log
+SEND_CHUNK = 1 << 20  # bytes of a streamed tar per hop to a worker thread
 log = logging.getLogger("registry.serve")
 
 
@@ -310,6 +318,26 @@ def _split_ref(reg: Registry, path: str) -> tuple[str, str | None]:
     return path, None
 
 
+def _split_file(path: str) -> tuple[str, str | None]:
+    """`team/det@v1/docs/a.md` -> (`team/det@v1`, `docs/a.md`); no `/` after the `@` -> (path,
+    None). A name holds no `@` and a version or alias no `/`, so the first `/` after the
+    `@` ends the reference."""
+    at = path.find("@")
+    slash = path.find("/", at) if at >= 0 else -1
+    if slash < 0:
+        return path, None
+    return path[:slash], path[slash + 1 :]
+
+
+def _checked_path(path: str) -> str:
+    """A folder file's path from a URL, refused (400) unless a version could hold it."""
+    try:
+        return folders.check_path(path)
+    except ValueError as exc:
+        shown = path.replace("\x00", "?")
+        raise InvalidReferenceError(shown, "file path", "it is not a plain relative path") from exc
+
+
 def _checked_ref(text: str) -> str:
     """A reference from a URL, refused (400) before any query when it is malformed."""
     if "\x00" in text:
@@ -363,24 +391,113 @@ class _Api:
 
     @_registry_errors
     def file(self, request: Request) -> Response:
-        """The checkpoint as pushed, verified first; streamed from disk, with Range."""
-        from starlette.responses import FileResponse
+        """The checkpoint as pushed, verified first; streamed from disk, with Range.
 
-        class BlobResponse(FileResponse):
-            # Each read is a hop to a worker thread: 1 MiB, not 64 KiB, makes them 16x
-            # fewer (a 500 MB download took 8,000 hops, each waiting behind API calls).
-            chunk_size = 1 << 20
-
-        version = self.reg.get(_checked_ref(request.path_params["ref"]))
-        path = self.reg.local_file(version.ref)  # verified before a byte is sent
+        A folder version's is a tar of its files, each verified before the first
+        byte is sent; `REF/PATH` is one file of it, verified, with Range.
+        """
+        ref, path = _split_file(request.path_params["ref"])
+        version = self.reg.get(_checked_ref(ref))
+        if path is not None:
+            return self._folder_file(version, _checked_path(path))
+        if version.files is not None:
+            return self._folder_tar(request, version)
+        local = self.reg.local_file(version.ref)  # verified before a byte is sent
         filename = f"{version.name.rsplit('/', 1)[-1]}-v{version.version}{version.extension}"
-        return BlobResponse(
-            path,
-            filename=filename,
-            media_type="application/octet-stream",
-            headers={"etag": f'"{version.sha256}"'},
-            stat_result=os.stat(path),
+        return _blob_response(local, filename, version.sha256)
+
+    def _folder_file(self, version: ModelVersion, path: str) -> Response:
+        found = next((f for f in version.files or () if f.path == path), None)
+        if found is None:
+            hint = "" if version.files is not None else f"{version.ref} is one file, not a folder"
+            raise NotFoundError(f"file {path!r} of {version.ref}", hint)
+        local = self._verified(version, found)
+        return _blob_response(local, PurePosixPath(found.path).name, found.sha256)
+
+    def _folder_tar(self, request: Request, version: ModelVersion) -> Response:
+        """The folder as the tar `pull -o -` writes, byte for byte, with its length up front."""
+        from starlette.responses import Response, StreamingResponse
+
+        from registry.folder_pull import BLOCK, tar_header
+
+        assert version.files is not None
+        headers = [tar_header(version, file) for file in version.files]
+        length = 2 * BLOCK + sum(
+            len(h) + f.size + (-f.size % BLOCK) for h, f in zip(headers, version.files, strict=True)
         )
+        verified: dict[str, Path] = {}
+        for file in version.files:  # every file before the first byte: a bad one is a 502
+            if file.sha256 not in verified:
+                verified[file.sha256] = self._verified(version, file)
+        name = f"{version.name.rsplit('/', 1)[-1]}-v{version.version}.tar"
+        answer = {
+            "content-length": str(length),
+            "content-disposition": f'attachment; filename="{name}"',
+        }
+        if request.method == "HEAD":
+            return Response(headers=answer, media_type="application/x-tar")
+        chunks = _tar_chunks(version, headers, verified)
+        return StreamingResponse(chunks, headers=answer, media_type="application/x-tar")
+
+    def _verified(self, version: ModelVersion, file: FolderFile) -> Path:
+        """The local copy of one file of a folder version, verified; a remote store's
+        damaged cached copy is fetched once more."""
+        from registry.folder_pull import file_ref
+
+        store, ref = self.reg.store, file_ref(version, file)
+        check = self.reg.catalog.verification(file.sha256)
+        try:
+            local = store.local_path(file.sha256, ref)
+            store.verify(file.sha256, ref, check)
+        except IntegrityError:
+            if not store.evict(file.sha256):
+                raise
+            local = store.local_path(file.sha256, ref)
+            store.verify(file.sha256, ref, check)
+        return local
+
+
+def _blob_response(path: Path, filename: str, digest: str) -> Response:
+    """A verified local file, streamed from disk with Range; its ETag is its digest."""
+    from starlette.responses import FileResponse
+
+    class BlobResponse(FileResponse):
+        # Each read is a hop to a worker thread: 1 MiB, not 64 KiB, makes them 16x
+        # fewer (a 500 MB download took 8,000 hops, each waiting behind API calls).
+        chunk_size = 1 << 20
+
+    return BlobResponse(
+        path,
+        filename=filename,
+        media_type="application/octet-stream",
+        headers={"etag": f'"{digest}"'},
+        stat_result=os.stat(path),
+    )
+
+
+def _tar_chunks(
+    version: ModelVersion, headers: list[bytes], verified: dict[str, Path]
+) -> Iterator[bytes]:
+    """A folder's tar, one file's header and bytes at a time, each file hashed once more
+    on the way: bytes changed since they were verified end the stream short of its length."""
+    from registry.folder_pull import BLOCK, file_ref
+
+    assert version.files is not None
+    for header, file in zip(headers, version.files, strict=True):
+        yield header
+        hasher, sent = hashlib.sha256(), 0
+        with open(verified[file.sha256], "rb") as stream:
+            while sent < file.size and (chunk := stream.read(min(SEND_CHUNK, file.size - sent))):
+                hasher.update(chunk)
+                sent += len(chunk)
+                yield chunk
+        if sent != file.size or hasher.hexdigest() != file.sha256:
+            log.warning(
+                "%s changed while it was sent; the tar was cut short", file_ref(version, file)
+            )
+            raise IntegrityError(file_ref(version, file), file.sha256, hasher.hexdigest())
+        yield b"\0" * (-file.size % BLOCK)
+    yield b"\0" * (2 * BLOCK)
 
 
 # -- the pages -----------------------------------------------------------------------------
@@ -431,6 +548,7 @@ class _Pages:
             lineage=lineage,
             ancestors=list(reversed(lineage.ancestors)),
             descendants=descendants,
+            files_collapsed=len(version.files or ()) > MANIFEST_OPEN_UP_TO,
             diff=parent_diff,
             parent_problem=parent_problem,
         )

@@ -4,13 +4,16 @@
       manifest.json              {"format": "registry-bundle", "bundle_version": 1,
                                   "versions": [every recorded field of each version,
                                                its fingerprint, its parent's digest]}
-      blobs/sha256/<hex>         each blob once: checkpoints, and safe copies of pickles
+      blobs/sha256/<hex>         each blob once: checkpoints, safe copies of pickles, and
+                                 a folder version's files and its file list
 
 The manifest comes first, so a bundle streams: `export -o - | ssh prod registry
 import -`. Export checks each blob against its digest while writing it. Import
 takes nothing on trust: every field is validated, every member must be a
 regular file named as above, and every blob must hash to its name and to the
-manifest's size before anything is recorded. Nothing in a bundle is
+manifest's size before anything is recorded: a folder version's `files`
+must be the list its `sha256` is the digest of (`wire`), and each of its
+files, and that list, is a blob of the bundle. Nothing in a bundle is
 unpickled or called. Tensor manifests are not carried: the destination
 computes them from the verified blobs, so a bundle cannot lie about them.
 A version's `ref` in a bundle is its name at the source: it links a parent
@@ -27,9 +30,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import IO, Any, BinaryIO
 
-from registry import refs, wire
+from registry import folders, refs, wire
 from registry.errors import BundleError, IntegrityError, InvalidReferenceError, RegistryError
-from registry.records import ModelVersion
+from registry.records import FolderFile, ModelVersion
 from registry.stores import BlobWriting, Store
 
 FORMAT = "registry-bundle"
@@ -50,10 +53,14 @@ class Entry:
     source_ref: str  # its reference at the source, "resnet18@v3"
     parent: tuple[str, str | None] | None = None  # (source reference, blob digest)
     fingerprint: dict[str, Any] | None = None  # the Fingerprint row's columns
+    files: tuple[FolderFile, ...] | None = None  # a folder version's; `blob_sha256` its list's
 
     @property
     def digests(self) -> list[str]:
-        return [d for d in (self.fields["blob_sha256"], self.fields["weights_sha256"]) if d]
+        """Every blob the version needs: its file (a folder's file list), a safe copy, its files."""
+        listed = [self.fields["blob_sha256"], self.fields["weights_sha256"]]
+        listed += [f.sha256 for f in self.files or ()]
+        return list(dict.fromkeys(d for d in listed if d))
 
 
 # -- export --------------------------------------------------------------------------------
@@ -80,19 +87,31 @@ def write(
         tar.addfile(_member(MANIFEST, len(data)), _Reader(iter([data])))
         written: set[str] = set()
         for version in versions:
-            for digest in (version.sha256, version.weights_sha256):
-                if digest is None or digest in written:
+            for digest, ref in _blobs(version):
+                if digest in written:
                     continue
                 written.add(digest)
                 size = store.size(digest)
-                with store.open(digest, version.ref) as blob:
-                    checked = _Checked(blob, digest, version.ref, progress)
+                with store.open(digest, ref) as blob:
+                    checked = _Checked(blob, digest, ref, progress)
                     try:
                         tar.addfile(_member(BLOB_PREFIX + digest, size), checked)
                     except OSError:  # the blob ended early: tarfile's "unexpected end of data"
                         checked.check(size)
                         raise
                     checked.check(size)
+
+
+def _blobs(version: ModelVersion) -> list[tuple[str, str]]:
+    """Each blob of a version, with the reference it is read as: its file (a folder's
+    file list), a pickle's safe copy, then each file of a folder."""
+    from registry.folder_pull import file_ref
+
+    found = [(version.sha256, version.ref)]
+    if version.weights_sha256 is not None:
+        found.append((version.weights_sha256, version.ref))
+    found += [(f.sha256, file_ref(version, f)) for f in version.files or ()]
+    return found
 
 
 def _describe(version: ModelVersion, store: Store) -> dict[str, Any]:
@@ -173,7 +192,7 @@ def read(
         if first.size > MAX_MANIFEST_BYTES:
             raise BundleError(f"{shown_as}: {MANIFEST} is {first.size:,} bytes, too large")
         entries = _entries(_read_member(tar, first), shown_as)
-        sizes = {digest: size for entry in entries for digest, size in entry.sizes.items()}
+        sizes = _sizes(entries, shown_as)
         needed = {digest for entry in entries for digest in entry.digests}
         writers: dict[str, BlobWriting] = {}
         for member in members:
@@ -194,6 +213,19 @@ def read(
     if missing:
         raise BundleError(f"{shown_as} lacks blob {missing[0]}, which its manifest needs")
     return entries, writers
+
+
+def _sizes(entries: list[Entry], shown_as: str) -> dict[str, int]:
+    """The size of every blob the entries need; refused when two of them disagree."""
+    sizes: dict[str, int] = {}
+    for entry in entries:
+        for digest, size in entry.sizes.items():
+            if sizes.setdefault(digest, size) != size:
+                raise BundleError(
+                    f"{shown_as}: its manifest gives blob {digest} two sizes "
+                    f"({sizes[digest]:,} and {size:,} bytes)"
+                )
+    return sizes
 
 
 def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
@@ -269,7 +301,13 @@ def _entries(data: bytes, shown_as: str) -> list[Entry]:
 def _entry(item: Any, index: int) -> Entry:
     """One manifest record: a version's JSON, read by `wire` as any other, and its extras."""
     version = wire.version(item, numbered=False)  # the destination numbers its own
-    sizes = {version.sha256: version.size}
+    if version.files is None:
+        sizes = {version.sha256: version.size}
+    else:  # its blob is the file list `wire` checked the digest of; each file is a blob too
+        sizes = {version.sha256: len(folders.file_list(version.files))}
+        for file in version.files:
+            if sizes.setdefault(file.sha256, file.size) != file.size:
+                raise ValueError(f"the file {file.path!r} is listed with two sizes for one blob")
     if version.weights_sha256 is not None:
         sizes[version.weights_sha256] = wire.count(item.get("weights_size"), "weights_size")
     parent = None
@@ -286,6 +324,7 @@ def _entry(item: Any, index: int) -> Entry:
         version.ref if item.get("ref") is not None else f"entry {index + 1}",
         parent,
         _fingerprint(fingerprint) if fingerprint is not None else None,
+        version.files,
     )
 
 

@@ -6,7 +6,8 @@ parent it already has. Import records nothing until every blob of the
 bundle is verified; then, in one transaction, each version becomes the next
 of its model, with its parent linked when both ends are present (in the
 bundle, or already at the destination with the same name and bytes), its
-fingerprint, and a tensor manifest computed from the verified blob.
+fingerprint, and a tensor manifest computed from the verified blob (a
+folder version's from its verified files, one shard at a time).
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from typing import Any, BinaryIO, cast
 from registry import faults, files, refs
 from registry.bundles import archive
 from registry.catalogs import Catalog, Recording
-from registry.errors import BundleError, NotFoundError
-from registry.reads import single_file
+from registry.errors import BundleError, CheckpointError, NotFoundError
 from registry.records import Fingerprint, ModelVersion, NewVersion, TensorInfo
 from registry.stores import BlobWriting, Store
 
@@ -34,8 +34,6 @@ def export(
     progress: Callable[[int], None],
 ) -> None:
     """Write `versions` to a bundle at a path (atomically) or to a binary stream."""
-    for version in versions:
-        single_file(version, "export")
     extras = _extras(catalog, versions)
     if isinstance(destination, (str, os.PathLike)):
         with files.atomic_file(Path(destination)) as out:
@@ -90,6 +88,7 @@ def import_(
                         name=entry.name,
                         **entry.fields,
                         tags=entry.tags,
+                        files=entry.files,
                         tensors=tuple(manifests[entry.source_ref]),
                         parent=_parent(recording, entry, imported),
                         fingerprint=Fingerprint(
@@ -136,12 +135,35 @@ def _manifest(entry: archive.Entry, writers: dict[str, BlobWriting]) -> list[Ten
     from registry import checkpoints, manifests
 
     fields = entry.fields
+    if entry.files is not None:
+        return _folder_manifest(entry, writers)
     if fields["weights_sha256"]:
         format, details, digest = "safetensors", {}, fields["weights_sha256"]
     else:
         format, details, digest = fields["format"], fields["details"], fields["blob_sha256"]
     state = checkpoints.load(writers[digest].temp_path, format, details)
     return manifests.describe(state)
+
+
+def _folder_manifest(entry: archive.Entry, writers: dict[str, BlobWriting]) -> list[TensorInfo]:
+    """A folder version's manifest, from its verified files one shard at a time, as at push.
+
+    A folder of no kind this registry reads weights from (`folder`) has none.
+    """
+    from registry import manifests, shards
+
+    kind = entry.fields["format"]
+    if kind == "folder":
+        return []
+    local = {f.path: writers[f.sha256].temp_path for f in entry.files or ()}
+    tensors: list[TensorInfo] = []
+    try:
+        for shard in shards.each_shard(kind, local):
+            tensors.extend(manifests.describe(shard))
+            del shard  # its mapping goes before the next is read
+    except CheckpointError as exc:
+        raise BundleError(f"{entry.source_ref} in the bundle: {exc}") from None
+    return sorted(tensors, key=lambda t: t.name)
 
 
 def _parents_first(entries: Sequence[archive.Entry]) -> list[archive.Entry]:

@@ -8,6 +8,8 @@
 This store only streams a file from the server into the cache (`_download`);
 `CachedStore` keeps the blob only when its bytes match the sha256 of the
 version's JSON, and verifies a cached blob on every use, as an S3 store's is.
+Each file of a folder version is fetched on its own, as `NAME@vN/PATH`, and
+kept by the sha256 its version's file list gives it.
 """
 
 from __future__ import annotations
