@@ -191,7 +191,7 @@ def push(reg: Registry, /, file: str, as_json: bool, **options: Any) -> None:
     "-o",
     "--output",
     type=click.Path(),
-    help="Destination file or folder [default: ./NAME-vN.<ext>].",
+    help="Destination file or folder [default: ./NAME-vN.<ext>; a folder version: ./NAME-vN/].",
 )
 @click.option("--no-verify", is_flag=True, help="Skip checking the bytes against their SHA-256.")
 @click.option(
@@ -207,7 +207,10 @@ def push(reg: Registry, /, file: str, as_json: bool, **options: Any) -> None:
 def pull(
     reg: Registry, ref: str, output: str | None, no_verify: bool, format_: str, as_json: bool
 ) -> None:
-    """Write REF's checkpoint file, bit-exact and verified; print its path (-o - for stdout)."""
+    """Write REF's checkpoint file (or folder), bit-exact and verified; print its path.
+
+    -o - writes the file to stdout (a folder version's files as a tar).
+    """
     version = reg.get(ref)  # resolved once: the file and the JSON name the same version
     if output == "-":
         if format_ != "original":

@@ -37,12 +37,12 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, cast
 
+from registry import shards
 from registry.errors import (
     ArchitectureError,
     ArchitectureMismatchError,
     CheckpointError,
     RegistryError,
-    UnsafeCheckpointError,
     UntrustedArchError,
     first_line,
 )
@@ -329,73 +329,9 @@ def fit(model: nn.Module, shapes: Mapping[str, tuple[tuple[int, ...], str]], arc
 # -- the weights ------------------------------------------------------------------------
 
 
-def _shards(files: Mapping[str, Path]) -> list[str]:
-    """The folder's weight files, as transformers picks them: safetensors first."""
-    for single, index in (
-        ("model.safetensors", "model.safetensors.index.json"),
-        ("pytorch_model.bin", "pytorch_model.bin.index.json"),
-    ):
-        if index in files:
-            weight_map = _json_file(files, index).get("weight_map")
-            if not isinstance(weight_map, dict) or not weight_map:
-                raise CheckpointError(f"{index} has no weight_map")
-            names = sorted({str(v) for v in weight_map.values()})
-            absent = [n for n in names if n not in files]
-            if absent:
-                raise CheckpointError(
-                    f"{index} names {len(absent)} shard(s) the folder lacks "
-                    f"({', '.join(absent[:3])})"
-                )
-            return names
-        if single in files:
-            return [single]
-    raise CheckpointError(
-        "the folder holds no weights: no model.safetensors, model.safetensors.index.json or "
-        "pytorch_model.bin"
-    )
-
-
-def _read(name: str, path: Path) -> dict[str, torch.Tensor]:
-    """One weight file's tensors, memory-mapped."""
-    import pickle
-
-    import torch
-
-    if name.endswith(".safetensors"):
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as handle:
-                return {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
-        except Exception as exc:
-            raise CheckpointError(f"{name} is not a safetensors file: {first_line(exc)}") from None
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as exc:
-        raise UnsafeCheckpointError(
-            f"{name} holds objects beyond tensors, which would run pickled code: {first_line(exc)}"
-        ) from None
-    except Exception as exc:
-        raise CheckpointError(
-            f"cannot read {name}: {type(exc).__name__}: {first_line(exc)}"
-        ) from None
-    if not isinstance(loaded, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
-    ):
-        raise CheckpointError(f"{name} is not a state_dict of named tensors")
-    return loaded
-
-
 def weights(files: Mapping[str, Path]) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors as stored, across every shard, memory-mapped."""
-    state: dict[str, torch.Tensor] = {}
-    for name in _shards(files):
-        tensors = _read(name, files[name])
-        twice = state.keys() & tensors.keys()
-        if twice:
-            raise CheckpointError(f"{name} repeats tensors of another shard ({min(twice)})")
-        state.update(tensors)
-    return state
+    return shards.state_dict("transformers", files)
 
 
 # -- loading a model --------------------------------------------------------------------
@@ -495,10 +431,7 @@ def _from_pretrained(
     """transformers' own loader, for checkpoints whose keys need its weight conversions."""
     from registry.architectures import _offline
 
-    names = [n for n in _FALLBACK_FILES if n in files] + _shards(files)
-    names += [
-        i for i in ("model.safetensors.index.json", "pytorch_model.bin.index.json") if i in files
-    ]
+    names = [n for n in _FALLBACK_FILES if n in files] + shards.weight_files("transformers", files)
     config_object = _config_object(cls, config)
     folder = Path(tempfile.mkdtemp(prefix="registry-hf-"))
     try:
@@ -549,10 +482,9 @@ def adapter_config(files: Mapping[str, Path]) -> dict[str, Any]:
 
 
 def _adapter_weights(files: Mapping[str, Path]) -> dict[str, torch.Tensor]:
-    for name in ("adapter_model.safetensors", "adapter_model.bin"):
-        if name in files:
-            return _read(name, files[name])
-    raise CheckpointError("the adapter folder has no adapter_model.safetensors")
+    if shards.ADAPTER_WEIGHTS not in files:
+        raise CheckpointError(f"the adapter folder has no {shards.ADAPTER_WEIGHTS}")
+    return shards.state_dict("peft", files)
 
 
 def _arch_name(model: nn.Module) -> str:

@@ -29,16 +29,18 @@ HF_WEIGHTS = (
 )
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 CONFIG = "config.json"
+GENERATION_CONFIG = "generation_config.json"  # transformers' generation defaults, if saved
 MAX_INDEX_BYTES = 16 << 20  # an index larger than this names more than any model's shards
 
 
 def needed(kind: str, files: Mapping[str, Path]) -> list[str]:
     """The paths a rebuild of a `kind` folder reads: its config and the files of its weights."""
     configs = {
-        "transformers": [CONFIG],
+        "transformers": [CONFIG, GENERATION_CONFIG],
         "hub_mixin": [CONFIG],
         "peft": ["adapter_config.json"],
     }.get(kind, [])
+    configs = [c for c in configs if c in files]
     return [*configs, *weight_files(kind, files)]
 
 
