@@ -108,6 +108,18 @@ def test_an_adapter_needs_its_parent_and_loads_as_peft_does(
     assert {s for n, s in changes.items() if n not in added} == {"identical"}
 
 
+def test_an_adapter_for_another_base_is_refused_at_push(local: Registry, tmp_path: Path) -> None:
+    base = llama(tmp_path / "llama")
+    lora(base, tmp_path / "lora")
+    torch.manual_seed(0)
+    save_file(torch.nn.Linear(4, 3).state_dict(), tmp_path / "linear.safetensors")
+    local.push(tmp_path / "linear.safetensors", arch="torch.nn:Linear",
+               arch_args={"in_features": 4, "out_features": 3})  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"wraps 4 module\(s\) its base linear@v1 does not"):
+        local.push(tmp_path / "lora", parent="linear@v1")
+    assert [m.name for m in local.models()] == ["linear"]
+
+
 def test_merge_is_for_an_adapter(local: Registry, tmp_path: Path) -> None:
     llama(tmp_path / "llama")
     local.push(tmp_path / "llama", name="base")

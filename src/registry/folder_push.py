@@ -89,7 +89,7 @@ def run(
                 local[entry.path] = writer.temp_path
         crash_point("push-hashed")
 
-        new = _describe(kind, folder, local, options, checked)
+        new = _describe(catalog, kind, folder, local, options, checked)
         listing = stack.enter_context(store.writer())
         listing.write(folders.file_list(stored))
         new = replace(
@@ -210,6 +210,7 @@ def _copy(source: Path, entry: FolderFile, writer: BlobWriting, step: Any) -> No
 
 
 def _describe(
+    catalog: Catalog,
     kind: str,
     folder: Path,
     local: Mapping[str, Path],
@@ -220,22 +221,56 @@ def _describe(
     if kind == "folder":
         return _version(kind, "", {}, 0, {"num_files": len(local)}, options)
     if kind == "peft":
-        return _adapter(local, options)
+        return _adapter(local, options, catalog, checked)
     if kind == "transformers":
         return _transformers(folder, local, options)
     return _built(kind, folder, local, options, checked)
 
 
-def _adapter(local: Mapping[str, Path], options: PushOptions) -> NewVersion:
+def _adapter(
+    local: Mapping[str, Path], options: PushOptions, catalog: Catalog, checked: Validated
+) -> NewVersion:
     from registry import extras, hf
 
     extras.require("hf", "a PEFT adapter folder")
     config = hf.adapter_config(local)
     tensors, shapes, dtypes = _read_weights("peft", local)
+    assert checked.parent is not None
+    _fits_base(shapes, checked.parent, catalog)
     details = {"peft_type": config.get("peft_type"), **_summary(tensors, dtypes)}
     count = sum(_numel(shape) for shape, _ in shapes.values())
     version = _version("peft", f"peft:{config.get('peft_type')}", {}, count, details, options)
     return replace(version, tensors=tuple(tensors))
+
+
+def _fits_base(
+    shapes: Mapping[str, tuple[tuple[int, ...], str]], parent: str, catalog: Catalog
+) -> None:
+    """Refuse an adapter whose LoRA layers wrap modules its base does not have, or have in
+    other shapes, by the base's recorded manifest (when it has one)."""
+    base = {t.name: t.shape for t in catalog.tensors(catalog.get(parent))}
+    if not base:
+        return
+    missing, mis_shaped = [], []
+    for name, (shape, _dtype) in shapes.items():
+        module, lora, part = name.removeprefix("base_model.model.").partition(".lora_")
+        if not lora or not part.startswith(("A.", "B.")):
+            continue
+        weight = base.get(f"{module}.weight")
+        if weight is None:
+            missing.append(module)
+        elif len(weight) == 2 and len(shape) == 2:  # a Linear: A is (r, in), B is (out, r)
+            expected = weight[1] if part.startswith("A.") else weight[0]
+            found = shape[1] if part.startswith("A.") else shape[0]
+            if found != expected:
+                mis_shaped.append(f"{name} {list(shape)} for {module} {list(weight)}")
+    if missing:
+        raise CheckpointError(
+            f"the adapter wraps {len(set(missing))} module(s) its base {parent} does not have "
+            f"({', '.join(sorted(set(missing))[:3])})"
+        )
+    if mis_shaped:
+        raise CheckpointError(f"the adapter does not fit its base {parent}: {mis_shaped[0]}")
 
 
 def _transformers(folder: Path, local: Mapping[str, Path], options: PushOptions) -> NewVersion:
