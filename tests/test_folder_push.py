@@ -132,12 +132,22 @@ def test_show_lists_a_folder_files(run, tmp_path: Path) -> None:
     assert paths == sorted(tree(folder)) and paths[0] == "docs/README.md"
 
 
-def test_a_changed_shard_is_the_only_new_bytes_stored(reg: Registry, tmp_path: Path) -> None:
+def test_a_changed_shard_is_the_only_new_bytes_stored(
+    reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from registry import manifests
+
     folder = sharded(tmp_path / "linear")
     first = reg.push(folder, **LINEAR)
     before = blob_bytes(reg)
     changed = sharded(tmp_path / "linear", bias_seed=7)
+    described: list[list[str]] = []
+    describe = manifests.describe
+    monkeypatch.setattr(manifests, "describe", lambda s: described.append(list(s)) or describe(s))
     second = reg.push(changed, **LINEAR)
+    assert described == [["bias"]]  # the unchanged shard's tensors keep their recorded digests
+    old, new_ = ({t.name: t.digest for t in reg.tensors(r)} for r in ("linear@v1", "linear@v2"))
+    assert old["weight"] == new_["weight"] and old["bias"] != new_["bias"]
     assert second.version == 2
     assert first.files is not None and second.files is not None
     new = {f.sha256 for f in second.files} - {f.sha256 for f in first.files}
@@ -258,3 +268,25 @@ def test_a_folder_pull_killed_anywhere_leaves_no_partial_folder(
 
 def _location(reg: Registry) -> list[str]:
     return ["--database-url", reg.settings.database_url, "--store", str(reg.store.root)]
+
+
+def test_a_damaged_shard_fails_every_read_of_the_folder(reg: Registry, tmp_path: Path) -> None:
+    from registry import IntegrityError
+
+    version = reg.push(sharded(tmp_path / "linear"), **LINEAR)
+    assert version.files is not None
+    shard = next(f for f in version.files if f.path.startswith("model-00002"))
+    blob = reg.store.root / "sha256" / shard.sha256[:2] / shard.sha256
+    blob.chmod(0o644)
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF  # a flipped bit in the bias's bytes
+    blob.write_bytes(bytes(data))
+    for read in (
+        lambda: reg.load("linear@v1"),
+        lambda: reg.state_dict("linear@v1"),
+        lambda: reg.pull("linear@v1", tmp_path / "out"),
+    ):
+        with pytest.raises(IntegrityError, match=r"linear@v1/model-00002-of-00002\.safetensors"):
+            read()
+    assert not (tmp_path / "out").exists()
+    assert [(p.expected, p.status) for p in reg.verify()] == [(shard.sha256, "corrupt")]

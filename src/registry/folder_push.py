@@ -43,6 +43,16 @@ ARCH_KINDS = ("hub_mixin", "sharded", "dcp")
 
 
 @dataclass(frozen=True)
+class Previous:
+    """The model's newest version: its files, worth hashing before copying (a shard
+    unchanged is not copied again), and its manifest, kept for the shards unchanged."""
+
+    files: dict[tuple[str, int], str]  # (path, size) -> sha256
+    tensors: dict[str, TensorInfo]
+    unchanged: frozenset[str] = frozenset()  # the paths this push found unchanged
+
+
+@dataclass(frozen=True)
 class Kept:
     """A file whose bytes the store holds already: hashed, not copied."""
 
@@ -63,7 +73,7 @@ def run(
     kind = folders.kind(folder, listed)
     _refuse_options(folder, kind, options, checked)
     name = options.name or _default_name(kind, folder, options)
-    previous = _previous_files(catalog, name)
+    previous = _previous(catalog, name)
 
     with contextlib.ExitStack() as stack:
         stored: list[FolderFile] = []
@@ -75,9 +85,9 @@ def run(
             step = crash_half_way("push-copy", total, advance)
             for entry in listed:
                 source = folder / entry.path
-                if (entry.path, entry.size) in previous:
+                if (entry.path, entry.size) in previous.files:
                     digest, check = _hash(source, step)
-                    if digest == previous[(entry.path, entry.size)]:
+                    if digest == previous.files[(entry.path, entry.size)]:
                         kept.append(Kept(replace(entry, sha256=digest), check))
                         stored.append(kept[-1].file)
                         local[entry.path] = source
@@ -89,7 +99,8 @@ def run(
                 local[entry.path] = writer.temp_path
         crash_point("push-hashed")
 
-        new = _describe(catalog, kind, folder, local, options, checked)
+        previous = replace(previous, unchanged=frozenset(k.file.path for k in kept))
+        new = _describe(catalog, kind, folder, local, options, checked, previous)
         listing = stack.enter_context(store.writer())
         listing.write(folders.file_list(stored))
         new = replace(
@@ -180,13 +191,14 @@ def _arch_name(builder: Any) -> str:
     return architectures.of(builder).name
 
 
-def _previous_files(catalog: Catalog, name: str) -> dict[tuple[str, int], str]:
-    """The newest version's files by (path, size): the ones worth hashing before copying."""
+def _previous(catalog: Catalog, name: str) -> Previous:
+    """What the model's newest version holds, if it has one."""
     try:
         latest = catalog.get(name)
     except NotFoundError:
-        return {}
-    return {(f.path, f.size): f.sha256 for f in latest.files or ()}
+        return Previous({}, {})
+    files = {(f.path, f.size): f.sha256 for f in latest.files or ()}
+    return Previous(files, {t.name: t for t in catalog.tensors(latest)} if files else {})
 
 
 def _hash(source: Path, step: Any) -> tuple[str, Check]:
@@ -216,25 +228,30 @@ def _describe(
     local: Mapping[str, Path],
     options: PushOptions,
     checked: Validated,
+    previous: Previous,
 ) -> NewVersion:
     """What the folder's weights are, checked against its arch (read from the copies)."""
     if kind == "folder":
         return _version(kind, "", {}, 0, {"num_files": len(local)}, options)
     if kind == "peft":
-        return _adapter(local, options, catalog, checked)
+        return _adapter(local, options, catalog, checked, previous)
     if kind == "transformers":
-        return _transformers(folder, local, options)
-    return _built(kind, folder, local, options, checked)
+        return _transformers(local, options, previous)
+    return _built(kind, folder, local, options, checked, previous)
 
 
 def _adapter(
-    local: Mapping[str, Path], options: PushOptions, catalog: Catalog, checked: Validated
+    local: Mapping[str, Path],
+    options: PushOptions,
+    catalog: Catalog,
+    checked: Validated,
+    previous: Previous,
 ) -> NewVersion:
     from registry import extras, hf
 
     extras.require("hf", "a PEFT adapter folder")
     config = hf.adapter_config(local)
-    tensors, shapes, dtypes = _read_weights("peft", local)
+    tensors, shapes, dtypes = _read_weights("peft", local, previous)
     assert checked.parent is not None
     _fits_base(shapes, checked.parent, catalog)
     details = {"peft_type": config.get("peft_type"), **_summary(tensors, dtypes)}
@@ -273,7 +290,9 @@ def _fits_base(
         raise CheckpointError(f"the adapter does not fit its base {parent}: {mis_shaped[0]}")
 
 
-def _transformers(folder: Path, local: Mapping[str, Path], options: PushOptions) -> NewVersion:
+def _transformers(
+    local: Mapping[str, Path], options: PushOptions, previous: Previous
+) -> NewVersion:
     from registry import architectures, extras, hf
 
     hf.offline()
@@ -283,7 +302,7 @@ def _transformers(folder: Path, local: Mapping[str, Path], options: PushOptions)
     config = hf.config_data(local, trusted=named is not None)
     arch = named if isinstance(named, str) else hf.arch_of(config)
     model = hf.build(hf.model_class(arch, trusted=True), config)  # the pusher's own arch
-    tensors, shapes, dtypes = _read_weights("transformers", local)
+    tensors, shapes, dtypes = _read_weights("transformers", local, previous)
     hf.fit(model, shapes, arch)
     import transformers
 
@@ -302,6 +321,7 @@ def _built(
     local: Mapping[str, Path],
     options: PushOptions,
     checked: Validated,
+    previous: Previous,
 ) -> NewVersion:
     """A folder rebuilt by the pusher's --arch: hub_mixin (arguments from config.json),
     sharded or DCP."""
@@ -320,7 +340,7 @@ def _built(
     given = options.arch
     builder = given if isinstance(given, str) else architectures.of(given)
     resolved, model = pushing.build(builder, arch_args)
-    tensors, shapes, dtypes = _read_weights(kind, local)
+    tensors, shapes, dtypes = _read_weights(kind, local, previous)
     placeholders = {
         name: torch.empty(shape, dtype=getattr(torch, dtype), device="meta")
         for name, (shape, dtype) in shapes.items()
@@ -339,20 +359,39 @@ def _built(
 
 
 def _read_weights(
-    kind: str, local: Mapping[str, Path]
+    kind: str, local: Mapping[str, Path], previous: Previous
 ) -> tuple[tuple[TensorInfo, ...], dict[str, tuple[tuple[int, ...], str]], dict[str, int]]:
-    """The manifest, shapes and dtype counts of a folder's weights, one shard at a time."""
+    """The manifest, shapes and dtype counts of a folder's weights, one shard at a time.
+
+    A shard the previous version holds unchanged keeps its tensors' recorded
+    digests: only the shards that changed are read in full.
+    """
     tensors: list[TensorInfo] = []
     shapes: dict[str, tuple[tuple[int, ...], str]] = {}
     dtypes: dict[str, int] = {}
-    for shard in shards.each_shard(kind, local):
-        tensors.extend(manifests.describe(shard))
-        for tensor_name, tensor in shard.items():
-            dtype = str(tensor.dtype).removeprefix("torch.")
-            shapes[tensor_name] = (tuple(tensor.shape), dtype)
-            dtypes[dtype] = dtypes.get(dtype, 0) + 1
-        del shard  # its mapping goes before the next is read
+    for path, shard in shards.each_shard(kind, local):
+        found = [
+            previous.tensors.get(name) for name in shard
+        ] if path in previous.unchanged else []  # fmt: skip
+        if found and all(
+            t is not None and (t.dtype, t.shape) == (manifests.dtype_name(v), tuple(v.shape))
+            for t, v in zip(found, shard.values(), strict=True)
+        ):
+            tensors.extend(t for t in found if t is not None)
+        else:
+            tensors.extend(manifests.describe(shard))
+        _count(shard, shapes, dtypes)
+        del shard, found  # the shard's mapping goes before the next is read
     return tuple(sorted(tensors, key=lambda t: t.name)), shapes, dtypes
+
+
+def _count(
+    shard: Mapping[str, Any], shapes: dict[str, tuple[tuple[int, ...], str]], dtypes: dict[str, int]
+) -> None:
+    for name, tensor in shard.items():
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        shapes[name] = (tuple(tensor.shape), dtype)
+        dtypes[dtype] = dtypes.get(dtype, 0) + 1
 
 
 def _summary(tensors: tuple[TensorInfo, ...], dtypes: dict[str, int]) -> dict[str, Any]:

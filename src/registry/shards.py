@@ -87,13 +87,16 @@ def sharded_index(files: Iterable[str]) -> str:
 def state_dict(kind: str, files: Mapping[str, Path]) -> dict[str, torch.Tensor]:
     """A folder's weights as they are stored, every shard's tensors in one mapping."""
     state: dict[str, torch.Tensor] = {}
-    for shard in each_shard(kind, files):
+    for _path, shard in each_shard(kind, files):
         state.update(shard)
     return state
 
 
-def each_shard(kind: str, files: Mapping[str, Path]) -> Iterator[dict[str, torch.Tensor]]:
-    """A folder's weights one shard at a time, so a caller can let each go before the next.
+def each_shard(
+    kind: str, files: Mapping[str, Path]
+) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
+    """A folder's weights one shard at a time (its path, its tensors), so a caller can let
+    each go before the next (a DCP folder's come as one, path "").
 
     Every shard holds only the tensors its index places in it, and every
     tensor the index names is in its shard.
@@ -101,13 +104,13 @@ def each_shard(kind: str, files: Mapping[str, Path]) -> Iterator[dict[str, torch
     if kind == "dcp":
         from registry import dcp
 
-        yield dcp.model_state(files)
+        yield "", dcp.model_state(files)
         return
     paths = weight_files(kind, files)
     if not paths:
         raise CheckpointError("the folder holds no weights this registry can read")
     if not paths[0].endswith(".index.json"):
-        yield _read_shard(paths[0], files[paths[0]])
+        yield paths[0], _read_shard(paths[0], files[paths[0]])
         return
     index = paths[0]
     weight_map = _weight_map(index, files[index])
@@ -119,7 +122,7 @@ def each_shard(kind: str, files: Mapping[str, Path]) -> Iterator[dict[str, torch
                 where = f"in {weight_map[name]}" if name in weight_map else "nowhere"
                 raise CheckpointError(f"{shard} holds {name}, which {index} places {where}")
         seen.update(state)
-        yield state
+        yield shard, state
     absent = [name for name in weight_map if name not in seen]
     if absent:
         more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""

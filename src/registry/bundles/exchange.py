@@ -158,7 +158,7 @@ def _folder_manifest(entry: archive.Entry, writers: dict[str, BlobWriting]) -> l
     local = {f.path: writers[f.sha256].temp_path for f in entry.files or ()}
     tensors: list[TensorInfo] = []
     try:
-        for shard in shards.each_shard(kind, local):
+        for _path, shard in shards.each_shard(kind, local):
             tensors.extend(manifests.describe(shard))
             del shard  # its mapping goes before the next is read
     except CheckpointError as exc:
