@@ -244,7 +244,7 @@ def test_weight_files_refused(tmp_path: Path) -> None:
     shard = next(k for k in files if k.startswith("model-"))
     with pytest.raises(CheckpointError, match="which the folder does not hold"):
         hf.weights({k: v for k, v in files.items() if k != shard})
-    with pytest.raises(CheckpointError, match="holds none of model.safetensors"):
+    with pytest.raises(CheckpointError, match=r"holds none of model\.safetensors"):
         hf.weights({"config.json": files["config.json"]})
     torch.save({"w": torch.zeros(1), "x": NotATensor()}, tmp_path / "evil.bin")
     with pytest.raises(UnsafeCheckpointError):
