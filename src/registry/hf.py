@@ -253,9 +253,19 @@ def build(cls: type, config: Mapping[str, Any]) -> nn.Module:
 
     _require(f"building {cls.__name__}")
     config_object = _config_object(cls, config)
-    with _one_line(f"building {cls.__name__}"), _offline(), _empty_weights():
+    with _one_line(f"building {cls.__name__}"), _offline(), _empty_weights(), _no_init():
         model: nn.Module = cls._from_config(config_object)  # type: ignore[attr-defined]
     return model
+
+
+def _no_init() -> contextlib.AbstractContextManager[object]:
+    """transformers' own switch that skips initialising weights the checkpoint replaces
+    (as from_pretrained does); on meta they cost no memory, but a third of a build's time."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4
+        return contextlib.nullcontext()
+    return cast("contextlib.AbstractContextManager[object]", no_init_weights())
 
 
 # -- which tensors a checkpoint holds ---------------------------------------------------

@@ -123,6 +123,7 @@ def each_shard(
                 raise CheckpointError(f"{shard} holds {name}, which {index} places {where}")
         seen.update(state)
         yield shard, state
+        del state  # unmapped before the next shard is mapped
     absent = [name for name in weight_map if name not in seen]
     if absent:
         more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
