@@ -27,6 +27,7 @@ from pathlib import Path
 import catalog
 import diff
 import figures
+import folders
 import harness
 import memory
 import services
@@ -39,6 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # (bench/serve_load.py); a rewrite keeps them.
 BY_HAND = "<!-- measured by hand below: bench/run.py keeps this part -->"
 DISK_NEEDED_FOR_VGG16 = 3_000_000_000  # the checkpoint, a stocked registry, a push, a copy
+# Figure 12's 2 GB folder: every run's copy and registry kept until the comparison ends.
+DISK_NEEDED_FOR_FOLDERS = 36_000_000_000
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,24 @@ FIGURES = [
         " ".join((memory.__doc__ or "").split("\n\n", 1)[1].split("    .venv")[0].split()),
     ),
     Figure(
+        "12",
+        "folders",
+        "a sharded transformers folder: push, load, memory, a second version",
+        " ".join((folders.__doc__ or "").split("\n\n")[1].split())
+        + " **12a** (push): the floor copies every file of the folder into a new folder, "
+        "SHA-256 on the way, and fsyncs each copy; the first push goes into a brand-new "
+        "registry each run. **12d** (second version): into one registry holding v1, each "
+        "run pushes the next of the second versions (its parent the run before's), timed "
+        "against the first push; the store's growth per push is measured around it, "
+        "untimed. **12b** (load): the floor builds `LlamaForCausalLM` on the meta device "
+        "from `config.json`, `safetensors.torch.load_file`s each shard and "
+        "`load_state_dict(..., assign=True)`s it, then (the baseline) BLAKE3s every file "
+        "(memory-mapped, every core); the verified load is judged against that, the "
+        "`verify=False` load against the floor without the BLAKE3. The floors read the "
+        "folder, the loads the blobs stored from it, both warm in the page cache. "
+        "**12c** (memory): below.",
+    ),
+    Figure(
         "6",
         "catalog",
         "a large catalog",
@@ -180,6 +201,8 @@ class Section:
     results: list[Result]
     notes: list[str] = field(default_factory=list)
     footprints: list[memory.Footprint] = field(default_factory=list)
+    growths: list[folders.Growth] = field(default_factory=list)
+    footprint_table: Callable[[list[memory.Footprint]], list[str]] = memory.table
 
 
 def main(argv: list[str]) -> None:
@@ -249,6 +272,28 @@ def main(argv: list[str]) -> None:
             if figure.name == "catalog":
                 sections += catalog_sections(figure, ws, models, per_model, repeats, machine)
                 continue
+            if figure.name == "folders":
+                print(f"figure {figure.number} ({figure.name})", flush=True)
+                free = shutil.disk_usage(workdir).free
+                if not args.quick and free < DISK_NEEDED_FOR_FOLDERS:
+                    sys.exit(
+                        f"bench: {workdir} has {free / 1e9:.1f} GB free; figure 12 needs "
+                        f"{DISK_NEEDED_FOR_FOLDERS / 1e9:.0f} GB (set TMPDIR to a roomier disk)"
+                    )
+                n = args.repeats if args.repeats is not None else 3 if args.quick else 5
+                for part in folders.figure(ws, args.quick, n):
+                    sections.append(
+                        Section(
+                            figure,
+                            part.subtitle,
+                            part.results,
+                            part.notes,
+                            part.footprints or [],
+                            part.growths or [],
+                            folders.memory_table,
+                        )
+                    )
+                continue
             if figure.name == "memory":
                 arch = archs[-1]
                 print(f"figure {figure.number} ({figure.name}), {arch}", flush=True)
@@ -290,6 +335,8 @@ def main(argv: list[str]) -> None:
                 "evaluated here on the small case only to exercise the report."
             )
         report = render(args, argv, selected, machine, sections, notes)
+        if args.only and args.output.exists():  # the figures not run keep their old tables
+            report = kept_from(args.output.read_text(), report, {f.number for f in selected})
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(report + by_hand(args.output))
         print(f"wrote {args.output}")
@@ -387,8 +434,13 @@ def render(
         for f in section.footprints:
             added = f.anonymous_added if f.anonymous_added is not None else f.added
             lines.append(
-                f"| {section.figure.number} · {section.subtitle} | {f.operation} | "
+                f"| {section.figure.number} · {section.subtitle.split(',')[0]} | {f.operation} | "
                 f"{f.limit_text} | {added / memory.MIB:+.0f} MiB | {_call(f.call)} |"
+            )
+        for g in section.growths:
+            lines.append(
+                f"| {section.figure.number} · {section.subtitle.split(',')[0]} | {g.operation} | "
+                f"{g.limit_text} | {g.measured()} | {_call(g.call)} |"
             )
     lines += ["", (Path(__file__).parent / "why.md").read_text().strip()]
     lines += ["", "## Machine", ""]
@@ -438,7 +490,9 @@ def render(
         if section.results:
             lines += table(section.results)
         if section.footprints:
-            lines += memory.table(section.footprints)
+            lines += section.footprint_table(section.footprints)
+        if section.growths:
+            lines += ["", *folders.growth_table(section.growths)]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -478,6 +532,61 @@ def table(results: list[Result]) -> list[str]:
     return lines[1:]
 
 
+def _figure_of(row_or_heading: str) -> str:
+    """The figure number a Targets row (`| 12 · push | ...`) or a heading (`### 12. ...`) is of."""
+    text = row_or_heading.removeprefix("### ").removeprefix("| ")
+    return text.split(".", 1)[0].split(" ", 1)[0].split("|", 1)[0].strip()
+
+
+def kept_from(old: str, new: str, run: set[str]) -> str:
+    """The report of an `--only` run with the old report's rows and tables of every other figure.
+
+    The new report's header, machine and method describe the figures run; a
+    note names the command and start of the report the others come from.
+    """
+    old = old.split(BY_HAND, 1)[0]
+    if "## Results" not in old or "| figure | measurement |" not in old:
+        return new
+    old_rows = [
+        line
+        for line in old.split("## Targets\n", 1)[1].split("\n\n## ", 1)[0].splitlines()
+        if line.startswith("| ") and not line.startswith("| figure ")
+    ]
+    kept_rows = [r for r in old_rows if _figure_of(r) not in run]
+    old_sections = old.split("\n## Results\n", 1)[1].split("\n### ")[1:]
+    kept = [f"### {b.rstrip()}\n" for b in old_sections if _figure_of(b) not in run]
+    if not kept:
+        return new
+    command = (
+        old.split("```console\n", 1)[1].split("\n```", 1)[0].strip() if "```console" in old else "?"
+    )
+    started = next(
+        (ln.split(": ", 1)[1] for ln in old.splitlines() if ln.startswith("- started: ")), "?"
+    )
+    others = sorted({_figure_of(b) for b in kept}, key=int)
+    note = (
+        f"Figures {', '.join(others)} (their rows and tables) are kept from the report "
+        f"before this `--only` run: `{command.removeprefix('$ ')}`, started {started}, on "
+        "the machine then described."
+    )
+    head, rest = new.split("## Targets\n", 1)
+    head = head + note + "\n\n"
+    table_head, rest = rest.split("|---|---|---|---|---|\n", 1)
+    new_rows, after = rest.split("\n\n", 1)
+    rows = sorted([*kept_rows, *new_rows.splitlines()], key=lambda r: int(_figure_of(r)))
+    before_results, results = after.split("\n## Results\n", 1)
+    new_sections = [f"### {b.rstrip()}\n" for b in results.split("\n### ")[1:]]
+    blocks = sorted([*kept, *new_sections], key=lambda b: int(_figure_of(b)))
+    return (
+        f"{head}## Targets\n{table_head}|---|---|---|---|---|\n"
+        + "\n".join(rows)
+        + "\n\n"
+        + before_results
+        + "\n## Results\n\n"
+        + "\n".join(blocks)
+    )
+
+
 def by_hand(report: Path) -> str:
     """The hand-measured sections of the current report, kept across rewrites."""
     old = report.read_text() if report.exists() else ""
@@ -491,6 +600,8 @@ def print_targets(sections: list[Section]) -> None:
                 print(f"{v.call:10}  {r.figure}: {r.label}: {v.measured()} ({v.target.text()})")
         for f in section.footprints:
             print(f"{f.call:10}  {section.figure.number}: {f.operation}: {f.limit_text}")
+        for g in section.growths:
+            print(f"{g.call:10}  {section.figure.number}: {g.operation}: {g.measured()}")
 
 
 if __name__ == "__main__":

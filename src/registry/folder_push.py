@@ -3,8 +3,9 @@
 The folder is scanned and refused whole (a symlink, a device, an odd path)
 before anything is stored. Each file is copied into a store writer and
 hashed; a file the model's previous version holds at the same path and size
-is hashed first and, when unchanged, not copied again (an unchanged shard
-costs a read, not a write). The weights are then read from those copies,
+is first compared with that blob by its BLAKE3 (the hash reads verify it by)
+and, when unchanged, not copied again (an unchanged shard costs a read on
+every core, not a copy). The weights are then read from those copies,
 one shard at a time, and checked against the arch as a single file's are;
 the file list is stored as one more blob; and, in one catalog transaction,
 every blob is placed or kept and the version recorded. A kill at any point
@@ -85,13 +86,14 @@ def run(
             step = crash_half_way("push-copy", total, advance)
             for entry in listed:
                 source = folder / entry.path
-                if (entry.path, entry.size) in previous.files:
-                    digest, check = _hash(source, step)
-                    if digest == previous.files[(entry.path, entry.size)]:
-                        kept.append(Kept(replace(entry, sha256=digest), check))
-                        stored.append(kept[-1].file)
-                        local[entry.path] = source
-                        continue
+                known = previous.files.get((entry.path, entry.size))
+                check = _unchanged(catalog, source, known) if known is not None else None
+                if known is not None and check is not None:
+                    kept.append(Kept(replace(entry, sha256=known), check))
+                    stored.append(kept[-1].file)
+                    local[entry.path] = source
+                    step(entry.size)
+                    continue
                 writer = stack.enter_context(store.writer())
                 _copy(source, entry, writer, step)
                 stored.append(replace(entry, sha256=writer.finish()))
@@ -201,14 +203,23 @@ def _previous(catalog: Catalog, name: str) -> Previous:
     return Previous(files, {t.name: t for t in catalog.tensors(latest)} if files else {})
 
 
-def _hash(source: Path, step: Any) -> tuple[str, Check]:
-    """The SHA-256 (and BLAKE3) of a file, read once."""
+def _unchanged(catalog: Catalog, source: Path, known: str) -> Check | None:
+    """The check of blob `known` when `source` holds its bytes, else None.
+
+    Told by the BLAKE3 reads verify the blob against (as collision-resistant
+    as its SHA-256, and hashed on every core); a blob recorded before BLAKE3
+    is compared by its SHA-256.
+    """
+    from registry import digests
+
+    check = catalog.verification(known)
+    if check is not None and check.blake3:
+        return check if digests.blake3_of(source) == check.blake3 else None
     hasher = Hasher()
     with open(source, "rb") as stream:
         while chunk := stream.read(file_io.CHUNK_SIZE):
             hasher.update(chunk)
-            step(len(chunk))
-    return hasher.hexdigest(), hasher.check
+    return hasher.check if hasher.hexdigest() == known else None
 
 
 def _copy(source: Path, entry: FolderFile, writer: BlobWriting, step: Any) -> None:
