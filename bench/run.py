@@ -564,10 +564,13 @@ def kept_from(old: str, new: str, run: set[str]) -> str:
         (ln.split(": ", 1)[1] for ln in old.splitlines() if ln.startswith("- started: ")), "?"
     )
     others = sorted({_figure_of(b) for b in kept}, key=int)
+    source = f"`{command.removeprefix('$ ')}`, started {started}"
+    earlier = next((ln for ln in old.splitlines() if " are kept from the report before" in ln), "")
+    if earlier:  # the old report kept them from an earlier one: that run measured them
+        source = earlier.split("`--only` run: ", 1)[1].rsplit(", on the machine", 1)[0]
     note = (
         f"Figures {', '.join(others)} (their rows and tables) are kept from the report "
-        f"before this `--only` run: `{command.removeprefix('$ ')}`, started {started}, on "
-        "the machine then described."
+        f"before this `--only` run: {source}, on the machine then described."
     )
     head, rest = new.split("## Targets\n", 1)
     head = head + note + "\n\n"
