@@ -99,6 +99,9 @@ def test_pull_writes_the_folder_bit_exact_and_refuses_a_folder_in_use(
     os.chdir(tmp_path)
     pulled = reg.pull("linear@v1")
     assert pulled == Path("linear-v1") and tree(pulled) == tree(folder)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert pulled.stat().st_mode & 0o777 == 0o777 & ~umask  # as mkdir would make it
     empty = tmp_path / "empty"
     empty.mkdir()
     assert tree(reg.pull("linear@v1", empty)) == tree(folder)  # an empty folder is taken

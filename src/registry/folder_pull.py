@@ -49,6 +49,9 @@ def write_folder(reads: Reads, version: ModelVersion, target: Path, verify: bool
     _remove_abandoned(parent, prefix)
     temp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix + files.owner_prefix()))
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o777 & ~umask)  # a folder as mkdir makes it, not mkdtemp's 0700
         with reads.progress(f"pull {version.ref}", version.size) as advance:
             step = crash_half_way("pull-copy", version.size, advance)
             for file in version.files:
