@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 CHUNK_SIZE = 16 << 20
 _PARALLEL_MIN = 1 << 20  # smaller writes are hashed inline: a thread hop costs more
-_MAPPED_STEP = 32 << 20  # resident at once while hashing; 64 MiB was 6% faster, twice the memory
+_MAPPED_STEP = 8 << 20  # resident at once while hashing: 32 MiB was 4% faster, 4x the memory
 
 
 @dataclass(frozen=True)
