@@ -258,9 +258,9 @@ def _adapter(
     checked: Validated,
     previous: Previous,
 ) -> NewVersion:
-    from registry import extras, hf
+    from registry import hf
 
-    extras.require("hf", "a PEFT adapter folder")
+    hf.require("a PEFT adapter folder")
     config = hf.adapter_config(local)
     tensors, shapes, dtypes = _read_weights("peft", local, previous)
     assert checked.parent is not None
@@ -304,10 +304,9 @@ def _fits_base(
 def _transformers(
     local: Mapping[str, Path], options: PushOptions, previous: Previous
 ) -> NewVersion:
-    from registry import architectures, extras, hf
+    from registry import architectures, hf
 
-    hf.offline()
-    extras.require("hf", "a transformers folder")
+    hf.require("a transformers folder")
     given = options.arch
     named = given if given is None or isinstance(given, str) else architectures.of(given).name
     config = hf.config_data(local, trusted=named is not None)

@@ -82,11 +82,12 @@ def offline() -> None:
         constants.HF_HUB_OFFLINE = True
 
 
-def _require(needed_by: str) -> None:
-    from registry.extras import require
+def require(needed_by: str) -> None:
+    """Set the Hub offline, then import the hf extra or say in one line which to install."""
+    from registry import extras
 
     offline()
-    require("hf", needed_by)
+    extras.require("hf", needed_by)
 
 
 # -- config.json ------------------------------------------------------------------------
@@ -176,7 +177,7 @@ def model_class(arch: str, trusted: bool) -> type:
     `transformers:<Class>` is one of transformers' own; any other
     `module:Class` is a user's class and is imported only when trusted.
     """
-    _require(f"arch {arch!r}")
+    require(f"arch {arch!r}")
     from transformers import PreTrainedModel
 
     if arch.startswith(TRANSFORMERS_PREFIX):
@@ -251,7 +252,7 @@ def build(cls: type, config: Mapping[str, Any]) -> nn.Module:
     """`cls` built from `config` with its parameters on meta, its buffers computed, no init."""
     from registry.architectures import _empty_weights, _offline
 
-    _require(f"building {cls.__name__}")
+    require(f"building {cls.__name__}")
     config_object = _config_object(cls, config)
     with _one_line(f"building {cls.__name__}"), _offline(), _empty_weights(), _no_init():
         model: nn.Module = cls._from_config(config_object)  # type: ignore[attr-defined]
@@ -349,7 +350,7 @@ def weights(files: Mapping[str, Path]) -> dict[str, torch.Tensor]:
 
 def load(arch: str, files: Mapping[str, Path], trusted: bool) -> nn.Module:
     """The model a save_pretrained folder holds, equal to `from_pretrained`, in eval mode."""
-    _require(f"loading arch {arch!r}")
+    require(f"loading arch {arch!r}")
     config = config_data(files, trusted)
     cls = model_class(arch, trusted)
     model = build(cls, config)
@@ -512,7 +513,7 @@ def apply_adapter(base: nn.Module, files: Mapping[str, Path], merge: bool) -> nn
     adapter into the base weights and gives back the plain base class, as
     peft's `merge_and_unload` does.
     """
-    _require("applying a PEFT adapter")
+    require("applying a PEFT adapter")
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
 
     from registry.architectures import _offline

@@ -164,10 +164,9 @@ class Reads:
         self, version: ModelVersion, verify: bool, trust_arch: bool
     ) -> nn.Module:
         """A transformers folder's model, rebuilt from its recorded config (no network)."""
-        from registry import architectures, extras, hf
+        from registry import architectures, hf
 
-        hf.offline()
-        extras.require("hf", f"loading {version.ref}")
+        hf.require(f"loading {version.ref}")
         trusted = trust_arch or architectures.trusted_by_environment(version.arch)
 
         def build(kind: str, local: Mapping[str, Path]) -> nn.Module:
@@ -179,10 +178,9 @@ class Reads:
         self, version: ModelVersion, base: nn.Module, verify: bool, merge: bool
     ) -> nn.Module:
         """`base` with a PEFT adapter version applied (or merged in)."""
-        from registry import extras, hf
+        from registry import hf
 
-        hf.offline()
-        extras.require("hf", f"loading adapter {version.ref}")
+        hf.require(f"loading adapter {version.ref}")
 
         def apply(kind: str, local: Mapping[str, Path]) -> nn.Module:
             return hf.apply_adapter(base, local, merge)
