@@ -31,11 +31,6 @@ if TYPE_CHECKING:
 BLOCK = tarfile.BLOCKSIZE
 
 
-def file_ref(version: ModelVersion, file: FolderFile) -> str:
-    """How one file of a folder version is named: `NAME@vN/PATH` (a server serves it there)."""
-    return f"{version.ref}/{file.path}"
-
-
 def write_folder(reads: Reads, version: ModelVersion, target: Path, verify: bool) -> Path:
     """Write every file of `version` under `target`, which must not exist or be empty."""
     assert version.files is not None
@@ -77,7 +72,7 @@ def write_tar(reads: Reads, version: ModelVersion, sink: BinaryIO, verify: bool)
     with reads.progress(f"pull {version.ref}", version.size) as advance:
         for file in version.files:
             sink.write(tar_header(version, file))
-            ref = file_ref(version, file)
+            ref = folders.file_ref(version, file)
             source = reads.store.open(file.sha256, ref)
             try:
                 files.copy_stream_verified(
@@ -112,7 +107,7 @@ def _copy(
     verify: bool,
     step: Callable[[int], None],
 ) -> None:
-    ref = file_ref(version, file)
+    ref = folders.file_ref(version, file)
     blake3 = reads.blake3_check(file.sha256, ref) if verify else None
     source = reads.store.open(file.sha256, ref)
     files.copy_verified(source, destination, file.sha256, ref, verify, step, blake3)

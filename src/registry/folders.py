@@ -25,7 +25,7 @@ from pathlib import Path
 
 from registry import refs
 from registry.errors import CheckpointError
-from registry.records import FolderFile
+from registry.records import FolderFile, ModelVersion
 
 KINDS = ("transformers", "hub_mixin", "peft", "sharded", "dcp", "folder")
 MAX_FILES = 100_000  # more is not a checkpoint; listing it would only take memory
@@ -80,6 +80,12 @@ def check_path(path: str) -> str:
     ):
         raise ValueError(f"the file path {path!r} is not a plain relative path")
     return path
+
+
+def file_ref(version: ModelVersion, file: FolderFile) -> str:
+    """How one file of a folder version is named in reads and errors: `NAME@vN/PATH`
+    (where a server serves it)."""
+    return f"{version.ref}/{file.path}"
 
 
 def file_list(files: Iterable[FolderFile]) -> bytes:

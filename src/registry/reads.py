@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from registry import files, folder_pull, manifests, shards
+from registry import files, folder_pull, folders, manifests, shards
 from registry.errors import (
     CheckpointError,
     IntegrityError,
@@ -352,7 +352,7 @@ class Reads:
         index = shards.index_of(version.format, paths)
         if index is not None:  # verified with the rest when they are read
             found = next(f for f in version.files or () if f.path == index)
-            paths[index] = self.store.local_path(found.sha256, folder_pull.file_ref(version, found))
+            paths[index] = self.store.local_path(found.sha256, folders.file_ref(version, found))
         return shards.needed(version.format, paths)
 
     @contextlib.contextmanager
@@ -362,19 +362,19 @@ class Reads:
         """Local files holding the named files of a folder version (fetched into a remote
         store's cache first), hashed on another thread while the block runs (with `verify`)."""
         wanted = set(paths)
-        chosen = [f for f in version.files or () if f.path in wanted]
-        local = {
-            f.path: self.store.local_path(f.sha256, folder_pull.file_ref(version, f))
-            for f in chosen
-        }
+        blobs = [
+            (f.path, f.sha256, folders.file_ref(version, f))
+            for f in version.files or ()
+            if f.path in wanted
+        ]
+        local = {path: self.store.local_path(digest, ref) for path, digest, ref in blobs}
         if not verify:
             yield local
             return
-        blobs = [(f.sha256, folder_pull.file_ref(version, f)) for f in chosen]
-        checks = [self.catalog.verification(digest) for digest, _ref in blobs]
+        checks = [self.catalog.verification(digest) for _path, digest, _ref in blobs]
 
         def verify_each() -> None:  # in turn: each hash uses every core already
-            for (digest, ref), check in zip(blobs, checks, strict=True):
+            for (_path, digest, ref), check in zip(blobs, checks, strict=True):
                 self.store.verify(digest, ref, check)
 
         with ThreadPoolExecutor(1, "registry-verify") as pool:

@@ -97,7 +97,7 @@ class Client:
         """Stream the file of version `ref` (whose sha256 is `digest`) into `sink`.
 
         `ref` may name one file of a folder version, `NAME@vN/PATH`
-        (`folder_pull.file_ref`); `digest` is then that file's.
+        (`folders.file_ref`); `digest` is then that file's.
 
         A connection cut off mid-way is resumed with `Range` from the bytes
         received, RESUMES times; `If-Range` makes the server send the whole

@@ -442,7 +442,7 @@ class _Api:
     def _verified(self, version: ModelVersion, file: FolderFile) -> Path:
         """The local copy of one file of a folder version, verified; a remote store's
         damaged cached copy is fetched once more."""
-        from registry.folder_pull import file_ref
+        from registry.folders import file_ref
 
         store, ref = self.reg.store, file_ref(version, file)
         check = self.reg.catalog.verification(file.sha256)
@@ -480,7 +480,8 @@ def _tar_chunks(
 ) -> Iterator[bytes]:
     """A folder's tar, one file's header and bytes at a time, each file hashed once more
     on the way: bytes changed since they were verified end the stream short of its length."""
-    from registry.folder_pull import BLOCK, file_ref
+    from registry.folder_pull import BLOCK
+    from registry.folders import file_ref
 
     assert version.files is not None
     for header, file in zip(headers, version.files, strict=True):

@@ -105,7 +105,7 @@ def write(
 def _blobs(version: ModelVersion) -> list[tuple[str, str]]:
     """Each blob of a version, with the reference it is read as: its file (a folder's
     file list), a pickle's safe copy, then each file of a folder."""
-    from registry.folder_pull import file_ref
+    from registry.folders import file_ref
 
     found = [(version.sha256, version.ref)]
     if version.weights_sha256 is not None:
