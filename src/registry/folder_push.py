@@ -15,6 +15,7 @@ leaves either no version or a whole one.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -34,6 +35,7 @@ from registry.faults import crash_half_way, crash_point
 from registry.records import FolderFile, ModelVersion, NewVersion, TensorInfo
 
 if TYPE_CHECKING:
+    from registry.architectures import Arch
     from registry.catalogs import Catalog
     from registry.progress_bars import Progress
     from registry.pushing import PushOptions, Validated
@@ -167,30 +169,30 @@ def _refuse_options(folder: Path, kind: str, options: PushOptions, checked: Vali
 
 def _default_name(kind: str, folder: Path, options: PushOptions) -> str:
     """The name a push without --name records: the class's, the arch's, else the folder's."""
-    from registry import pushing
+    from registry import hf, pushing
 
-    if kind == "transformers" and options.arch is None:
+    arch = _arch_name(options)
+    if kind == "transformers" and arch is None:
         config = folders.config(folder)
-        return folders.default_name(_class_name(config, folder))
-    if options.arch is not None:
-        arch = options.arch if isinstance(options.arch, str) else _arch_name(options.arch)
-        if arch.startswith("transformers:"):
-            return folders.default_name(arch.removeprefix("transformers:"))
-        return pushing.default_name(arch)
-    return folders.default_name(folder.resolve().name)
+        arch = hf.arch_of(config if isinstance(config, dict) else {})
+    if arch is None:
+        return folders.default_name(folder.resolve().name)
+    if arch.startswith(hf.TRANSFORMERS_PREFIX):
+        return folders.default_name(arch.removeprefix(hf.TRANSFORMERS_PREFIX))
+    return pushing.default_name(arch)
 
 
-def _class_name(config: object, folder: Path) -> str:
-    architectures = config.get("architectures") if isinstance(config, dict) else None
-    if not isinstance(architectures, list) or not architectures:
-        raise CheckpointError(f"{folder}/config.json names no architectures")
-    return str(architectures[0])
-
-
-def _arch_name(builder: Any) -> str:
+def _arch(options: PushOptions) -> str | Arch | None:
+    """The pusher's --arch: a name, or the Arch of a builder handed in."""
     from registry import architectures
 
-    return architectures.of(builder).name
+    given = options.arch
+    return given if given is None or isinstance(given, str) else architectures.of(given)
+
+
+def _arch_name(options: PushOptions) -> str | None:
+    given = _arch(options)
+    return given if given is None or isinstance(given, str) else given.name
 
 
 def _previous(catalog: Catalog, name: str) -> Previous:
@@ -266,7 +268,7 @@ def _adapter(
     assert checked.parent is not None
     _fits_base(shapes, checked.parent, catalog)
     details = {"peft_type": config.get("peft_type"), **_summary(tensors, dtypes)}
-    count = sum(_numel(shape) for shape, _ in shapes.values())
+    count = sum(math.prod(shape) for shape, _ in shapes.values())
     version = _version("peft", f"peft:{config.get('peft_type')}", {}, count, details, options)
     return replace(version, tensors=tuple(tensors))
 
@@ -307,10 +309,9 @@ def _transformers(
     from registry import architectures, hf
 
     hf.require("a transformers folder")
-    given = options.arch
-    named = given if given is None or isinstance(given, str) else architectures.of(given).name
+    named = _arch_name(options)
     config = hf.config_data(local, trusted=named is not None)
-    arch = named if isinstance(named, str) else hf.arch_of(config)
+    arch = named or hf.arch_of(config)
     model = hf.build(hf.model_class(arch, trusted=True), config)  # the pusher's own arch
     tensors, shapes, dtypes = _read_weights("transformers", local, previous)
     hf.fit(model, shapes, arch)
@@ -346,9 +347,8 @@ def _built(
         if not isinstance(config, dict):
             raise CheckpointError(f"{folder}/config.json is not a JSON object of arguments")
         arch_args = {**config, **arch_args}
-    assert options.arch is not None
-    given = options.arch
-    builder = given if isinstance(given, str) else architectures.of(given)
+    builder = _arch(options)
+    assert builder is not None  # refused before the copy otherwise
     resolved, model = pushing.build(builder, arch_args)
     tensors, shapes, dtypes = _read_weights(kind, local, previous)
     placeholders = {
@@ -406,13 +406,6 @@ def _count(
 
 def _summary(tensors: tuple[TensorInfo, ...], dtypes: dict[str, int]) -> dict[str, Any]:
     return {"num_tensors": len(tensors), "dtypes": dtypes}
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
 
 
 def _version(
