@@ -256,7 +256,7 @@ def test_a_folder_pull_killed_anywhere_leaves_no_partial_folder(
 ) -> None:
     folder = sharded(tmp_path / "linear")
     reg.push(folder, **LINEAR)
-    target = tmp_path / "out" / "copy"
+    target = tmp_path / "out" / "copy[1]"  # a name that is also a glob pattern
     killed = subprocess.run(
         [sys.executable, "-m", "registry", *_location(reg), "pull", "linear@v1", "-o", str(target)],
         env={**os.environ, KILL: point},
@@ -264,9 +264,9 @@ def test_a_folder_pull_killed_anywhere_leaves_no_partial_folder(
     )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not target.exists()
-    assert [p.name.startswith(".copy.pull-") for p in target.parent.iterdir()] == [True]
+    assert [p.name.startswith(".copy[1].pull-") for p in target.parent.iterdir()] == [True]
     assert tree(reg.pull("linear@v1", target)) == tree(folder)
-    assert [p.name for p in target.parent.iterdir()] == ["copy"]  # the dead pull's temp is gone
+    assert [p.name for p in target.parent.iterdir()] == ["copy[1]"]  # the dead pull's temp: gone
 
 
 def _location(reg: Registry) -> list[str]:

@@ -28,6 +28,14 @@ CHUNK_SIZE = 8 << 20
 FOREIGN_TEMP_TIMEOUT_S = 24 * 3600
 
 
+def as_created(mode: int) -> int:
+    """`mode` less the umask: what open() or mkdir() give a new file or folder, where
+    mkstemp and mkdtemp give 0600 and 0700."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
 @contextlib.contextmanager
 def atomic_file(destination: Path) -> Iterator[BinaryIO]:
     """A file that appears at `destination` complete, or not at all.
@@ -51,9 +59,7 @@ def atomic_file(destination: Path) -> Iterator[BinaryIO]:
     try:
         with storage_errors(destination), open(fd, "wb") as out:  # a full disk, a quota
             yield out
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o666 & ~umask)
+        os.chmod(temp, as_created(0o666))
         with storage_errors(destination):
             os.replace(temp, destination)
     except BaseException:

@@ -12,6 +12,7 @@ stream with IntegrityError.
 from __future__ import annotations
 
 import functools
+import glob
 import os
 import shutil
 import tarfile
@@ -44,9 +45,7 @@ def write_folder(reads: Reads, version: ModelVersion, target: Path, verify: bool
     _remove_abandoned(parent, prefix)
     temp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix + files.owner_prefix()))
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temp, 0o777 & ~umask)  # a folder as mkdir makes it, not mkdtemp's 0700
+        os.chmod(temp, files.as_created(0o777))
         with reads.progress(f"pull {version.ref}", version.size) as advance:
             step = crash_half_way("pull-copy", version.size, advance)
             for file in version.files:
@@ -130,7 +129,7 @@ def _refuse_occupied(target: Path) -> None:
 
 def _remove_abandoned(parent: Path, prefix: str) -> None:
     """Remove the temp folders of pulls beside this one whose process is gone."""
-    for temp in parent.glob(f"{prefix}*"):
+    for temp in parent.glob(f"{glob.escape(prefix)}*@*@*"):
         if temp.is_dir() and files.abandoned(temp, prefix):
             shutil.rmtree(temp, ignore_errors=True)
 
