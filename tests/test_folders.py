@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save
 
+from registry import folders, hf
 from registry.errors import CheckpointError
 from registry.folders import default_name, digest, file_list, kind, scan
 from registry.records import FolderFile
@@ -198,3 +199,22 @@ def test_a_config_too_large_to_be_one_is_not_read(tmp_path: Path) -> None:
 )
 def test_the_default_name_is_the_class_in_model_name_form(class_name: str, name: str) -> None:
     assert default_name(class_name) == name
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[" * 100_000, "config.json is not JSON"),  # nested past the parser's depth
+        ("[1, 2]", "config.json holds a list, not a JSON object"),
+        ("{", "config.json is not JSON"),
+    ],
+)
+def test_a_folder_json_file_that_is_not_an_object_is_one_checkpoint_error(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "blob"
+    path.write_text(text)
+    with pytest.raises(CheckpointError, match=message):
+        folders.read_json("config.json", path)
+    with pytest.raises(CheckpointError, match=message):  # what hf reads config.json with
+        hf.config_data({"config.json": path}, trusted=False)

@@ -22,6 +22,7 @@ import re
 import stat
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from registry import refs
 from registry.errors import CheckpointError
@@ -29,7 +30,7 @@ from registry.records import FolderFile, ModelVersion
 
 KINDS = ("transformers", "hub_mixin", "peft", "sharded", "dcp", "folder")
 MAX_FILES = 100_000  # more is not a checkpoint; listing it would only take memory
-MAX_CONFIG_BYTES = 16 << 20  # a config.json or index larger than this is not read
+MAX_CONFIG_BYTES = 16 << 20  # a config.json, adapter config or index larger is not read
 
 
 def scan(folder: Path) -> list[FolderFile]:
@@ -162,14 +163,34 @@ def _unreadable(folder: Path) -> Callable[[OSError], None]:
     return refuse
 
 
-def _json(folder: Path, relative: str) -> object:
-    """A small JSON file of the folder as data, or None when it is not small, valid JSON."""
-    path = folder / relative
+def read_json(name: str, path: Path) -> dict[str, Any]:
+    """A folder's small JSON file (`name`, held at `path`) as data: an object, or one line.
+
+    Raises:
+        CheckpointError: unreadable, over MAX_CONFIG_BYTES, not JSON (or nested
+            past the parser's depth), or not an object.
+    """
     try:
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            return None
-        return json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError):
+        size = os.path.getsize(path)
+        if size > MAX_CONFIG_BYTES:
+            raise CheckpointError(
+                f"{name} is {size:,} bytes, over the {MAX_CONFIG_BYTES >> 20} MiB a {name} needs"
+            )
+        data = json.loads(Path(path).read_bytes())
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {name}: {exc.strerror}") from None
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{name} is not JSON: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{name} holds a {type(data).__name__}, not a JSON object")
+    return data
+
+
+def _json(folder: Path, relative: str) -> dict[str, Any] | None:
+    """A small JSON object of the folder as data, or None when it is not one."""
+    try:
+        return read_json(relative, folder / relative)
+    except CheckpointError:
         return None
 
 

@@ -37,7 +37,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, cast
 
-from registry import shards
+from registry import folders, shards
 from registry.errors import (
     ArchitectureError,
     ArchitectureMismatchError,
@@ -52,7 +52,6 @@ if TYPE_CHECKING:
     from torch import nn
 
 TRANSFORMERS_PREFIX = "transformers:"
-MAX_JSON_BYTES = 16 * 1024 * 1024  # config.json, index and adapter_config.json are small
 
 # config.json keys that make transformers fetch and import kernel code from the hub.
 _IMPLEMENTATION_KEYS = (
@@ -98,20 +97,7 @@ def _json_file(files: Mapping[str, Path], name: str) -> dict[str, Any]:
     path = files.get(name)
     if path is None:
         raise CheckpointError(f"the folder has no {name}")
-    try:
-        size = os.path.getsize(path)
-        if size > MAX_JSON_BYTES:
-            raise CheckpointError(
-                f"{name} is {size} bytes, over the {MAX_JSON_BYTES} a Hugging Face {name} needs"
-            )
-        data = json.loads(Path(path).read_bytes())
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {name}: {first_line(exc)}") from None
-    except ValueError as exc:
-        raise CheckpointError(f"{name} is not JSON: {first_line(exc)}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{name} holds a {type(data).__name__}, not a JSON object")
-    return data
+    return folders.read_json(name, path)
 
 
 def config_data(files: Mapping[str, Path], trusted: bool) -> dict[str, Any]:

@@ -10,11 +10,11 @@ torch's own reader (`registry.dcp`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from registry import folders
 from registry.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -30,7 +30,6 @@ HF_WEIGHTS = (
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"  # transformers' generation defaults, if saved
-MAX_INDEX_BYTES = 16 << 20  # an index larger than this names more than any model's shards
 
 
 def needed(kind: str, files: Mapping[str, Path]) -> list[str]:
@@ -143,13 +142,7 @@ def _shards(index: str, files: Mapping[str, Path]) -> list[str]:
 
 def _weight_map(index: str, path: Path) -> dict[str, str]:
     """An index's `weight_map` (tensor name -> shard path), read as data."""
-    try:
-        if path.stat().st_size > MAX_INDEX_BYTES:
-            raise CheckpointError(f"{index} is larger than {MAX_INDEX_BYTES >> 20} MiB")
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError) as exc:
-        raise CheckpointError(f"{index} is not a readable JSON index: {exc}") from None
-    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    weight_map = folders.read_json(index, path).get("weight_map")
     if not isinstance(weight_map, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
     ):
