@@ -47,17 +47,15 @@ def index_of(kind: str, paths: Iterable[str]) -> str | None:
     """The index a `kind` folder's shards are listed in, if its weights are sharded."""
     paths = set(paths)
     if kind in ("transformers", "hub_mixin"):
-        found = next((p for p in HF_WEIGHTS if p in paths), None)
-        return found if found is not None and found.endswith(".index.json") else None
+        found = _hf_weights(paths)
+        return found if found.endswith(".index.json") else None
     return sharded_index(paths) if kind == "sharded" else None
 
 
 def weight_files(kind: str, files: Mapping[str, Path]) -> list[str]:
     """The paths holding a `kind` folder's weights (an index first, then its shards)."""
     if kind in ("transformers", "hub_mixin"):
-        found = next((p for p in HF_WEIGHTS if p in files), None)
-        if found is None:
-            raise CheckpointError(f"the folder holds none of {', '.join(HF_WEIGHTS)}")
+        found = _hf_weights(files)
         return [found, *_shards(found, files)] if found.endswith(".index.json") else [found]
     if kind == "peft":
         return [ADAPTER_WEIGHTS]
@@ -67,6 +65,15 @@ def weight_files(kind: str, files: Mapping[str, Path]) -> list[str]:
     if kind == "dcp":
         return [".metadata", *sorted(p for p in files if p.endswith(".distcp"))]
     return []
+
+
+def _hf_weights(paths: Iterable[str]) -> str:
+    """The file `save_pretrained` wrote the weights to (or their index), by preference."""
+    present = set(paths)
+    found = next((p for p in HF_WEIGHTS if p in present), None)
+    if found is None:
+        raise CheckpointError(f"the folder holds none of {', '.join(HF_WEIGHTS)}")
+    return found
 
 
 def sharded_index(files: Iterable[str]) -> str:
