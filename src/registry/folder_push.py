@@ -14,6 +14,7 @@ leaves either no version or a whole one.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 from collections.abc import Mapping
@@ -371,37 +372,13 @@ def _built(
 def _read_weights(
     kind: str, local: Mapping[str, Path], previous: Previous
 ) -> tuple[tuple[TensorInfo, ...], dict[str, tuple[tuple[int, ...], str]], dict[str, int]]:
-    """The manifest, shapes and dtype counts of a folder's weights, one shard at a time.
-
-    A shard the previous version holds unchanged keeps its tensors' recorded
-    digests: only the shards that changed are read in full.
-    """
-    tensors: list[TensorInfo] = []
-    shapes: dict[str, tuple[tuple[int, ...], str]] = {}
-    dtypes: dict[str, int] = {}
-    for path, shard in shards.each_shard(kind, local):
-        found = [
-            previous.tensors.get(name) for name in shard
-        ] if path in previous.unchanged else []  # fmt: skip
-        if found and all(
-            t is not None and (t.dtype, t.shape) == (manifests.dtype_name(v), tuple(v.shape))
-            for t, v in zip(found, shard.values(), strict=True)
-        ):
-            tensors.extend(t for t in found if t is not None)
-        else:
-            tensors.extend(manifests.describe(shard))
-        _count(shard, shapes, dtypes)
-        del shard, found  # the shard's mapping goes before the next is read
-    return tuple(sorted(tensors, key=lambda t: t.name)), shapes, dtypes
-
-
-def _count(
-    shard: Mapping[str, Any], shapes: dict[str, tuple[tuple[int, ...], str]], dtypes: dict[str, int]
-) -> None:
-    for name, tensor in shard.items():
-        dtype = str(tensor.dtype).removeprefix("torch.")
-        shapes[name] = (tuple(tensor.shape), dtype)
-        dtypes[dtype] = dtypes.get(dtype, 0) + 1
+    """The manifest of a folder's weights, with each tensor's shape and dtype and the
+    dtype counts; a shard the previous version holds unchanged keeps its recorded digests,
+    so only the shards that changed are read in full."""
+    tensors = manifests.describe_folder(kind, local, previous.unchanged, previous.tensors)
+    shapes = {t.name: (t.shape, t.dtype) for t in tensors}
+    dtypes = dict(collections.Counter(t.dtype for t in tensors))
+    return tuple(tensors), shapes, dtypes
 
 
 def _summary(tensors: tuple[TensorInfo, ...], dtypes: dict[str, int]) -> dict[str, Any]:

@@ -12,7 +12,8 @@ it needs no whole-blob verification.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from registry.records import TensorInfo
@@ -31,6 +32,31 @@ def describe(state_dict: Mapping[str, torch.Tensor]) -> list[TensorInfo]:
         TensorInfo(name, dtype_name(tensor), tuple(tensor.shape), tensor_digest(tensor))
         for name, tensor in state_dict.items()
     ]
+
+
+def describe_folder(
+    kind: str,
+    files: Mapping[str, Path],
+    unchanged: Collection[str] = (),
+    recorded: Mapping[str, TensorInfo] | None = None,
+) -> list[TensorInfo]:
+    """The manifest of a folder's weights (`registry.shards`), sorted by name, one shard read
+    at a time. A shard in `unchanged` (the previous version held it, byte for byte) keeps
+    its tensors' `recorded` entries instead of being read in full."""
+    from registry import shards
+
+    tensors: list[TensorInfo] = []
+    for path, shard in shards.each_shard(kind, files):
+        found = [(recorded or {}).get(name) for name in shard] if path in unchanged else []
+        if found and all(
+            t is not None and (t.dtype, t.shape) == (dtype_name(v), tuple(v.shape))
+            for t, v in zip(found, shard.values(), strict=True)
+        ):
+            tensors.extend(t for t in found if t is not None)
+        else:
+            tensors.extend(describe(shard))
+        del shard, found  # the shard's mapping goes before the next is read
+    return sorted(tensors, key=lambda t: t.name)
 
 
 def tensor_digest(tensor: torch.Tensor, like: str | None = None) -> str | None:

@@ -150,20 +150,16 @@ def _folder_manifest(entry: archive.Entry, writers: dict[str, BlobWriting]) -> l
 
     A folder of no kind this registry reads weights from (`folder`) has none.
     """
-    from registry import manifests, shards
+    from registry import manifests
 
     kind = entry.fields["format"]
     if kind == "folder":
         return []
     local = {f.path: writers[f.sha256].temp_path for f in entry.files or ()}
-    tensors: list[TensorInfo] = []
     try:
-        for _path, shard in shards.each_shard(kind, local):
-            tensors.extend(manifests.describe(shard))
-            del shard  # its mapping goes before the next is read
+        return manifests.describe_folder(kind, local)
     except CheckpointError as exc:
         raise BundleError(f"{entry.source_ref} in the bundle: {exc}") from None
-    return sorted(tensors, key=lambda t: t.name)
 
 
 def _parents_first(entries: Sequence[archive.Entry]) -> list[archive.Entry]:
