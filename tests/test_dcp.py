@@ -7,7 +7,6 @@ import hashlib
 import os
 import pickle
 import shlex
-import socket
 import subprocess
 import sys
 import textwrap
@@ -261,9 +260,10 @@ FSDP_SAVE = textwrap.dedent(
     from torch import nn
     warnings.simplefilter("ignore")
 
-    def worker(rank, out, port):
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-        dist.init_process_group("gloo", rank=rank, world_size=2)
+    def worker(rank, out):
+        # A file rendezvous: no port to pick, which another test could take meanwhile.
+        rendezvous = "file://" + out + "/rendezvous"
+        dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=2)
         from torch.distributed.fsdp import fully_shard
         from torch.distributed.checkpoint.state_dict import get_state_dict
         torch.manual_seed(0)
@@ -282,15 +282,9 @@ FSDP_SAVE = textwrap.dedent(
         dist.destroy_process_group()
 
     if __name__ == "__main__":
-        mp.spawn(worker, args=(sys.argv[1], sys.argv[2]), nprocs=2)
+        mp.spawn(worker, args=(sys.argv[1],), nprocs=2)
     """
 )
-
-
-def free_port() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return str(sock.getsockname()[1])
 
 
 def test_fsdp2_checkpoint_of_two_ranks(tmp_path):
@@ -298,12 +292,10 @@ def test_fsdp2_checkpoint_of_two_ranks(tmp_path):
         pytest.skip("torch.distributed with gloo is not available")
     script = tmp_path / "fsdp_save.py"
     script.write_text(FSDP_SAVE)
-    subprocess.run(
-        [sys.executable, str(script), str(tmp_path), free_port()],
-        check=True,
-        timeout=120,
-        capture_output=True,
+    saved = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], timeout=120, capture_output=True, text=True
     )
+    assert saved.returncode == 0, saved.stderr[-3000:]
     files = as_blobs(tmp_path / "ck", tmp_path / "blobs")
     assert {"__0_0.distcp", "__1_0.distcp"} <= set(files)
     ref = torch.load(tmp_path / "ref.pt", weights_only=True)
