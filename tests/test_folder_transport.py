@@ -20,7 +20,14 @@ import torch
 from helpers import Server, moto_endpoint, same_tensors
 from test_folder_push import LINEAR, sharded, tree
 
-from registry import BundleError, IntegrityError, ReadOnlyError, Registry, folders
+from registry import (
+    AccessDeniedError,
+    BundleError,
+    IntegrityError,
+    ReadOnlyError,
+    Registry,
+    folders,
+)
 from registry.records import FolderFile
 
 SHARD = "model-00002-of-00002.safetensors"
@@ -431,7 +438,7 @@ def test_the_cli_pulls_a_folder_through_the_server(
 
 
 def test_writes_stay_refused_through_the_server(remote: Registry, tmp_path: Path) -> None:
-    with pytest.raises(ReadOnlyError):
+    with pytest.raises(AccessDeniedError, match="its scope is read"):  # --token only reads
         remote.push(sharded(tmp_path / "linear"), **LINEAR)
     with pytest.raises(ReadOnlyError):
         remote.export_bundle(["team/linear@v1"], tmp_path / "b.tar")

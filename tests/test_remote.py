@@ -216,14 +216,7 @@ def local_cli_error(server: Server, *args: str) -> str:
 @pytest.mark.parametrize(
     ("command", "operation"),
     [
-        (["push", "model.pt", "--arch", "resnet18"], "push needs a catalog and a store"),
-        (["alias", "base@v1", "staging"], "alias needs a catalog and a store"),
-        (["alias", "--delete", "base", "production"], "alias --delete needs a catalog and a store"),
-        (["tag", "base@v1", "k=v"], "tag needs a catalog and a store"),
-        (["tag", "base@v1", "--delete", "dataset"], "tag --delete needs a catalog and a store"),
-        (["rm", "base@v1"], "rm needs a catalog and a store"),
         (["gc"], "gc needs a catalog and a store"),
-        (["import", "bundle.tar"], "import needs a catalog and a store"),
         (["export", "base@v1", "-o", "b.tar"], "export needs a catalog and a store"),
         (["db", "upgrade"], "db upgrade needs a catalog"),
         (["db", "current"], "db current needs a catalog"),
@@ -246,6 +239,33 @@ def test_writing_commands_are_refused_in_one_line(
     expected = f"Error: registry at {served.url} is read-only: {operation}\n"
     assert run("--remote", served.url, *command) == (1, b"", expected)
     assert not Path("b.tar").exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["push", "model.pt", "--arch", "resnet18"],
+        ["alias", "base@v1", "staging"],
+        ["alias", "--delete", "base", "production"],
+        ["tag", "base@v1", "k=v"],
+        ["tag", "base@v1", "--delete", "dataset"],
+        ["rm", "base@v1"],
+        ["import", "bundle.tar"],
+        ["describe", "base@v1", "text"],
+    ],
+)
+def test_writes_with_the_read_token_are_refused_in_one_line(
+    served: Server, command: list[str]
+) -> None:
+    """A team server's writes (tests/test_team_server.py) need a write token: --token reads."""
+    torch.save(tiny(0).state_dict(), "model.pt")
+    Path("bundle.tar").write_bytes(b"x")
+    before = local(served).log()
+    code, out, err = run("--remote", served.url, *command)
+    assert (code, out) == (1, b"") and err.count("\n") == 1
+    assert err.startswith(f"Error: registry server {served.url}: token 'serve-token' may not ")
+    assert err.endswith(": its scope is read, and that needs write\n")
+    assert local(served).log() == before
 
 
 def test_a_trusted_pickle_pulls_but_does_not_load(served: Server, remote: Registry) -> None:

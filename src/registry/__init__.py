@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry.errors import (
+    AccessDeniedError,
     AmbiguousReferenceError,
     ArchitectureError,
     ArchitectureMismatchError,
@@ -36,14 +37,17 @@ from registry.errors import (
     UntrustedArchError,
 )
 from registry.records import (
+    AuditEntry,
     CheckResult,
     Diff,
+    HookInfo,
     Lineage,
     LineageNode,
     ModelSummary,
     ModelVersion,
     TensorChange,
     TensorInfo,
+    TokenInfo,
 )
 
 if TYPE_CHECKING:
@@ -55,9 +59,11 @@ if TYPE_CHECKING:
 DISTRIBUTION = "torch-registry"  # the name on the package index; `registry` was taken
 
 __all__ = [
+    "AccessDeniedError",
     "AmbiguousReferenceError",
     "ArchitectureError",
     "ArchitectureMismatchError",
+    "AuditEntry",
     "BehaviourMismatchError",
     "BundleError",
     "CheckInputError",
@@ -67,6 +73,7 @@ __all__ = [
     "DatabaseError",
     "DeviceError",
     "Diff",
+    "HookInfo",
     "IntegrityError",
     "InvalidReferenceError",
     "Lineage",
@@ -82,6 +89,7 @@ __all__ = [
     "StorageError",
     "TensorChange",
     "TensorInfo",
+    "TokenInfo",
     "UnsafeCheckpointError",
     "UntrustedArchError",
     "__version__",

@@ -29,7 +29,6 @@ from registry.errors import (
 )
 from registry.progress_bars import Progress
 from registry.pushing import PushOptions
-from registry.pushing import run as run_push
 from registry.reads import Reads
 from registry.records import (
     CheckResult,
@@ -38,10 +37,10 @@ from registry.records import (
     Lineage,
     ModelSummary,
     ModelVersion,
-    Problem,
-    Reclaimed,
     TensorInfo,
 )
+from registry.team import TeamMethods
+from registry.upkeep import UpkeepMethods
 
 if TYPE_CHECKING:
     import torch
@@ -50,10 +49,15 @@ if TYPE_CHECKING:
 
     from registry.architectures import Arch
     from registry.catalogs import Catalog
+    from registry.publishing import Publisher
     from registry.stores import Store
 
 
-class Registry:
+# The longest description a version keeps (characters): a page of markdown, not a file.
+MAX_DESCRIPTION = 64 << 10
+
+
+class Registry(UpkeepMethods, TeamMethods):
     """A model registry: a catalog (SQLite or PostgreSQL) plus a content-addressed blob store.
 
     Arguments override the REGISTRY_HOME, REGISTRY_DATABASE_URL and
@@ -62,11 +66,12 @@ class Registry:
     for long pushes and pulls (a widget in Jupyter, via tqdm); by default they
     are silent.
 
-    `remote` (or REGISTRY_REMOTE), the URL of a `registry serve`, reads
-    everything through that server instead, with `token` (or REGISTRY_TOKEN):
-    what reads works (get, versions, search, models, tensors, lineage, diff,
-    pull, write_to, state_dict, load), its files fetched into the verified
-    cache; what writes raises ReadOnlyError.
+    `remote` (or REGISTRY_REMOTE), the URL of a `registry serve`, works
+    through that server instead, with `token` (or REGISTRY_TOKEN): reads fetch
+    its files into the verified cache; pushes send the files it lacks and
+    changes are asked of it, as far as the token's scope reaches; what needs
+    the catalog or the store itself (gc, verify, tokens, hooks) raises
+    ReadOnlyError.
 
     Example:
         >>> reg = Registry(progress=True)
@@ -88,7 +93,7 @@ class Registry:
         token: str | None = None,
     ) -> None:
         self.settings = Settings.resolve(home, database_url, store, cache, remote, token)
-        self.catalog, self.store = _open(self.settings)
+        self.catalog, self.store, self._publisher = _open(self.settings)
         self._progress = _progress_factory(progress)
         self._reads = Reads(self.catalog, self.store, self._progress)
 
@@ -130,7 +135,7 @@ class Registry:
 
         Example:
             >>> reg.schema_revision()
-            '0006'
+            '0007'
         """
         return self.catalog.schema_revision()
 
@@ -143,7 +148,7 @@ class Registry:
 
         Example:
             >>> reg.upgrade()
-            '0006'
+            '0007'
         """
         return self.catalog.upgrade()
 
@@ -220,8 +225,8 @@ class Registry:
         if hf.is_pretrained_model(source):
             with tempfile.TemporaryDirectory(prefix="registry-push-") as folder:
                 hf.save(source, Path(folder))  # type: ignore[arg-type]  # a PreTrainedModel
-                return run_push(self.catalog, self.store, folder, options, self._progress)
-        return run_push(self.catalog, self.store, source, options, self._progress)
+                return self._publisher.push(folder, options, self._progress)
+        return self._publisher.push(source, options, self._progress)
 
     # -- reading -------------------------------------------------------------
 
@@ -569,7 +574,6 @@ class Registry:
             >>> reg.set_alias("vgg16@v2", "production").ref
             'vgg16@v2'
         """
-        self.catalog.require_local("alias")
         refs.validate_alias(alias)
         return self.catalog.set_alias(ref, alias)
 
@@ -583,7 +587,6 @@ class Registry:
         Example:
             >>> reg.delete_alias("vgg16", "staging")
         """
-        self.catalog.require_local("alias --delete")
         refs.validate_name(name)
         refs.validate_alias(alias)
         self.catalog.delete_alias(name, alias)
@@ -603,7 +606,6 @@ class Registry:
             {'dataset': 'imagenet'}
         """
         deleted = list(dict.fromkeys(delete))  # once: `delete` may be an iterator
-        self.catalog.require_local("tag --delete" if deleted else "tag")
         tags = refs.validate_tags(tags)
         for key in deleted:
             if key in tags:
@@ -634,126 +636,49 @@ class Registry:
             >>> reg.delete("vgg16@v1").ref
             'vgg16@v1'
         """
-        self.catalog.require_local("rm")
         return self.catalog.delete(ref)
 
-    # -- store maintenance -----------------------------------------------------
-
-    def verify(self, ref: str | None = None) -> list[Problem]:
-        """Re-hash the blobs of one version (or all); report each missing or damaged one.
+    def describe(self, ref: str, description: str) -> ModelVersion:
+        """Set a version's description (markdown, as the server's page renders it).
 
         Raises:
-            NotFoundError: `ref` names no version.
+            InvalidReferenceError: a bad reference.
+            NotFoundError: no such version.
 
         Example:
-            >>> reg.verify()
-            []
+            >>> reg.describe("vgg16@v1", "Fine-tuned on **CIFAR-10**.").description
+            'Fine-tuned on **CIFAR-10**.'
         """
-        from registry import maintenance
-
-        self.catalog.require_local("verify", "the store itself; run it where the store is")
-        versions = [self.get(ref)] if ref is not None else self.search()
-        return maintenance.verify(self.catalog, self.store, versions)
-
-    def gc(self, dry_run: bool = False) -> Reclaimed:
-        """Delete blobs no version references, and temp files of writers that are gone.
-
-        Each blob is deleted while its catalog row is locked, so a push that is
-        about to reference the same bytes waits, then writes them again.
-
-        Raises:
-            StorageError: a blob cannot be deleted.
-            DatabaseError: the catalog cannot be reached.
-
-        Example:
-            >>> reg.gc(dry_run=True).bytes
-            553433881
-        """
-        from registry import maintenance
-
-        self.catalog.require_local("gc")
-        return maintenance.gc(self.catalog, self.store, dry_run)
-
-    def prune_cache(self, max_size: int = 0, dry_run: bool = False) -> Reclaimed:
-        """Remove the least recently used blobs from a remote store's cache down to `max_size`.
-
-        Raises:
-            ConfigurationError: the store is a local folder, which has no cache.
-
-        Example:
-            >>> reg.prune_cache(max_size=10 * 2**30).bytes
-            1234567890
-        """
-        from registry import maintenance
-
-        return maintenance.prune_cache(self.store, max_size, dry_run)
-
-    # -- moving models between registries ---------------------------------------------------
-
-    def export_bundle(
-        self, refs: Sequence[str] | None, destination: str | os.PathLike[str] | BinaryIO
-    ) -> list[ModelVersion]:
-        """Write versions (None: every version) and their blobs to a bundle (a tar file).
-
-        `destination` is a path, written atomically, or a binary stream such as
-        `sys.stdout.buffer`. Each blob is checked against its digest while it is
-        written; a damaged one stops the export and leaves no file.
-
-        Raises:
-            NotFoundError: a reference names no version.
-            IntegrityError: a blob does not match its digest.
-            StorageError: the destination cannot be written.
-
-        Example:
-            >>> [v.ref for v in reg.export_bundle(["vgg16@v3"], "models.tar")]
-            ['vgg16@v3']
-        """
-        from registry.bundles import exchange
-
-        self.catalog.require_local("export")
-        found = self.search() if refs is None else [self.get(ref) for ref in refs]
-        # Oldest first, each once: the destination numbers them in this order.
-        unique = {v.ref: v for v in found}
-        versions = sorted(unique.values(), key=lambda v: (v.name, v.version))
-        with self._progress("export", sum(v.size for v in versions)) as advance:
-            exchange.export(self.catalog, self.store, versions, destination, advance)
-        return versions
-
-    def import_bundle(self, source: str | os.PathLike[str] | BinaryIO) -> list[ModelVersion]:
-        """Record the versions of a bundle, each as the next version of its model.
-
-        The bundle is untrusted: every field is validated and every blob verified
-        before anything is recorded, and nothing in it is unpickled or called. A
-        version equal to one already here (bytes, arch, arguments) is not made
-        twice; the records say which are new (`is_new`). Aliases are not carried.
-
-        Raises:
-            BundleError: the bundle is damaged or holds what a registry never writes.
-            NotFoundError: the file does not exist.
-
-        Example:
-            >>> [(v.ref, v.is_new) for v in reg.import_bundle("models.tar")]
-            [('vgg16@v1', True)]
-        """
-        from registry.bundles import exchange
-
-        self.catalog.require_local("import")
-        return exchange.import_(self.catalog, self.store, source)
+        if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
+            raise InvalidReferenceError(
+                str(description)[:40], "description", f"at most {MAX_DESCRIPTION} characters"
+            )
+        return self.catalog.describe(ref, description)
 
 
-def _open(settings: Settings) -> tuple[Catalog, Store]:
-    """The catalog and store the settings name: a registry server's, or a database and store."""
+def _open(settings: Settings) -> tuple[Catalog, Store, Publisher]:
+    """The catalog, store and publisher the settings name: a registry server's, or a
+    database and store of this process's own."""
     if settings.remote is not None:
         from registry.catalogs.http import HttpCatalog
         from registry.remote import Client
         from registry.stores.http import HttpStore
+        from registry.uploads import ServerPublisher
 
         client = Client(settings.remote, settings.token)
-        return HttpCatalog(client), HttpStore(client, settings.cache)
+        digests = settings.home / "file-digests.sqlite3"
+        return (
+            HttpCatalog(client),
+            HttpStore(client, settings.cache),
+            ServerPublisher(client, digests),
+        )
     from registry.catalogs.sql import SqlCatalog
+    from registry.publishing import LocalPublisher
     from registry.stores import open_store
 
-    return SqlCatalog(settings.database_url), open_store(settings.store, settings.cache)
+    catalog = SqlCatalog(settings.database_url)
+    store = open_store(settings.store, settings.cache)
+    return catalog, store, LocalPublisher(catalog, store)
 
 
 def _progress_factory(choice: bool | Progress | None) -> Progress:

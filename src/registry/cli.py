@@ -51,7 +51,7 @@ class RegistryGroup(click.Group):
 @click.option(
     "--remote",
     metavar="URL",
-    help="Read through a `registry serve` at URL instead of a catalog and store "
+    help="Work through a `registry serve` at URL instead of a catalog and store "
     "[env REGISTRY_REMOTE; token from REGISTRY_TOKEN].",
 )
 @click.version_option(package_name=DISTRIBUTION, prog_name="registry")
@@ -608,11 +608,16 @@ def prune(reg: Registry, max_size: str, dry_run: bool, as_json: bool) -> None:
 @click.option(
     "--token",
     envvar="REGISTRY_SERVE_TOKEN",
-    help="Require this bearer token on every request [env REGISTRY_SERVE_TOKEN].",
+    help="A read token every request may carry [env REGISTRY_SERVE_TOKEN].",
 )
 @click.pass_obj
 def serve(reg: Registry, host: str, port: int, token: str | None) -> None:
-    """Serve a read-only web page and HTTP API over this registry; print the URL first."""
+    """Serve a web page and HTTP API over this registry; print the URL first.
+
+    Tokens made with `registry token create` may read, write or administer
+    it through the API; --token is one read token. Each server also delivers
+    the catalog's webhook events.
+    """
     from registry import server
 
     server.serve(reg, host, port, token)
@@ -720,3 +725,6 @@ def _human_size(size: int) -> str:
     while scaled >= 1000 and len(units) > 1:
         scaled, units = scaled / 1000, units[1:]
     return f"{scaled:.1f} {units[0]}"
+
+
+from registry import cli_team  # noqa: E402, F401  -- registers describe, log, token, hook

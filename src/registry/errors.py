@@ -185,6 +185,15 @@ class ReadOnlyError(RegistryError):
         super().__init__(f"registry at {url} is read-only: {operation} needs {need}")
 
 
+class AccessDeniedError(RegistryError, PermissionError):
+    """A token was refused (`status` 401: unknown, revoked or expired) or lacks the scope or
+    the model a request needs (`status` 403)."""
+
+    def __init__(self, message: str, status: int = 403) -> None:
+        self.status = status
+        super().__init__(message)
+
+
 class CheckInputError(RegistryError, ValueError):
     """A behaviour check cannot run: no recorded check input, or the model rejects the shape."""
 
@@ -201,6 +210,19 @@ class BehaviourMismatchError(RegistryError):
 
 class MainModuleWarning(UserWarning):
     """A version's builder lives in `__main__`: only a process defining it can rebuild it."""
+
+
+def from_server(kind: str, message: str) -> RegistryError | None:
+    """The error a registry server named (`kind`, its class name here) with its message, or
+    None when `kind` is not one of these: a server's words are data, only a name is looked up."""
+    found = globals().get(kind)
+    if not (isinstance(found, type) and issubclass(found, RegistryError)):
+        return None
+    error = found.__new__(found)
+    Exception.__init__(error, message)
+    if isinstance(error, AccessDeniedError):
+        error.status = 403
+    return error
 
 
 def first_line(exc: BaseException) -> str:

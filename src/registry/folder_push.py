@@ -23,8 +23,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from registry import audit, folders, manifests, shards
 from registry import files as file_io
-from registry import folders, manifests, shards
 from registry.digests import Check, Hasher
 from registry.errors import (
     ArchitectureError,
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from registry.architectures import Arch
     from registry.catalogs import Catalog
     from registry.progress_bars import Progress
-    from registry.pushing import PushOptions, Validated
+    from registry.pushing import ForClient, PushOptions, Validated
     from registry.stores import BlobWriting, Store
 
 # The kinds whose arch is a builder the pusher names (`--arch`), as for a single file.
@@ -71,13 +71,17 @@ def run(
     options: PushOptions,
     checked: Validated,
     progress: Progress,
+    for_client: ForClient | None = None,
 ) -> ModelVersion:
     """Push `folder` as the next version; see `Registry.push`."""
     listed = folders.scan(folder)
     kind = folders.kind(folder, listed)
     _refuse_options(folder, kind, options, checked)
     name = options.name or _default_name(kind, folder, options)
+    if for_client is not None:
+        for_client.check_name(name)
     previous = _previous(catalog, name)
+    sent = for_client.sent if for_client is not None else {}
 
     with contextlib.ExitStack() as stack:
         stored: list[FolderFile] = []
@@ -89,7 +93,7 @@ def run(
             step = crash_half_way("push-copy", total, advance)
             for entry in listed:
                 source = folder / entry.path
-                known = previous.files.get((entry.path, entry.size))
+                known = previous.files.get((entry.path, entry.size)) or sent.get(entry.path)
                 check = _unchanged(catalog, source, known) if known is not None else None
                 if known is not None and check is not None:
                     kept.append(Kept(replace(entry, sha256=known), check))
@@ -105,7 +109,7 @@ def run(
         crash_point("push-hashed")
 
         previous = replace(previous, unchanged=frozenset(k.file.path for k in kept))
-        new = _describe(catalog, kind, folder, local, options, checked, previous)
+        new = _describe(catalog, kind, folder, local, options, checked, previous, for_client)
         listing = stack.enter_context(store.writer())
         listing.write(folders.file_list(stored))
         new = replace(
@@ -243,6 +247,7 @@ def _describe(
     options: PushOptions,
     checked: Validated,
     previous: Previous,
+    for_client: ForClient | None,
 ) -> NewVersion:
     """What the folder's weights are, checked against its arch (read from the copies)."""
     if kind == "folder":
@@ -250,8 +255,8 @@ def _describe(
     if kind == "peft":
         return _adapter(local, options, catalog, checked, previous)
     if kind == "transformers":
-        return _transformers(local, options, previous)
-    return _built(kind, folder, local, options, checked, previous)
+        return _transformers(local, options, previous, for_client)
+    return _built(kind, folder, local, options, checked, previous, for_client)
 
 
 def _adapter(
@@ -305,15 +310,22 @@ def _fits_base(
 
 
 def _transformers(
-    local: Mapping[str, Path], options: PushOptions, previous: Previous
+    local: Mapping[str, Path],
+    options: PushOptions,
+    previous: Previous,
+    for_client: ForClient | None,
 ) -> NewVersion:
     from registry import architectures, hf
 
     hf.require("a transformers folder")
     named = _arch_name(options)
-    config = hf.config_data(local, trusted=named is not None)
+
+    def trusted(arch: str) -> bool:  # the pusher's own arch; a client's, as its server says
+        return for_client is None or for_client.trusts(arch)
+
+    config = hf.config_data(local, trusted=named is not None and trusted(named))
     arch = named or hf.arch_of(config)
-    model = hf.build(hf.model_class(arch, trusted=True), config)  # the pusher's own arch
+    model = hf.build(hf.model_class(arch, trusted=trusted(arch)), config)
     tensors, shapes, dtypes = _read_weights("transformers", local, previous)
     hf.fit(model, shapes, arch)
     import transformers
@@ -334,6 +346,7 @@ def _built(
     options: PushOptions,
     checked: Validated,
     previous: Previous,
+    for_client: ForClient | None,
 ) -> NewVersion:
     """A folder rebuilt by the pusher's --arch: hub_mixin (arguments from config.json),
     sharded or DCP."""
@@ -350,7 +363,7 @@ def _built(
         arch_args = {**config, **arch_args}
     builder = _arch(options)
     assert builder is not None  # refused before the copy otherwise
-    resolved, model = pushing.build(builder, arch_args)
+    resolved, model = pushing.build(builder, arch_args, trusted=for_client is None)
     tensors, shapes, dtypes = _read_weights(kind, local, previous)
     placeholders = {
         name: torch.empty(shape, dtype=getattr(torch, dtype), device="meta")
@@ -395,8 +408,6 @@ def _version(
 ) -> NewVersion:
     import torch
 
-    from registry import pushing
-
     return NewVersion(
         name="",
         format=kind,
@@ -404,7 +415,7 @@ def _version(
         arch_args=arch_args,
         description=options.description,
         created_at=datetime.now(timezone.utc),
-        created_by=pushing.user_at_host(),
+        created_by=audit.actor(),
         num_params=num_params,
         torch_version=torch.__version__,
         details=details,

@@ -11,18 +11,22 @@ no version or a whole one (docs/reliability.md).
 from __future__ import annotations
 
 import contextlib
-import getpass
 import os
-import socket
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from registry import behaviour, files, manifests, refs
-from registry.errors import ArchitectureError, CheckpointError, InvalidReferenceError, NotFoundError
+from registry import audit, behaviour, files, manifests, refs
+from registry.errors import (
+    ArchitectureError,
+    CheckpointError,
+    InvalidReferenceError,
+    NotFoundError,
+    StorageError,
+)
 from registry.faults import crash_half_way, crash_point
 from registry.records import Fingerprint, ModelVersion, NewVersion
 
@@ -31,8 +35,9 @@ if TYPE_CHECKING:
     from torch import nn
 
     from registry.architectures import Arch
-    from registry.catalogs import Catalog
+    from registry.catalogs import Catalog, Recording
     from registry.checkpoints import Weights
+    from registry.digests import Check
     from registry.progress_bars import Progress
     from registry.stores import BlobWriting, Store
 
@@ -52,6 +57,33 @@ class PushOptions:
     strip_prefix: str | None = None
     parent: str | None = None
     check_input: Sequence[int] | str | None = None
+
+
+@dataclass(frozen=True)
+class ForClient:
+    """A push a team server makes for a client. The arch is not the pusher's own code, so
+    it is trusted only as a load trusts a recorded one; `check_name` refuses (raises) a
+    model the client's token does not reach, before anything is read."""
+
+    check_name: Callable[[str], None]
+    sent: Mapping[str, str] = field(default_factory=dict)  # a folder's paths -> sha256 sent
+
+    def trusts(self, arch: str) -> bool:
+        """Whether this server trusts `arch` as its own code (REGISTRY_TRUSTED_ARCHS)."""
+        from registry import architectures
+
+        return architectures.trusted_by_environment(arch)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A checkpoint file a team server holds already, as the blob a client sent before."""
+
+    filename: str
+    sha256: str
+    size: int
+    path: Path  # the blob's local copy, verified
+    check: Check
 
 
 @dataclass(frozen=True)
@@ -82,6 +114,7 @@ def run(
     source: str | os.PathLike[str] | nn.Module | Mapping[str, torch.Tensor],
     options: PushOptions,
     progress: Progress,
+    for_client: ForClient | None = None,
 ) -> ModelVersion:
     """Push `source` as the next version; see `Registry.push`."""
     from registry import architectures
@@ -92,43 +125,64 @@ def run(
     if path is not None and path.is_dir():
         from registry import folder_push
 
-        return folder_push.run(catalog, store, path, options, checked, progress)
+        return folder_push.run(catalog, store, path, options, checked, progress, for_client)
     if options.arch is None:
         raise ArchitectureError(
             "name the model's builder with --arch (arch=): a torchvision model name or "
             "package.module:callable"
         )
     arch = options.arch
-    builder = arch if isinstance(arch, str) else architectures.of(arch)
-    if isinstance(arch, str):
+    trusted = for_client is None
+    if isinstance(arch, str) and trusted:
         architectures.warn_if_main(arch)
+    builder = arch if isinstance(arch, str) else architectures.of(arch)
     arch_args = dict(options.arch_args)
     tags, aliases, shape, parent = checked.tags, checked.aliases, checked.shape, checked.parent
+    name = options.name
+    if name is None:
+        name = default_name(builder if isinstance(builder, str) else builder.name)
+    if for_client is not None:
+        for_client.check_name(name)
     if path is not None:
         preflight(path)
+    if isinstance(source, Stored):
+        found = _identical(catalog, name, source, options)
+        if found is not None:
+            return found
 
     with contextlib.ExitStack() as stack:
-        original = stack.enter_context(store.writer())
         # Importing torch takes seconds: build the arch on another thread while
         # this one copies the file.
         pool = stack.enter_context(ThreadPoolExecutor(1, "registry-build"))
-        building = pool.submit(build, builder, arch_args)
-        if path is not None:
-            copy_file(path, original, progress)
+        building = pool.submit(build, builder, arch_args, trusted)
+        original: BlobWriting | None = None
+        if isinstance(source, Stored):  # sent before, verified: read where it is
             resolved, model = building.result()
             weights = read_weights(
-                path, original, resolved, model, options.trust_pickle, options.key,
-                options.strip_prefix,
+                Path(source.filename), source.path, resolved, model, options.trust_pickle,
+                options.key, options.strip_prefix,
             )  # fmt: skip
-            extension = refs.extension_of(path.suffix, IN_MEMORY_EXTENSION)
+            extension = refs.extension_of(Path(source.filename).suffix, IN_MEMORY_EXTENSION)
+            blob_sha256 = source.sha256
         else:
-            resolved, model = building.result()
-            weights = write_object(source, original, resolved, model)
-            extension = IN_MEMORY_EXTENSION
+            original = stack.enter_context(store.writer())
+            if path is not None:
+                copy_file(path, original, progress)
+                resolved, model = building.result()
+                weights = read_weights(
+                    path, original.temp_path, resolved, model, options.trust_pickle,
+                    options.key, options.strip_prefix,
+                )  # fmt: skip
+                extension = refs.extension_of(path.suffix, IN_MEMORY_EXTENSION)
+            else:
+                resolved, model = building.result()
+                weights = write_object(source, original, resolved, model)
+                extension = IN_MEMORY_EXTENSION
+            blob_sha256 = original.finish()
         new = replace(
             new_version(resolved, model, arch_args, weights, options.description),
-            name=options.name if options.name is not None else default_name(resolved.name),
-            blob_sha256=original.finish(),
+            name=name,
+            blob_sha256=blob_sha256,
             extension=extension,
             tags=tags,
             aliases=aliases,
@@ -137,7 +191,7 @@ def run(
         )
         if shape is not None:
             new = replace(new, fingerprint=fingerprint(resolved, new, weights, shape))
-        writers = [original]
+        writers = [original] if original is not None else []
         if weights.format == "pickle":  # so that loads never unpickle it again
             from registry import checkpoints
 
@@ -150,10 +204,58 @@ def run(
         with catalog.recording() as recording:
             for writer in writers:
                 recording.place(writer)  # in place before any version refers to it
+            if isinstance(source, Stored):
+                _keep(recording, store, source)
             crash_point("push-blob-placed")
             record = recording.add(new)
             crash_point("push-commit")
     return record
+
+
+def _keep(recording: Recording, store: Store, stored: Stored) -> None:
+    """Lock the row of a blob sent before; a gc that took it meanwhile shows here."""
+    recording.keep(stored.sha256, stored.size, stored.check)
+    if not store.exists(stored.sha256):
+        raise StorageError(
+            f"{stored.filename}: its stored copy was deleted by a gc during this push; push again"
+        )
+
+
+def _identical(
+    catalog: Catalog, name: str, stored: Stored, options: PushOptions
+) -> ModelVersion | None:
+    """The version a re-push of bytes a server holds would find, with the new tags and
+    aliases added, without reading the bytes again; None: push it."""
+    arch = options.arch
+    if not isinstance(arch, str) or options.check_input is not None:
+        return None
+    try:
+        found = catalog.get(f"{name}@sha256:{stored.sha256}")
+    except (NotFoundError, InvalidReferenceError):
+        return None
+    picked = {"key": options.key, "stripped_prefix": options.strip_prefix}
+    if (
+        found.arch != arch
+        or found.arch_args != dict(options.arch_args)
+        or found.files is not None
+        or any(given is not None and found.details.get(k) != given for k, given in picked.items())
+        or (options.parent is not None and found.parent != catalog.get(options.parent).ref)
+    ):
+        return None
+    again = NewVersion(
+        **{f.name: getattr(found, f.name) for f in fields(NewVersion) if hasattr(found, f.name)}
+    )
+    again = replace(
+        again,
+        blob_sha256=found.sha256,
+        tags=refs.validate_tags(options.tags),
+        aliases=tuple(refs.validate_alias(a) for a in options.aliases),
+        parent=None,
+        files=None,
+    )
+    with catalog.recording() as recording:
+        recording.keep(stored.sha256, stored.size, stored.check)
+        return recording.add(again)
 
 
 def copy_file(path: Path, writer: BlobWriting, progress: Progress) -> None:
@@ -182,17 +284,20 @@ def preflight(path: Path) -> None:
     checkpoints.sniff(path)
 
 
-def build(arch: str | Arch, arch_args: Mapping[str, Any]) -> tuple[Arch, nn.Module]:
-    """Resolve the pusher's own arch and build it without weights."""
+def build(
+    arch: str | Arch, arch_args: Mapping[str, Any], trusted: bool = True
+) -> tuple[Arch, nn.Module]:
+    """Resolve the pusher's own arch (or, not `trusted`, one a client named: trusted only as
+    a load trusts a recorded arch) and build it without weights."""
     from registry import architectures
 
-    resolved = architectures.resolve(arch) if isinstance(arch, str) else arch
+    resolved = architectures.resolve(arch, trust=trusted) if isinstance(arch, str) else arch
     return resolved, resolved.build(arch_args)
 
 
 def read_weights(
     path: Path,
-    writer: BlobWriting,
+    copy: Path,
     arch: Arch,
     model: nn.Module,
     trust_pickle: bool,
@@ -205,7 +310,7 @@ def read_weights(
     """
     from registry import architectures, checkpoints
 
-    candidates = checkpoints.read(writer.temp_path, trust_pickle, key, strip_prefix, shown_as=path)
+    candidates = checkpoints.read(copy, trust_pickle, key, strip_prefix, shown_as=path)
     weights = architectures.fit(arch.name, model, candidates, path)
     pickled_class = weights.details.get("class")
     built_class = f"{type(model).__module__}:{type(model).__qualname__}"
@@ -254,7 +359,7 @@ def new_version(
         arch_args=arch_args,
         description=description,
         created_at=datetime.now(timezone.utc),
-        created_by=user_at_host(),
+        created_by=audit.actor(),
         num_params=architectures.count_params(model),
         torch_version=torch.__version__,
         details=details,
@@ -286,11 +391,3 @@ def default_name(arch: str) -> str:
         raise InvalidReferenceError(
             candidate, "model name", f"derived from arch {arch!r}; pass --name"
         ) from None
-
-
-def user_at_host() -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"

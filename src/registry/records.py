@@ -260,3 +260,78 @@ class CheckResult:
 def _finite(value: float | None) -> float | None:
     """JSON has no infinity: an unbounded ratio (A was all zeros) is null."""
     return value if value is None or (value == value and abs(value) != float("inf")) else None
+
+
+# -- a team through its server ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """A token as `token ls` shows it: everything but the secret, which is never kept."""
+
+    name: str
+    scope: str  # read, write or admin
+    models: tuple[str, ...]  # fnmatch patterns of the model names it reaches; empty: all
+    created_at: datetime
+    expires_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "scope": self.scope,
+            "models": list(self.models),
+            "created_at": self.created_at.isoformat(),
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "last_used_at": self.last_used_at.isoformat() if self.last_used_at else None,
+        }
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One change: when, who (a token's name, or user@host), what, on which ref."""
+
+    at: datetime
+    actor: str
+    action: str  # push, import, alias.set, alias.delete, tag.set, tag.delete, describe, delete
+    ref: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "at": self.at.isoformat()}
+
+
+@dataclass(frozen=True)
+class HookInfo:
+    """A webhook, with how its last delivery went and how many events wait for it."""
+
+    id: int
+    url: str
+    events: tuple[str, ...]
+    models: tuple[str, ...]
+    secret_env: str | None
+    created_at: datetime
+    last_status: str | None = None
+    last_attempt_at: datetime | None = None
+    pending: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "events": list(self.events),
+            "models": list(self.models),
+            "created_at": self.created_at.isoformat(),
+            "last_attempt_at": self.last_attempt_at.isoformat() if self.last_attempt_at else None,
+        }
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One event on its way to one hook, claimed by a deliverer for a while."""
+
+    id: int
+    hook_id: int
+    url: str
+    secret_env: str | None
+    body: dict[str, Any]
+    attempts: int

@@ -24,12 +24,14 @@ from urllib.parse import quote
 
 from registry import extras, jsontext, refs
 from registry.errors import (
+    AccessDeniedError,
     ConfigurationError,
     IntegrityError,
     InvalidReferenceError,
     NotFoundError,
     StorageError,
     first_line,
+    from_server,
 )
 from registry.faults import crash_point
 from registry.stores.folder import BlobWriter
@@ -90,6 +92,36 @@ class Client:
             self._raise(response.status_code, response.content, path, ref)
         try:
             return jsontext.loads(response.text)
+        except ValueError:
+            raise self.unexpected(path, "an answer that is not JSON") from None
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        ref: str = "",
+        json_body: Any = None,
+        content: Any = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = READ_TIMEOUT_S,
+    ) -> Any:
+        """A write: `json_body` as JSON, or `content` (bytes or an iterator of them) streamed;
+        the JSON answer, or the RegistryError an error status stands for."""
+        import httpx
+
+        sent = {"content": content} if content is not None else {"json": json_body}
+        with self._errors():
+            response = self.http.request(
+                method,
+                path,
+                headers=headers,
+                timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_S),
+                **sent,
+            )
+        if not response.is_success:
+            self._raise(response.status_code, response.content, path, ref)
+        try:
+            return jsontext.loads(response.text) if response.content else None
         except ValueError:
             raise self.unexpected(path, "an answer that is not JSON") from None
 
@@ -164,6 +196,14 @@ class Client:
 
     def _raise(self, status: int, body: bytes, path: str, ref: str) -> NoReturn:
         """Raise what an error status stands for, with the server's one-line message."""
+        message = _message(body)
+        if status == 403 and message:
+            raise AccessDeniedError(f"registry server {self.url}: {message}", status)
+        if status == 401 and message and "expired" in message:
+            raise AccessDeniedError(f"registry server {self.url}: {message}", status)
+        named = from_server(_kind(body), message) if message and status != 401 else None
+        if named is not None:
+            raise named
         if status == 401:
             if self._token:
                 raise ConfigurationError(
@@ -173,7 +213,6 @@ class Client:
             raise ConfigurationError(
                 f"registry server {self.url} needs a token; set REGISTRY_TOKEN"
             )
-        message = _message(body)
         if message is None:
             raise self.unexpected(path, f"HTTP {status} with no registry error")
         if status == 404:
@@ -243,6 +282,15 @@ def _message(body: bytes) -> str | None:
         return None
     text = refs.CONTROL.sub(" ", data["error"]).strip()
     return text[:MAX_MESSAGE] + ("..." if len(text) > MAX_MESSAGE else "")
+
+
+def _kind(body: bytes) -> str:
+    """The class name of the error an answer names (`{"kind": ...}`), or ""."""
+    try:
+        kind = json.loads(body).get("kind")
+    except (ValueError, RecursionError, AttributeError):
+        return ""
+    return kind if isinstance(kind, str) and kind.isidentifier() else ""
 
 
 def _reason(exc: BaseException) -> str:

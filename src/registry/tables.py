@@ -185,3 +185,66 @@ class Fingerprint(Base):
     outputs: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     # torch, torchvision and the arch's code as they were at push, for the mismatch message.
     environment: Mapped[dict[str, str]] = mapped_column(JSON)
+
+
+# -- a team through its server (0007) ------------------------------------------------------
+
+
+class Token(Base):
+    """A token a server accepts: only the SHA-256 of its secret is kept, never the secret."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    scope: Mapped[str] = mapped_column(String(16))  # read, write or admin
+    models: Mapped[list[str]] = mapped_column(JSON)  # fnmatch patterns; empty: every model
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEntry(Base):
+    """One change, written in the change's own transaction: when, who, what, on which ref."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_model", "model"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(256))
+    action: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(128))  # by name: it outlives the model's rows
+    ref: Mapped[str] = mapped_column(String(256))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class Hook(Base):
+    """A webhook: where to POST which events; its secret stays in the server's environment."""
+
+    __tablename__ = "hooks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str]] = mapped_column(JSON)
+    models: Mapped[list[str]] = mapped_column(JSON)
+    secret_env: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_status: Mapped[str | None] = mapped_column(Text)  # "200", "timeout", ...
+    last_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Delivery(Base):
+    """The outbox: one event for one hook, written with its change, sent until it lands."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (Index("ix_deliveries_due_at", "due_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(64))  # the body's "id": repeats share it
+    hook_id: Mapped[int] = mapped_column(ForeignKey("hooks.id", ondelete="CASCADE"))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # None: delivered
+    last_status: Mapped[str | None] = mapped_column(Text)

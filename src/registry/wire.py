@@ -19,6 +19,7 @@ from typing import Any, TypeVar, cast
 from registry import behaviour, folders, refs
 from registry.records import (
     DIFF_STATUSES,
+    AuditEntry,
     Diff,
     FolderFile,
     Lineage,
@@ -317,3 +318,67 @@ def _details(value: Any) -> dict[str, Any]:
     ):
         raise TypeError("details.module_versions is not a map of names to numbers")
     return details
+
+
+# -- what a client asks a team server to write -----------------------------------------------
+
+MAX_ARGS_TEXT = 64 << 10  # characters of a push's arguments, tags and description together
+MAX_FILES = 100_000  # files of one folder push
+
+
+def audit_entry(data: Any) -> AuditEntry:
+    typed(data, dict, "the entry")
+    return AuditEntry(
+        at=_instant(data.get("at"), "at"),
+        actor=text(data.get("actor"), "actor", MAX_CREATED_BY),
+        action=text(data.get("action"), "action", 32),
+        ref=text(data.get("ref"), "ref", 256),
+        details=typed(data.get("details"), dict, "details"),
+    )
+
+
+def push_request(data: Any) -> tuple[dict[str, Any], FolderFile | None, tuple[FolderFile, ...]]:
+    """A push a client asks of a server: its options (PushOptions' fields), and the file
+    (`path` its name) or the folder's files, each a blob the server holds by its SHA-256."""
+    typed(data, dict, "the push")
+    options: dict[str, Any] = {}
+    for key in ("arch", "name", "parent", "key", "strip_prefix"):
+        value = typed(data.get(key), (str, _NULL), key)
+        if value is not None:
+            options[key] = text(value, key, MAX_ARCH)
+    if "arch" in options:
+        options["arch"] = _arch(options["arch"])
+    options["arch_args"] = typed(data.get("arch_args", {}), dict, "arch_args")
+    options["tags"] = _tags(data.get("tags", {}))
+    options["aliases"] = tuple(
+        text(a, "an alias", 128) for a in typed(data.get("aliases", []), list, "aliases")
+    )
+    options["description"] = typed(data.get("description", ""), str, "description")
+    options["trust_pickle"] = typed(data.get("trust_pickle", False), bool, "trust_pickle")
+    shape = typed(data.get("check_input"), (list, _NULL), "check_input")
+    options["check_input"] = None if shape is None else _shape(shape, "check_input")
+    if len(repr((options["arch_args"], options["tags"], options["description"]))) > MAX_ARGS_TEXT:
+        raise ValueError(f"the push's arguments, tags and description exceed {MAX_ARGS_TEXT}")
+    single = data.get("file")
+    listed = data.get("files")
+    if (single is None) == (listed is None):
+        raise ValueError("a push names one `file` or a folder's `files`")
+    if single is not None:
+        return options, _upload(single, name_only=True), ()
+    entries = typed(listed, list, "files")
+    if not 0 < len(entries) <= MAX_FILES:
+        raise ValueError(f"a folder push names 1 to {MAX_FILES} files")
+    files = tuple(_upload(entry, name_only=False) for entry in entries)
+    if len({f.path for f in files}) != len(files):
+        raise ValueError("a folder push names a path twice")
+    return options, None, files
+
+
+def _upload(data: Any, name_only: bool) -> FolderFile:
+    typed(data, dict, "a file")
+    path = text(data.get("path"), "path", MAX_PATH)
+    if name_only and (not path or "/" in path or path in (".", "..")):
+        raise ValueError(f"file name {path[:80]!r} is not a plain file name")
+    if not name_only:
+        path = folders.check_path(path)
+    return FolderFile(path, count(data.get("size"), "size"), digest(data.get("sha256"), "sha256"))

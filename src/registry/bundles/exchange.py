@@ -59,9 +59,13 @@ def _extras(catalog: Catalog, versions: list[ModelVersion]) -> dict[str, dict[st
 
 
 def import_(
-    catalog: Catalog, store: Store, source: str | os.PathLike[str] | BinaryIO
+    catalog: Catalog,
+    store: Store,
+    source: str | os.PathLike[str] | BinaryIO,
+    check_name: Callable[[str], None] | None = None,
 ) -> list[ModelVersion]:
-    """Record a bundle's versions; see `Registry.import_bundle`."""
+    """Record a bundle's versions; see `Registry.import_bundle`. `check_name` refuses
+    (raises) a model the importer may not write, before anything is recorded."""
     with contextlib.ExitStack() as stack:
         if isinstance(source, (str, os.PathLike)):
             shown_as = str(source)
@@ -74,11 +78,14 @@ def import_(
         else:
             shown_as, stream = "the bundle", source
         entries, writers = archive.read(_crashing(stream), store, stack, shown_as)
+        if check_name is not None:
+            for name in dict.fromkeys(e.name for e in entries):
+                check_name(name)
         manifests = {e.source_ref: _manifest(e, writers) for e in entries}
         for writer in writers.values():
             writer.publish()
         imported: dict[str, ModelVersion] = {}
-        with catalog.recording() as recording:
+        with catalog.recording("import") as recording:
             for writer in writers.values():
                 recording.place(writer)  # in place before any version refers to it
             for entry in _parents_first(entries):

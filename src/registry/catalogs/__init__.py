@@ -14,17 +14,23 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 if TYPE_CHECKING:
+    from datetime import datetime, timedelta
+
     from sqlalchemy import Engine
 
     from registry.digests import Check
     from registry.records import (
+        AuditEntry,
+        Delivery,
         Diff,
         Fingerprint,
+        HookInfo,
         Lineage,
         ModelSummary,
         ModelVersion,
         NewVersion,
         TensorInfo,
+        TokenInfo,
     )
     from registry.stores import BlobWriting
 
@@ -113,7 +119,9 @@ class Catalog(Protocol):
 
     # -- writing
 
-    def recording(self) -> AbstractContextManager[Recording]: ...
+    def recording(self, action: str = "push") -> AbstractContextManager[Recording]:
+        """A write transaction whose versions are logged as `action` (push or import)."""
+        ...
 
     def add_tensors(self, version: ModelVersion, tensors: list[TensorInfo]) -> None:
         """Keep a manifest computed from an old version's blob (a server keeps its own)."""
@@ -127,7 +135,41 @@ class Catalog(Protocol):
         self, ref: str, tags: Mapping[str, str], delete: Iterable[str]
     ) -> ModelVersion: ...
 
+    def describe(self, ref: str, description: str) -> ModelVersion: ...
+
     def delete(self, ref: str) -> ModelVersion: ...
+
+    # -- the team: every change above is logged (and sent to hooks) in its own transaction
+
+    def log(self, name: str | None, limit: int | None) -> list[AuditEntry]:
+        """The audit log, newest first, of one model or all."""
+        ...
+
+    def add_token(self, info: TokenInfo, digest: str) -> None: ...
+
+    def tokens(self) -> list[TokenInfo]: ...
+
+    def revoke_token(self, name: str) -> None: ...
+
+    def find_token(self, digest: str) -> TokenInfo | None: ...
+
+    def touch_token(self, name: str) -> None:
+        """Move a token's `last_used_at` to now."""
+        ...
+
+    def add_hook(self, hook: HookInfo) -> HookInfo: ...
+
+    def hooks(self) -> list[HookInfo]: ...
+
+    def remove_hook(self, hook_id: int) -> None: ...
+
+    def claim_deliveries(self, lease: timedelta, limit: int) -> list[Delivery]:
+        """Due webhook events, leased to this deliverer; another's are skipped."""
+        ...
+
+    def finish_delivery(self, delivery_id: int, status: str, retry_at: datetime | None) -> None:
+        """An attempt's outcome: delivered (`retry_at` None) or due again then."""
+        ...
 
     # -- maintenance
 

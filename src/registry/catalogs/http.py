@@ -2,8 +2,9 @@
 
 The server's JSON is data: each answer is read by `registry.wire`, which
 rebuilds a record only when its fields have the types the registry writes.
-What would write the catalog raises ReadOnlyError: only the server's own
-registry does that.
+A change (an alias, tags, a description, a deletion) is asked of the server,
+which checks the token's scope, makes it and logs it; tokens, hooks and
+maintenance need the catalog itself and raise ReadOnlyError.
 """
 
 from __future__ import annotations
@@ -15,11 +16,23 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from registry import refs, wire
 from registry.diffing import kind
 from registry.errors import InvalidReferenceError, NotFoundError, ReadOnlyError
-from registry.records import Diff, Fingerprint, Lineage, ModelSummary, ModelVersion, TensorInfo
+from registry.records import (
+    AuditEntry,
+    Delivery,
+    Diff,
+    Fingerprint,
+    HookInfo,
+    Lineage,
+    ModelSummary,
+    ModelVersion,
+    TensorInfo,
+    TokenInfo,
+)
 from registry.remote import Client, quoted, ref_path
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
+    from datetime import datetime, timedelta
 
     from sqlalchemy import Engine
 
@@ -147,25 +160,78 @@ class HttpCatalog:
     def verification(self, digest: str) -> Check | None:
         return None  # the server sends no chunk digests: a read is one SHA-256 pass
 
-    # -- what would write: only the server's own registry does
+    # -- writes: the server checks the token's scope, makes the change and logs it
 
-    def recording(self) -> AbstractContextManager[Recording]:
-        self.require_local("push")
+    def recording(self, action: str = "push") -> AbstractContextManager[Recording]:
+        self.require_local(action, "a catalog; a push through a server sends its files")
 
     def add_tensors(self, version: ModelVersion, tensors: list[TensorInfo]) -> None:
         """Nothing to keep: the server fills and keeps an old version's manifest itself."""
 
     def set_alias(self, ref: str, alias: str) -> ModelVersion:
-        self.require_local("alias")
+        wanted = refs.parse_ref(ref)
+        path = f"/api/models/{quoted(wanted.name)}/aliases/{quoted(alias)}"
+        return self._changed(path, self.client.send("PUT", path, ref, {"ref": ref}))
 
     def delete_alias(self, name: str, alias: str) -> None:
-        self.require_local("alias --delete")
+        path = f"/api/models/{quoted(name)}/aliases/{quoted(alias)}"
+        self.client.send("DELETE", path, f"{name}@{alias}")
 
     def set_tags(self, ref: str, tags: Mapping[str, str], delete: Iterable[str]) -> ModelVersion:
-        self.require_local("tag --delete" if delete else "tag")
+        path = f"/api/refs/{ref_path(ref)}/tags"
+        body = {"set": dict(tags), "delete": list(delete)}
+        return self._changed(path, self.client.send("POST", path, ref, body))
+
+    def describe(self, ref: str, description: str) -> ModelVersion:
+        path = f"/api/refs/{ref_path(ref)}/description"
+        body = {"description": description}
+        return self._changed(path, self.client.send("PUT", path, ref, body))
 
     def delete(self, ref: str) -> ModelVersion:
-        self.require_local("rm")
+        path = f"/api/refs/{ref_path(ref)}"
+        return self._changed(path, self.client.send("DELETE", path, ref))
+
+    def _changed(self, path: str, data: Any) -> ModelVersion:
+        return self._parse(path, wire.version, data)
+
+    # -- the team: the log is read through the server; tokens and hooks need the catalog
+
+    def log(self, name: str | None, limit: int | None) -> list[AuditEntry]:
+        path = "/api/log"
+        params = {"model": name} if name is not None else {}
+        if limit is not None:
+            params["limit"] = str(limit)
+        return self._parse(path, wire.each(wire.audit_entry), self.client.get(path, params=params))
+
+    def add_token(self, info: TokenInfo, digest: str) -> None:
+        self.require_local("token create", "a catalog")
+
+    def tokens(self) -> list[TokenInfo]:
+        self.require_local("token ls", "a catalog")
+
+    def revoke_token(self, name: str) -> None:
+        self.require_local("token revoke", "a catalog")
+
+    def find_token(self, digest: str) -> TokenInfo | None:
+        return None  # a server over a server takes only its own --token
+
+    def touch_token(self, name: str) -> None:
+        """Nothing: no token of this catalog is ever found."""
+
+    def add_hook(self, hook: HookInfo) -> HookInfo:
+        self.require_local("hook add", "a catalog")
+
+    def hooks(self) -> list[HookInfo]:
+        self.require_local("hook ls", "a catalog")
+
+    def remove_hook(self, hook_id: int) -> None:
+        self.require_local("hook rm", "a catalog")
+
+    def claim_deliveries(self, lease: timedelta, limit: int) -> list[Delivery]:
+        return []  # the server whose catalog it is delivers its events
+
+    def finish_delivery(self, delivery_id: int, status: str, retry_at: datetime | None) -> None:
+        """Nothing: no delivery is ever claimed here."""
 
     def referenced_digests(self) -> set[str]:
         self.require_local("gc")

@@ -259,6 +259,17 @@ def set_alias(s: Session, model: Model, alias: str, version: Version) -> None:
     )
 
 
+def alias_row(s: Session, model: Model, alias: str) -> Version | None:
+    """The version an alias points to, if the model has that alias."""
+    query = select(Version).join(Alias, Alias.version_id == Version.id)
+    return s.scalar(query.where(Alias.model_id == model.id, Alias.name == alias))
+
+
+def alias_target(s: Session, model: Model, alias: str) -> str | None:
+    row = alias_row(s, model, alias)
+    return f"{model.name}@v{row.version}" if row is not None else None
+
+
 def delete_alias(s: Session, model: Model, alias: str) -> None:
     gone = s.execute(delete(Alias).where(Alias.model_id == model.id, Alias.name == alias))
     if gone.rowcount == 0:  # type: ignore[attr-defined]  # a CursorResult

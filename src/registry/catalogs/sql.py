@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import fields, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, TypeVar
 
 from registry import db, refs
-from registry.catalogs import queries
+from registry.catalogs import queries, team
 from registry.records import Fingerprint, ModelVersion, NewVersion, TensorInfo
 from registry.tables import Fingerprint as FingerprintRow
 from registry.tables import Model, Version
@@ -25,7 +25,15 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
     from registry.digests import Check
-    from registry.records import Diff, Lineage, ModelSummary
+    from registry.records import (
+        AuditEntry,
+        Delivery,
+        Diff,
+        HookInfo,
+        Lineage,
+        ModelSummary,
+        TokenInfo,
+    )
     from registry.stores import BlobWriting
 
 
@@ -121,38 +129,111 @@ class SqlCatalog:
     # -- writing ---------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def recording(self) -> Iterator[SqlRecording]:
+    def recording(self, action: str = "push") -> Iterator[SqlRecording]:
         with db.session(self.engine, write=True) as s:
-            yield SqlRecording(s)
+            yield SqlRecording(s, action)
 
     def add_tensors(self, version: ModelVersion, tensors: list[TensorInfo]) -> None:
         with db.session(self.engine, write=True) as s:
             queries.add_tensors(s, _row(s, version).id, tensors)
 
+    # Each change below writes its audit entry and webhook events in its own transaction.
+
     def set_alias(self, ref: str, alias: str) -> ModelVersion:
         with db.session(self.engine, write=True) as s:
             model, row = queries.resolve(s, refs.parse_ref(ref))
+            before = queries.alias_target(s, model, alias)
             queries.set_alias(s, model, alias, row)
-            return _record(s, model, row)
+            record = _record(s, model, row)
+            moved = {"alias": alias, "from": before}
+            team.record_change(s, "alias.set", record.ref, record, moved)
+            return record
 
     def delete_alias(self, name: str, alias: str) -> None:
         with db.session(self.engine, write=True) as s:
-            queries.delete_alias(s, queries.model_row(s, name), alias)
+            model = queries.model_row(s, name)
+            target = queries.alias_row(s, model, alias)
+            queries.delete_alias(s, model, alias)
+            if target is not None:
+                record = _record(s, model, target)
+                team.record_change(s, "alias.delete", record.ref, record, {"alias": alias})
 
     def set_tags(self, ref: str, tags: Mapping[str, str], delete: Iterable[str]) -> ModelVersion:
+        deleted = list(delete)
         with db.session(self.engine, write=True) as s:
             model, row = queries.resolve(s, refs.parse_ref(ref))
-            for key in delete:
+            for key in deleted:
                 queries.delete_tag(s, row, f"{model.name}@v{row.version}", key)
             queries.set_tags(s, row, tags)
-            return _record(s, model, row)
+            record = _record(s, model, row)
+            if deleted:
+                team.record_change(s, "tag.delete", record.ref, record, {"keys": deleted})
+            if tags:
+                team.record_change(s, "tag.set", record.ref, record, {"tags": dict(tags)})
+            return record
+
+    def describe(self, ref: str, description: str) -> ModelVersion:
+        with db.session(self.engine, write=True) as s:
+            model, row = queries.resolve(s, refs.parse_ref(ref))
+            row.description = description
+            s.flush()
+            record = _record(s, model, row)
+            team.record_change(s, "describe", record.ref, record, {})
+            return record
 
     def delete(self, ref: str) -> ModelVersion:
         with db.session(self.engine, write=True) as s:
             model, row = queries.resolve(s, refs.parse_ref(ref))
             record = _record(s, model, row)
             queries.delete_version(s, row)
+            team.record_change(s, "delete", record.ref, record, {"sha256": record.sha256})
             return record
+
+    # -- the team: log, tokens, hooks ------------------------------------------------------
+
+    def log(self, name: str | None, limit: int | None) -> list[AuditEntry]:
+        with db.session(self.engine) as s:
+            return team.log(s, name, limit)
+
+    def add_token(self, info: TokenInfo, digest: str) -> None:
+        with db.session(self.engine, write=True) as s:
+            team.add_token(s, info, digest)
+
+    def tokens(self) -> list[TokenInfo]:
+        with db.session(self.engine) as s:
+            return team.tokens(s)
+
+    def revoke_token(self, name: str) -> None:
+        with db.session(self.engine, write=True) as s:
+            team.revoke_token(s, name)
+
+    def find_token(self, digest: str) -> TokenInfo | None:
+        with db.session(self.engine) as s:
+            return team.find_token(s, digest)
+
+    def touch_token(self, name: str) -> None:
+        with db.session(self.engine, write=True) as s:
+            team.touch_token(s, name, datetime.now(timezone.utc))
+
+    def add_hook(self, hook: HookInfo) -> HookInfo:
+        with db.session(self.engine, write=True) as s:
+            return team.add_hook(s, hook)
+
+    def hooks(self) -> list[HookInfo]:
+        with db.session(self.engine) as s:
+            return team.hooks(s)
+
+    def remove_hook(self, hook_id: int) -> None:
+        with db.session(self.engine, write=True) as s:
+            team.remove_hook(s, hook_id)
+
+    def claim_deliveries(self, lease: timedelta, limit: int) -> list[Delivery]:
+        with db.session(self.engine, write=True) as s:
+            return team.claim_deliveries(s, datetime.now(timezone.utc), lease, limit)
+
+    def finish_delivery(self, delivery_id: int, status: str, retry_at: datetime | None) -> None:
+        with db.session(self.engine, write=True) as s:
+            team.finish_delivery(s, delivery_id, status, retry_at, datetime.now(timezone.utc))
 
     # -- maintenance -----------------------------------------------------------------------
 
@@ -178,8 +259,8 @@ class SqlCatalog:
 class SqlRecording:
     """The write transaction of a push or an import (see `Catalog.recording`)."""
 
-    def __init__(self, session: Session) -> None:
-        self._s = session
+    def __init__(self, session: Session, action: str) -> None:
+        self._s, self._action = session, action
 
     def place(self, writer: BlobWriting) -> None:
         digest = writer.finish()
@@ -212,6 +293,7 @@ class SqlRecording:
             new.files,
         )
         s.flush()
+        team.record_change(s, self._action, record.ref, record, {"new": is_new})
         return replace(record, is_new=is_new)
 
     def find(self, name: str, sha256: str) -> str | None:

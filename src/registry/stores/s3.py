@@ -19,6 +19,7 @@ in a message.
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import functools
 import hashlib
 import os
@@ -36,7 +37,8 @@ from registry.files import CHUNK_SIZE
 from registry.stores.cache import CachedStore
 from registry.stores.folder import BlobStore, BlobWriter
 
-# Incomplete multipart uploads older than this are a killed push's: gc aborts them.
+# Incomplete multipart uploads older than this, by the S3 server's clock, are a killed
+# push's: gc aborts them.
 STALE_UPLOAD = timedelta(days=1)
 # Tries of each request (throttling, 5xx, a dropped connection) unless AWS_MAX_ATTEMPTS
 # or the config file's max_attempts says otherwise.
@@ -148,20 +150,28 @@ class S3Store(CachedStore):
     def reclaim_temp_files(self, dry_run: bool = False) -> tuple[int, int]:
         """The cache's temp files, and multipart uploads older than `stale_upload` (a day)."""
         count, freed = self.cache.reclaim_temp_files(dry_run)
-        age = STALE_UPLOAD if self.stale_upload is None else self.stale_upload
-        cutoff = datetime.now(timezone.utc) - age
         with self._errors():
-            pages = self.client.get_paginator("list_multipart_uploads").paginate(
-                Bucket=self.bucket, Prefix=self.key("")
-            )
-            for upload in (u for page in pages for u in page.get("Uploads", [])):
-                if upload["Initiated"] < cutoff:
-                    count += 1
-                    if not dry_run:
-                        self.client.abort_multipart_upload(
-                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                        )
+            for upload in self._stale_uploads():
+                count += 1
+                if not dry_run:
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
         return count, freed
+
+    def _stale_uploads(self) -> Iterator[dict[str, Any]]:
+        """The incomplete multipart uploads older than `stale_upload`, by the server's clock.
+
+        The server stamps `Initiated`, so each listing is aged by its own Date: a
+        machine whose clock runs a day ahead must not abort another's running upload.
+        """
+        age = STALE_UPLOAD if self.stale_upload is None else self.stale_upload
+        pages = self.client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=self.key("")
+        )
+        for page in pages:
+            cutoff = _server_time(page) - age
+            yield from (u for u in page.get("Uploads", []) if u["Initiated"] < cutoff)
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -273,6 +283,16 @@ def _code(exc: Any) -> str:
 
 def _status(exc: Any) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def _server_time(answer: dict[str, Any]) -> datetime:
+    """When the server sent `answer`, by its Date header; the local clock without a usable one."""
+    date = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date", "")
+    try:
+        sent = email.utils.parsedate_to_datetime(date)
+    except ValueError:  # no Date header, or not a date
+        return datetime.now(timezone.utc)
+    return sent if sent.tzinfo else sent.replace(tzinfo=timezone.utc)  # "-0000" is UTC too
 
 
 class _UploadingWriter:
