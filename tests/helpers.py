@@ -138,3 +138,9 @@ class Server:
             self._output = self._first + out + self._log.read()
             self._log.close()
         return self._output
+
+
+def log_so_far(server: Server) -> str:
+    """What a running server has written to its log so far."""
+    fd = server._log.fileno()
+    return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")

@@ -82,7 +82,7 @@ def test_every_extra_of_pyproject_is_known_with_its_modules() -> None:
     assert extras.keys() == EXTRAS.keys()
     for extra, requirements in extras.items():
         distributions = {re.split(r"[\[<>=!~; ]", r, maxsplit=1)[0] for r in requirements}
-        modules = {d.lower().replace("-", "_") for d in distributions}
+        modules = {d.lower().replace("-", "_").removesuffix("_py") for d in distributions}
         assert modules <= set(EXTRAS[extra]), extra
 
 

@@ -58,3 +58,18 @@ def test_sdist_builds_a_wheel_that_installs_and_creates_a_catalog(tmp_path: Path
     (tmp_path / "registry").mkdir()  # a home folder in the current one is not the package
     cli = run("-m", "registry", "--version", cwd=tmp_path, PYTHONPATH=str(site))
     assert cli.stdout == f"registry, version {version('torch-registry')}\n"
+
+
+def test_every_subpackage_is_declared() -> None:
+    """A folder of the package missing from pyproject's list would be missing from the wheel."""
+    import tomllib
+
+    root = Path(__file__).parent.parent
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"
+    ]
+    found = {
+        ".".join(init.parent.relative_to(root / "src").parts)
+        for init in (root / "src" / "registry").rglob("__init__.py")
+    }
+    assert found == set(declared)

@@ -389,12 +389,16 @@ def catalog_state(database_url: str) -> tuple[list, list[str]]:
 TABLES = [
     "alembic_version",
     "aliases",
+    "audit_log",
     "blobs",
+    "deliveries",
     "fingerprints",
+    "hooks",
     "lineage",
     "models",
     "tags",
     "tensors",
+    "tokens",
     "version_files",
     "versions",
 ]

@@ -114,9 +114,7 @@ class Registry(UpkeepMethods, TeamMethods):
         self.close()
 
     def __repr__(self) -> str:
-        if self.settings.remote is not None:  # never the token
-            return f"Registry(remote={self.catalog.location!r})"
-        return f"Registry(database_url={self.catalog.location!r}, store={self.store.location!r})"
+        return f"Registry({self.settings.where()})"  # never a password or a token
 
     @property
     def engine(self) -> Engine:

@@ -610,8 +610,12 @@ def prune(reg: Registry, max_size: str, dry_run: bool, as_json: bool) -> None:
     envvar="REGISTRY_SERVE_TOKEN",
     help="A read token every request may carry [env REGISTRY_SERVE_TOKEN].",
 )
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+    show_default=True, help="How much the server logs (each request at info; never a token).",
+)  # fmt: skip
 @click.pass_obj
-def serve(reg: Registry, host: str, port: int, token: str | None) -> None:
+def serve(reg: Registry, host: str, port: int, token: str | None, log_level: str) -> None:
     """Serve a web page and HTTP API over this registry; print the URL first.
 
     Tokens made with `registry token create` may read, write or administer
@@ -620,7 +624,7 @@ def serve(reg: Registry, host: str, port: int, token: str | None) -> None:
     """
     from registry import server
 
-    server.serve(reg, host, port, token)
+    server.serve(reg, host, port, token, log_level)
 
 
 @cli.group()

@@ -36,6 +36,14 @@ class Settings:
     remote: str | None = None  # http(s)://HOST[:PORT][/PREFIX], without a trailing slash
     token: str | None = field(default=None, repr=False)  # a secret: never shown
 
+    def where(self) -> str:
+        """Where the registry is, fit to print: its server, or its catalog and store."""
+        if self.remote is not None:
+            return f"remote={self.remote!r}"
+        from registry.db import safe_url
+
+        return f"database_url={safe_url(self.database_url)!r}, store={self.store!r}"
+
     def __repr__(self) -> str:
         return (
             f"Settings(home={self.home!r}, database_url={masked_url(self.database_url)!r}, "

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from registry.api import Registry
 
 
-def serve(reg: Registry, host: str, port: int, token: str | None) -> None:
+def serve(reg: Registry, host: str, port: int, token: str | None, log_level: str = "info") -> None:
     """Bind, print the URL, serve until SIGINT/SIGTERM (uvicorn finishes in-flight requests)."""
     extras.require("serve", "registry serve")
     import uvicorn
@@ -66,13 +66,13 @@ def serve(reg: Registry, host: str, port: int, token: str | None) -> None:
     bound_port = sock.getsockname()[1]
     shown_host = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"http://{shown_host}:{bound_port}/", flush=True)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(level=log_level.upper(), format="%(message)s", stream=sys.stderr)
     from registry import hooks
 
     config = uvicorn.Config(
         create_app(reg, token),
         access_log=False,  # it would print /?token=...; the app logs paths without queries
-        log_level="warning",
+        log_level="debug" if log_level == "debug" else "warning",
         timeout_graceful_shutdown=10,
     )
     with hooks.delivering(reg.catalog):  # this catalog's webhook events, while it serves
@@ -125,6 +125,11 @@ def create_app(reg: Registry, token: str | None = None) -> Starlette:
         Route("/", pages.models, methods=read),
         Route("/models/{name:path}", pages.model, methods=read),
         Route("/refs/{ref:path}", pages.version, methods=read),
+        Route("/refs/{ref:path}/aliases", pages.set_alias, methods=["POST"]),
+        Route("/refs/{ref:path}/aliases/delete", pages.delete_alias, methods=["POST"]),
+        Route("/refs/{ref:path}/tags", pages.set_tag, methods=["POST"]),
+        Route("/refs/{ref:path}/tags/delete", pages.delete_tag, methods=["POST"]),
+        Route("/refs/{ref:path}/description", pages.describe, methods=["POST"]),
         Route("/diff", pages.diff, methods=read),
         Route("/api/models", api.models, methods=read),
         Route("/api/models/{name:path}", api.model, methods=read),
