@@ -660,3 +660,13 @@ def test_no_request_to_a_write_route_gets_a_500(
     assert response.status_code != 503 or "could not answer" not in response.text, response.text
     if response.status_code >= 400:
         assert isinstance(response.json()["error"], str)
+
+
+def test_a_description_renders_as_markdown_with_nothing_that_runs_or_fetches() -> None:
+    from registry.server.pages import rendered
+
+    html = str(rendered("**bold** <script>alert(1)</script> ![x](http://e/x.png) [a](http://a)"))
+    assert "<strong>bold</strong>" in html and "&lt;script&gt;" in html
+    assert "<img" not in html and "<script" not in html
+    assert 'rel="noopener noreferrer nofollow"' in html
+    assert "href" not in str(rendered("[j](javascript:alert(1))"))

@@ -331,10 +331,12 @@ def paged(request: Request, items: Sequence[T]) -> tuple[Sequence[T], Pager]:
 
 def rendered(markdown: str) -> Markup:
     """A description's markdown as HTML: raw HTML in it stays text (markdown-it's `html`
-    off), and nh3 cleans what markdown made (links, images) of anything that runs."""
+    off), and nh3 cleans what markdown made of anything that runs. Images are dropped:
+    one would make every reader's browser fetch from another host."""
     import nh3
     from markdown_it import MarkdownIt
     from markupsafe import Markup
 
     html = MarkdownIt("commonmark", {"html": False}).render(markdown)
-    return Markup(nh3.clean(html))
+    tags = set(nh3.ALLOWED_TAGS) - {"img"}
+    return Markup(nh3.clean(html, tags=tags, link_rel="noopener noreferrer nofollow"))
