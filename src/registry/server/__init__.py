@@ -1,8 +1,10 @@
 """`registry serve`: a web page and JSON API over a Registry (Starlette on uvicorn).
 
-    /                       models, filtered with ?q=
-    /models/NAME            a model's versions, newest first, and a form to diff two
-    /refs/REF               one version: fields, tensors, lineage, diff against its parent
+    /                       models, filtered with ?q= and ?tag=K=V, 50 a ?page=
+    /models/NAME            a model's versions, newest first (?tag=, ?page=), a diff form
+    /refs/REF               one version: fields, tensors, lineage, diff against its parent;
+                            with a write token, forms that POST to REF/aliases[/delete],
+                            REF/tags[/delete] and REF/description (`pages`)
     /diff?a=REF&b=REF       two versions compared
     /static/style.css       the only asset: nothing is fetched from elsewhere
     /api/...                JSON in the CLI's --json shapes (SPEC, "Seeing it")
@@ -10,7 +12,6 @@
                             as one tar, the one `pull -o -` writes
     /api/files/REF/PATH     one file of a folder version (Range): REF ends at the first
                             `/` after its `@`, so `team/det@v1/docs/a.md` is path `docs/a.md`
-
     /api/log                the audit log (`registry log --json`), ?model=NAME
     writes                  `server.writing` lists them: blobs, push, import, changes
 
