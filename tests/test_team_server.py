@@ -33,6 +33,7 @@ from registry import (
     AccessDeniedError,
     ArchitectureMismatchError,
     ConfigurationError,
+    NotFoundError,
     Registry,
     UnsafeCheckpointError,
     UntrustedArchError,
@@ -670,3 +671,34 @@ def test_a_description_renders_as_markdown_with_nothing_that_runs_or_fetches() -
     assert "<img" not in html and "<script" not in html
     assert 'rel="noopener noreferrer nofollow"' in html
     assert "href" not in str(rendered("[j](javascript:alert(1))"))
+
+
+def test_a_blob_a_gc_took_before_its_push_is_sent_again(
+    team: Team, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sent blobs wait for their push unreferenced; a gc on the server in between takes them,
+    and the client, told so, sends them once more."""
+    from registry.uploads import ServerPublisher
+
+    original, sends = ServerPublisher._send, []
+
+    def send_then_gc(self: ServerPublisher, *args: Any) -> None:
+        original(self, *args)
+        sends.append(Registry(home=team.home).gc().blobs)
+
+    monkeypatch.setattr(ServerPublisher, "_send", send_then_gc)
+    name = unique()
+    client = team.client("writer", tmp_path / "c")
+    with pytest.raises(NotFoundError, match="send it first"):  # the gc won twice
+        client.push(saved(tmp_path / "w.pt", 40), name=name, **TINY)
+    assert sends == [1, 1]
+    monkeypatch.setattr(ServerPublisher, "_send", original)
+    calls = iter([True, False])
+
+    def gc_once(self: ServerPublisher, *args: Any) -> None:
+        original(self, *args)
+        if next(calls):
+            Registry(home=team.home).gc()
+
+    monkeypatch.setattr(ServerPublisher, "_send", gc_once)
+    assert client.push(saved(tmp_path / "w.pt", 40), name=name, **TINY).ref == f"{name}@v1"

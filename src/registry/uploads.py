@@ -53,18 +53,23 @@ class ServerPublisher:
             path, arch = self._as_file(source, options, Path(scratch))
             body = dict(options_json(options, arch))
             if path.is_dir():
+                root = path
                 listed = [
                     replace(f, sha256=self._digest(path / f.path)) for f in folders.scan(path)
                 ]
-                self._send(path, listed, progress)
-                body["files"] = [
-                    {"path": f.path, "size": f.size, "sha256": f.sha256} for f in listed
-                ]
+                body["files"] = [_entry(f) for f in listed]
             else:
-                sent = self._file(path)
-                self._send(path.parent, [replace(sent, path=path.name)], progress)
-                body["file"] = _entry(replace(sent, path=path.name))
-        answer = self.client.send("POST", "/api/push", "", body, timeout=PUSH_TIMEOUT_S)
+                root, listed = path.parent, [replace(self._file(path), path=path.name)]
+                body["file"] = _entry(listed[0])
+            for attempt in (1, 2):
+                self._send(root, listed, progress)
+                try:
+                    answer = self.client.send("POST", "/api/push", "", body, timeout=PUSH_TIMEOUT_S)
+                    break
+                except NotFoundError as exc:
+                    # A gc on the server took a blob sent but not yet pushed: send it again.
+                    if attempt == 2 or "send it first" not in str(exc):
+                        raise
         return self._version("/api/push", answer)
 
     def import_bundle(
