@@ -2,14 +2,17 @@
 
 A change queues its event in the outbox in the change's own transaction
 (`catalogs.team.record_change`), so an event exists exactly when its change
-committed. A deliverer thread claims due events, leasing each for LEASE (a
-deliverer that dies leaves it due again then), POSTs the JSON body with
-`X-Registry-Signature: sha256=<HMAC-SHA256 of the body>` (the secret read
-from the server's environment, never from the catalog), and records the
-outcome: a 2xx is delivered; anything else is tried again after a backoff
-that doubles up to an hour, GIVE_UP_AFTER times. Delivery is at least once;
-the body's `id` lets a receiver drop repeats. Servers side by side each run
-one deliverer; the claim skips rows another holds (FOR UPDATE SKIP LOCKED).
+committed. A deliverer thread claims the oldest due event, leasing it for
+`lease_s()` (a deliverer that dies leaves it due again then), POSTs the JSON
+body with `X-Registry-Signature: sha256=<HMAC-SHA256 of the body>` (the
+secret read from the server's environment, never from the catalog), and
+records the outcome: a 2xx is delivered; anything else is tried again after
+a backoff that doubles up to an hour, GIVE_UP_AFTER times. Delivery is at
+least once; the body's `id` lets a receiver drop repeats. Servers side by
+side each run one deliverer; the claim skips rows another holds (FOR UPDATE
+SKIP LOCKED). Events are claimed one at a time, so that a lease covers one
+attempt: the last events of a batch could wait past their lease, and another
+server would send them while this one still does.
 """
 
 from __future__ import annotations
@@ -31,8 +34,6 @@ if TYPE_CHECKING:
     from registry.catalogs import Catalog
     from registry.records import Delivery
 
-LEASE = timedelta(minutes=2)  # longer than one delivery can take (TIMEOUT_S, connect included)
-BATCH = 20  # events claimed at a time
 GIVE_UP_AFTER = 25  # attempts: with the backoff capped at an hour, about a day
 MAX_BACKOFF_S = 3600.0
 log = logging.getLogger("registry.hooks")
@@ -61,6 +62,12 @@ def timeout_s() -> float:
     return _setting("REGISTRY_HOOK_TIMEOUT_S", 10.0)
 
 
+def lease_s() -> float:
+    """How long a claimed event is this deliverer's: never less than an attempt can take
+    (connecting, sending and waiting for the answer, each up to `timeout_s()`)."""
+    return max(_setting("REGISTRY_HOOK_LEASE_S", 120.0), 3 * timeout_s())
+
+
 def signature(body: bytes, secret: str) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
@@ -84,13 +91,11 @@ def _run(catalog: Catalog, stop: threading.Event) -> None:
     with httpx.Client(follow_redirects=False) as http:
         while not stop.is_set():
             try:
-                claimed = catalog.claim_deliveries(LEASE, BATCH)
+                claimed = catalog.claim_deliveries(timedelta(seconds=lease_s()), 1)
             except RegistryError as exc:  # the catalog is busy or away: try again later
                 log.warning("webhooks: cannot claim events: %s", exc)
                 claimed = []
             for delivery in claimed:
-                if stop.is_set():
-                    break  # its lease runs out; this or another server sends it later
                 deliver(catalog, http, delivery)
             if not claimed:
                 stop.wait(poll_s())
@@ -125,6 +130,8 @@ def deliver(catalog: Catalog, http: object, delivery: Delivery) -> None:
             status = "timeout"
         except httpx.HTTPError as exc:
             status = f"failed: {type(exc).__name__}"
+        except (httpx.InvalidURL, UnicodeError) as exc:  # a URL httpx (or IDNA) cannot send to
+            status = f"failed: bad URL: {exc}"
     retry_at = None
     if not delivered:
         if delivery.attempts >= GIVE_UP_AFTER:
@@ -132,6 +139,6 @@ def deliver(catalog: Catalog, http: object, delivery: Delivery) -> None:
         else:
             retry_at = datetime.now(timezone.utc) + timedelta(seconds=backoff_s(delivery.attempts))
     try:
-        catalog.finish_delivery(delivery.id, status, retry_at)
+        catalog.finish_delivery(delivery, status, retry_at)
     except RegistryError as exc:  # its lease runs out and it is sent again: at least once
         log.warning("webhooks: cannot record delivery %s: %s", delivery.id, exc)

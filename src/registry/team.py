@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from registry import audit, refs, tokens
 from registry.errors import InvalidReferenceError
@@ -112,7 +113,7 @@ class TeamMethods:
             >>> reg.add_hook("https://ci.internal/hooks", ["push"], secret_env="HOOK_SECRET").id
             1
         """
-        if not url.startswith(("http://", "https://")) or refs.CONTROL.search(url):
+        if not _sendable(url):
             raise InvalidReferenceError(url, "hook URL", "give an http:// or https:// URL")
         unknown = [e for e in events if e not in audit.EVENTS]
         if unknown or not events:
@@ -149,3 +150,15 @@ class TeamMethods:
             >>> reg.remove_hook(1)
         """
         self.catalog.remove_hook(hook_id)
+
+
+def _sendable(url: str) -> bool:
+    """An http(s) URL with a host and, if any, a port a request can go to."""
+    if refs.CONTROL.search(url) or " " in url:
+        return False
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a port that is no number, or out of range
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0

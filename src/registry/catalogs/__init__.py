@@ -167,7 +167,7 @@ class Catalog(Protocol):
         """Due webhook events, leased to this deliverer; another's are skipped."""
         ...
 
-    def finish_delivery(self, delivery_id: int, status: str, retry_at: datetime | None) -> None:
+    def finish_delivery(self, delivery: Delivery, status: str, retry_at: datetime | None) -> None:
         """An attempt's outcome: delivered (`retry_at` None) or due again then."""
         ...
 

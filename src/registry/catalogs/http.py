@@ -230,7 +230,7 @@ class HttpCatalog:
     def claim_deliveries(self, lease: timedelta, limit: int) -> list[Delivery]:
         return []  # the server whose catalog it is delivers its events
 
-    def finish_delivery(self, delivery_id: int, status: str, retry_at: datetime | None) -> None:
+    def finish_delivery(self, delivery: Delivery, status: str, retry_at: datetime | None) -> None:
         """Nothing: no delivery is ever claimed here."""
 
     def referenced_digests(self) -> set[str]:

@@ -228,12 +228,15 @@ class SqlCatalog:
             team.remove_hook(s, hook_id)
 
     def claim_deliveries(self, lease: timedelta, limit: int) -> list[Delivery]:
+        with db.session(self.engine) as s:
+            if not team.any_due(s, datetime.now(timezone.utc)):
+                return []
         with db.session(self.engine, write=True) as s:
             return team.claim_deliveries(s, datetime.now(timezone.utc), lease, limit)
 
-    def finish_delivery(self, delivery_id: int, status: str, retry_at: datetime | None) -> None:
+    def finish_delivery(self, delivery: Delivery, status: str, retry_at: datetime | None) -> None:
         with db.session(self.engine, write=True) as s:
-            team.finish_delivery(s, delivery_id, status, retry_at, datetime.now(timezone.utc))
+            team.finish_delivery(s, delivery, status, retry_at, datetime.now(timezone.utc))
 
     # -- maintenance -----------------------------------------------------------------------
 

@@ -193,12 +193,20 @@ def claim_deliveries(s: Session, now: datetime, lease: timedelta, limit: int) ->
     return claimed
 
 
+def any_due(s: Session, now: datetime) -> bool:
+    """Whether some event is due: read first, so an idle deliverer takes no write lock."""
+    due = select(DeliveryRow.id).where(DeliveryRow.due_at.is_not(None), DeliveryRow.due_at <= now)
+    return s.scalar(due.limit(1)) is not None
+
+
 def finish_delivery(
-    s: Session, delivery_id: int, status: str, retry_at: datetime | None, now: datetime
+    s: Session, delivery: Delivery, status: str, retry_at: datetime | None, now: datetime
 ) -> None:
-    """Record an attempt: delivered (`retry_at` None) or due again at `retry_at`."""
-    row = s.get(DeliveryRow, delivery_id)
-    if row is None:  # its hook was removed meanwhile
+    """Record an attempt: delivered (`retry_at` None) or due again at `retry_at`. An attempt
+    that outlived its lease, the event claimed again since, records nothing: the newer
+    attempt's outcome is the one that counts."""
+    row = s.get(DeliveryRow, delivery.id, with_for_update=True)
+    if row is None or row.attempts != delivery.attempts:  # its hook removed, or claimed again
         return
     row.due_at = retry_at
     row.last_status = status
