@@ -691,7 +691,7 @@ def test_a_blob_a_gc_took_before_its_push_is_sent_again(
     client = team.client("writer", tmp_path / "c")
     with pytest.raises(NotFoundError, match="send it first"):  # the gc won twice
         client.push(saved(tmp_path / "w.pt", 40), name=name, **TINY)
-    assert sends == [1, 1]
+    assert len(sends) == 2 and sends[0] >= 1 and sends[1] == 1  # the first takes others' too
     monkeypatch.setattr(ServerPublisher, "_send", original)
     calls = iter([True, False])
 

@@ -16,7 +16,7 @@ from registry.errors import MissingExtraError
 # extra -> the modules it installs, as they are imported
 EXTRAS: dict[str, tuple[str, ...]] = {
     "s3": ("boto3", "botocore"),  # the S3 store
-    "serve": ("starlette", "uvicorn", "jinja2", "httpx", "markdown_it", "nh3"),  # `registry serve`
+    "serve": ("starlette", "uvicorn", "httptools", "jinja2", "httpx", "markdown_it", "nh3"),
     "remote": ("httpx",),  # --remote URL
     "hf": ("transformers", "peft"),  # Hugging Face folders (transformers, PEFT)
 }

@@ -110,14 +110,7 @@ class WriteApi:
         stack = contextlib.ExitStack()
         try:  # the writer's temp file goes unless the blob is placed
             writer = await _threaded(lambda: stack.enter_context(self.reg.store.writer()))
-            pending = bytearray()
-            async for chunk in request.stream():
-                pending += chunk
-                if len(pending) >= WRITE_CHUNK:
-                    await _threaded(writer.write, bytes(pending))
-                    pending.clear()
-            if pending:
-                await _threaded(writer.write, bytes(pending))
+            await _received_into(request, writer)
             found = await _threaded(writer.finish)
             if found != digest:
                 return error(
@@ -309,6 +302,31 @@ def _as(who: Caller, change: Callable[..., T], *args: Any, **kwargs: Any) -> Cal
             return change(*args, **kwargs)
 
     return run
+
+
+async def _received_into(request: Request, writer: Any) -> None:
+    """Write the request's body into `writer` in WRITE_CHUNK pieces on a worker thread while
+    the next piece arrives: receiving and writing overlap, one piece written at a time."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    writing: asyncio.Future[Any] | None = None
+    pending = bytearray()
+    try:
+        async for chunk in request.stream():
+            pending += chunk
+            if len(pending) >= WRITE_CHUNK:
+                if writing is not None:
+                    await writing
+                writing = loop.run_in_executor(None, writer.write, bytes(pending))
+                pending.clear()
+        if writing is not None:
+            await writing
+        if pending:
+            await _threaded(writer.write, bytes(pending))
+    finally:  # the writer is closed after this: no write may still run then
+        if writing is not None and not writing.done():
+            await asyncio.wait([writing])
 
 
 async def _threaded(function: Callable[..., T], *args: Any) -> T:
