@@ -31,18 +31,32 @@ class Footprint:
     operation: str
     idle: int
     peak: int
-    limit: int
+    limit: int | None  # None: measured, no target
     limit_text: str
     anonymous_added: int | None = None
+    absolute: bool = False  # the target bounds the peak itself, not what the operation added
+    anonymous_peak: int | None = None
 
     @property
     def added(self) -> int:
         return self.peak - self.idle
 
     @property
+    def judged(self) -> int:
+        """The memory the target bounds: the peak, the anonymous memory added, or all added."""
+        if self.absolute:
+            return self.peak
+        return self.anonymous_added if self.anonymous_added is not None else self.added
+
+    def measured(self) -> str:
+        return f"{self.judged / MIB:{'' if self.absolute else '+'}.0f} MiB"
+
+    @property
     def call(self) -> str:
-        measured = self.anonymous_added if self.anonymous_added is not None else self.added
-        return "pass" if measured <= self.limit else "FAIL"
+        """pass or FAIL; empty for a row with no target."""
+        if self.limit is None:
+            return ""
+        return "pass" if self.judged <= self.limit else "FAIL"
 
 
 def status(pid: int | str = "self") -> dict[str, int]:

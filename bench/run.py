@@ -31,6 +31,7 @@ import folders
 import harness
 import memory
 import services
+import team
 from harness import Result, seconds
 
 from registry import db
@@ -42,6 +43,8 @@ BY_HAND = "<!-- measured by hand below: bench/run.py keeps this part -->"
 DISK_NEEDED_FOR_VGG16 = 3_000_000_000  # the checkpoint, a stocked registry, a push, a copy
 # Figure 12's 2 GB folder: every run's copy and registry kept until the comparison ends.
 DISK_NEEDED_FOR_FOLDERS = 36_000_000_000
+# Figure 13: each pull run's three downloads and a cache copy kept until the comparison ends.
+DISK_NEEDED_FOR_TEAM = 20_000_000_000
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,20 @@ FIGURES = [
         "**12c** (memory): below.",
     ),
     Figure(
+        "13",
+        "team",
+        "a team through its server: push, re-push, pull, and the server's memory",
+        " ".join((team.__doc__ or "").split("\n\n")[1].split())
+        + " **13a** (push): the baseline is a local push, `Registry(home=...).push(FILE, "
+        "arch=...)` into a brand-new registry each run, as figure 1's; the first push "
+        "through the server is timed from the client: `Registry(remote=URL, token=...)` "
+        "made, the file hashed, `POST /api/blobs/missing`, `PUT /api/blobs/SHA256` (the "
+        "whole file, streamed), `POST /api/push` (the server reads the weights against the "
+        "arch, writes the manifest and the catalog) and its answer. **13b** (pull): the "
+        "baseline streams `GET /api/files/REF` with httpx (1 MiB reads, the token in the "
+        "header) into a file, no hash, no fsync. **13c** (memory): below.",
+    ),
+    Figure(
         "6",
         "catalog",
         "a large catalog",
@@ -291,6 +308,29 @@ def main(argv: list[str]) -> None:
                             part.footprints or [],
                             part.growths or [],
                             folders.memory_table,
+                        )
+                    )
+                continue
+            if figure.name == "team":
+                arch = archs[-1]
+                print(f"figure {figure.number} ({figure.name}), {arch}", flush=True)
+                free = shutil.disk_usage(workdir).free
+                if not args.quick and free < DISK_NEEDED_FOR_TEAM:
+                    sys.exit(
+                        f"bench: {workdir} has {free / 1e9:.1f} GB free; figure 13 needs "
+                        f"{DISK_NEEDED_FOR_TEAM / 1e9:.0f} GB (set TMPDIR to a roomier disk)"
+                    )
+                n = args.repeats if args.repeats is not None else 3 if args.quick else 5
+                for part in team.figure(ws, arch, args.quick, n):
+                    sections.append(
+                        Section(
+                            figure,
+                            part.subtitle,
+                            part.results,
+                            part.notes,
+                            part.footprints or [],
+                            [],
+                            team.memory_table,
                         )
                     )
                 continue
@@ -432,10 +472,11 @@ def render(
                     f"{_call(v.call)} |"
                 )
         for f in section.footprints:
-            added = f.anonymous_added if f.anonymous_added is not None else f.added
+            if not f.call:  # measured, no target
+                continue
             lines.append(
                 f"| {section.figure.number} · {section.subtitle.split(',')[0]} | {f.operation} | "
-                f"{f.limit_text} | {added / memory.MIB:+.0f} MiB | {_call(f.call)} |"
+                f"{f.limit_text} | {f.measured()} | {_call(f.call)} |"
             )
         for g in section.growths:
             lines.append(
@@ -564,14 +605,19 @@ def kept_from(old: str, new: str, run: set[str]) -> str:
         (ln.split(": ", 1)[1] for ln in old.splitlines() if ln.startswith("- started: ")), "?"
     )
     others = sorted({_figure_of(b) for b in kept}, key=int)
-    source = f"`{command.removeprefix('$ ')}`, started {started}"
-    earlier = next((ln for ln in old.splitlines() if " are kept from the report before" in ln), "")
-    if earlier:  # the old report kept them from an earlier one: that run measured them
-        source = earlier.split("`--only` run: ", 1)[1].rsplit(", on the machine", 1)[0]
-    note = (
-        f"Figures {', '.join(others)} (their rows and tables) are kept from the report "
-        f"before this `--only` run: {source}, on the machine then described."
-    )
+    own = f"`{command.removeprefix('$ ')}`, started {started}"
+    earlier = _sources(old)  # what the old report kept from an earlier one: that run measured it
+    by_source: dict[str, list[str]] = {}
+    for number in others:
+        by_source.setdefault(earlier.get(number, own), []).append(number)
+    notes = []
+    for source, numbers in by_source.items():
+        many = len(numbers) > 1
+        notes.append(
+            f"Figure{'s' * many} {', '.join(numbers)} ({'their' if many else 'its'} rows and "
+            f"tables) {'are' if many else 'is'}{KEPT}{source}, on the machine then described."
+        )
+    note = "\n\n".join(notes)
     head, rest = new.split("## Targets\n", 1)
     head = head + note + "\n\n"
     table_head, rest = rest.split("|---|---|---|---|---|\n", 1)
@@ -590,6 +636,21 @@ def kept_from(old: str, new: str, run: set[str]) -> str:
     )
 
 
+KEPT = " kept from the report before this `--only` run: "
+
+
+def _sources(report: str) -> dict[str, str]:
+    """The run that measured each figure a report kept from an earlier one: number -> source."""
+    found = {}
+    for line in report.splitlines():
+        if line.startswith("Figure") and KEPT in line:
+            head, source = line.split(KEPT, 1)
+            numbers = head.split(" ", 1)[1].split(" (", 1)[0]
+            for number in numbers.split(", "):
+                found[number.strip()] = source.rsplit(", on the machine", 1)[0]
+    return found
+
+
 def by_hand(report: Path) -> str:
     """The hand-measured sections of the current report, kept across rewrites."""
     old = report.read_text() if report.exists() else ""
@@ -602,7 +663,11 @@ def print_targets(sections: list[Section]) -> None:
             for v in r.verdicts():
                 print(f"{v.call:10}  {r.figure}: {r.label}: {v.measured()} ({v.target.text()})")
         for f in section.footprints:
-            print(f"{f.call:10}  {section.figure.number}: {f.operation}: {f.limit_text}")
+            if f.call:
+                print(
+                    f"{f.call:10}  {section.figure.number}: {f.operation}: {f.measured()} "
+                    f"({f.limit_text})"
+                )
         for g in section.growths:
             print(f"{g.call:10}  {section.figure.number}: {g.operation}: {g.measured()}")
 
