@@ -279,6 +279,9 @@ FSDP_SAVE = textwrap.dedent(
         full = {k: v.full_tensor() for k, v in msd.items()}
         if rank == 0:
             torch.save(full, out + "/ref.pt")
+        # Both ranks done before either tears gloo down: a rank that leaves while the
+        # other still holds work in flight can abort ("terminate called ...").
+        dist.barrier()
         dist.destroy_process_group()
 
     if __name__ == "__main__":

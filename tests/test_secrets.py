@@ -8,11 +8,13 @@ REGISTRY_TEST_DATABASE_URL is unset) and a real S3 server (moto over HTTP on
 loopback) reached with distinctive keys; `registry serve` runs as a
 subprocess with a token. No secret may appear in any stdout, stderr, log
 line, HTTP response or exception message; with REGISTRY_DEBUG=1 a traceback
-may name types, never the secrets.
+may name types, never the secrets. A token that `token create` prints, and
+a webhook's HMAC secret, follow the same rule: the token is shown that once.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -41,13 +43,16 @@ SECRET_KEY = "h2-aws-S3cr3t-Zz91kq"
 TOKEN = "h2-serve-T0ken-Q7mm"
 WRONG_TOKEN = "h2-wrong-T0ken-P3xx"
 URL_SECRET = "h2-url-S3cr3t-Lb2"
-SECRETS = [PASSWORD, WRONG_PASSWORD, KEY_ID, SECRET_KEY, TOKEN, WRONG_TOKEN, URL_SECRET]
+HOOK_SECRET = "h2-hook-S3cr3t-Vn8"
+SECRETS = [
+    PASSWORD, WRONG_PASSWORD, KEY_ID, SECRET_KEY, TOKEN, WRONG_TOKEN, URL_SECRET, HOOK_SECRET
+]  # fmt: skip
 ROLE = "h2_secret_role"
 BUCKET = "h2-secret-models"
 
 
-def leaked(text: str) -> list[str]:
-    return [secret for secret in SECRETS if secret in text]
+def leaked(text: str, made: list[str] = []) -> list[str]:  # noqa: B006 (never mutated)
+    return [secret for secret in SECRETS + made if secret in text]
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +113,8 @@ class Transcript:
     def __init__(self, debug: bool) -> None:
         self.debug = debug
         self.outputs: list[tuple[list[str], str]] = []
+        self.made: list[str] = []  # tokens `token create` printed: shown that once, never again
+        self.shown_once: set[int] = set()
         self.commands: set[str] = set()
         self.failures = 0
 
@@ -129,9 +136,19 @@ class Transcript:
     def add(self, what: list[str], text: str) -> None:
         self.outputs.append((what, text))
 
+    def make_token(self, *args: str) -> str:
+        """Run `token create`, whose one output may show the token it made."""
+        made = json.loads(self.run(*args, "--json", ok=True))["token"]
+        self.made.append(made)
+        self.shown_once.add(len(self.outputs) - 1)
+        return made
+
     def check(self) -> None:
-        found = [(what, leaked(text)) for what, text in self.outputs if leaked(text)]
-        assert found == [], found
+        found = [
+            (what, leaked(text, [] if i in self.shown_once else self.made))
+            for i, (what, text) in enumerate(self.outputs)
+        ]
+        assert [pair for pair in found if pair[1]] == []
 
 
 def command_of(args: tuple[str, ...] | list[str]) -> str:
@@ -143,9 +160,12 @@ def command_of(args: tuple[str, ...] | list[str]) -> str:
             rest.pop(0)
         elif not word.startswith("-"):
             words.append(word)
-            if word not in ("db", "cache"):
+            if word not in GROUPS:
                 break
     return " ".join(words)
+
+
+GROUPS = {name for name, command in cli.commands.items() if hasattr(command, "commands")}
 
 
 def every_command() -> set[str]:
@@ -187,6 +207,17 @@ def test_no_secret_in_any_output_of_any_command(
     t.run(*base, "alias", "lin@v1", "prod", ok=True)
     t.run(*base, "alias", "--delete", "lin", "prod", ok=True)
     t.run(*base, "tag", "lin@v1", "k=v", ok=True)
+    t.run(*base, "describe", "lin@v1", "A *linear* model.", ok=True)
+    t.run(*base, "log", ok=True)
+    t.run(*base, "log", "lin", "--json", ok=True)
+    writer = t.make_token(*base, "token", "create", "ci-bot", "--scope", "write", "--models", "lin")
+    t.make_token(*base, "token", "create", "gone", "--expires", "1d")
+    t.run(*base, "token", "ls", ok=True)
+    t.run(*base, "token", "revoke", "gone", ok=True)
+    hook = t.run(*base, "hook", "add", "http://127.0.0.1:1/hook", "--secret-env", "H2_HOOK_SECRET",
+                 "--json", env={"H2_HOOK_SECRET": HOOK_SECRET}, ok=True)  # fmt: skip
+    t.run(*base, "hook", "ls", ok=True)
+    t.run(*base, "hook", "rm", str(json.loads(hook)["id"]), ok=True)
     t.run(*base, "verify", ok=True)
     t.run(*base, "export", "--all", "-o", "b.tar", ok=True)
     t.run(*base, "import", "b.tar", ok=True)
@@ -245,7 +276,12 @@ def test_no_secret_in_any_output_of_any_command(
         t.run(*remote, "ls", env=good, ok=True)
         t.run(*remote, "show", "lin@v1", env=good, ok=True)
         t.run(*remote, "pull", "lin@v1", "-o", "remote.pth", env=good, ok=True)
-        t.run(*remote, "push", str(w1), *LINEAR, env=good, ok=False)
+        t.run(*remote, "push", str(w1), *LINEAR, env=good, ok=False)  # a read token
+        write = {"REGISTRY_TOKEN": writer}
+        t.run(*remote, "push", str(w2), "--name", "lin", *LINEAR, env=write, ok=True)
+        t.run(*remote, "describe", "lin@v1", "Through the server.", env=write, ok=True)
+        t.run(*remote, "log", "lin", env=write, ok=True)
+        t.run(*remote, "rm", "lin@v1", env=write, ok=False)  # write is not admin
         t.run(*remote, "ls", env=bad, ok=False)
         t.run(*remote, "pull", "lin@v1", "-o", "r2.pth", env=bad, ok=False)
         t.run(*remote, "ls", env={}, ok=False)
@@ -259,7 +295,8 @@ def test_no_secret_in_any_output_of_any_command(
     assert "GET /api/models 401" in log and "GET / 303" in log  # the access log is on
     dead = ["--home", str(tmp_path / "client"), "--remote", server.url]
     t.run(*dead, "ls", env={"REGISTRY_TOKEN": TOKEN}, ok=False)  # the server is gone
-    t.run(*base, "serve", "--host", "0.0.0.0", ok=False)  # no token: refused
+    t.run(*base, "token", "revoke", "ci-bot", ok=True)
+    t.run(*base, "serve", "--host", "0.0.0.0", ok=False)  # no token, none in the catalog: refused
     assert t.commands >= every_command(), every_command() - t.commands
     assert t.failures >= 15
     t.check()
