@@ -36,6 +36,8 @@ __all__ = ["aws", "bucket", "team"]  # test_s3's fixtures, served here through t
 DAY = timedelta(days=1)
 # Request and answer headers that belong to one connection, not to the message.
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
+# What boto3's CRC checksums add to a request (the checksum itself, or one in a trailer).
+CHECKSUM_HEADERS = ("x-amz-checksum", "x-amz-sdk-checksum", "x-amz-trailer")
 
 
 class ClockProxy:
@@ -53,6 +55,9 @@ class ClockProxy:
         self.offset = timedelta(0)
         self.date: Callable[[], str | None] = lambda: format_datetime(self.now(), usegmt=True)
         self.hold_parts = False
+        self.refuse_checksums = False
+        self.checksummed = 0
+        self.requests: list[str] = []  # "GET /bucket/key?query", in order
         self.created = threading.Event()  # an upload was begun
         self.listed = threading.Event()  # a listing showed an upload
         self._started: dict[bytes, datetime] = {}
@@ -99,6 +104,12 @@ class _Forward(BaseHTTPRequestHandler):
     def _forward(self) -> None:
         proxy: ClockProxy = self.server.proxy  # type: ignore[attr-defined]
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        proxy.requests.append(f"{self.command} {self.path}")
+        if any(name.lower().startswith(CHECKSUM_HEADERS) for name in self.headers):
+            proxy.checksummed += 1
+            if proxy.refuse_checksums:
+                self._refuse_checksum()
+                return
         query = parse_qs(urlsplit(self.path).query, keep_blank_values=True)
         if proxy.hold_parts and "partNumber" in query:
             proxy.listed.wait(30)
@@ -124,6 +135,17 @@ class _Forward(BaseHTTPRequestHandler):
             self.send_header("Date", date)
         self.end_headers()
         self.wfile.write(data)
+
+    def _refuse_checksum(self) -> None:
+        error = (
+            b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>NotImplemented</Code>"
+            b"<Message>Header 'x-amz-checksum-crc32' not implemented</Message></Error>"
+        )
+        self.send_response_only(501, "Not Implemented")
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(error)))
+        self.end_headers()
+        self.wfile.write(error)
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
 

@@ -107,9 +107,12 @@ def _copy(
     step: Callable[[int], None],
 ) -> None:
     ref = folders.file_ref(version, file)
-    blake3 = reads.blake3_check(file.sha256, ref) if verify else None
-    source = reads.store.open(file.sha256, ref)
-    files.copy_verified(source, destination, file.sha256, ref, verify, step, blake3)
+    with files.atomic_file(destination) as out:
+        if reads.store.fetch_into(file.sha256, ref, out, step):
+            return  # written as it was fetched into the cache, and verified
+        blake3 = reads.blake3_check(file.sha256, ref) if verify else None
+        source = reads.store.open(file.sha256, ref)
+        files.copy_stream_verified(source, out, file.sha256, ref, verify, step, blake3)
 
 
 def _plain(path: str) -> str:

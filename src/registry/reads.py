@@ -92,13 +92,15 @@ class Reads:
             return target
 
         def copy() -> None:
-            with self.progress(f"pull {version.ref}", version.size) as advance:
+            digest, ref = version.sha256, version.ref
+            with self.progress(f"pull {ref}", version.size) as advance:
                 progress = crash_half_way("pull-copy", version.size, advance)
-                blake3 = self.blake3_check(version.sha256, version.ref) if verify else None
-                source = self.store.open(version.sha256, version.ref)
-                files.copy_verified(
-                    source, target, version.sha256, version.ref, verify, progress, blake3
-                )
+                with files.atomic_file(target) as out:
+                    if self.store.fetch_into(digest, ref, out, progress):
+                        return  # written as it was fetched into the cache, and verified
+                    blake3 = self.blake3_check(digest, ref) if verify else None
+                    source = self.store.open(digest, ref)
+                    files.copy_stream_verified(source, out, digest, ref, verify, progress, blake3)
 
         self.read_blobs(copy, version.sha256)
         return target

@@ -34,7 +34,7 @@ from registry.errors import (
     from_server,
 )
 from registry.faults import crash_point
-from registry.stores.folder import BlobWriter
+from registry.stores.cache import Sink
 
 if TYPE_CHECKING:
     import httpx
@@ -125,7 +125,7 @@ class Client:
         except ValueError:
             raise self.unexpected(path, "an answer that is not JSON") from None
 
-    def download(self, ref: str, digest: str, sink: BlobWriter) -> None:
+    def download(self, ref: str, digest: str, sink: Sink) -> None:
         """Stream the file of version `ref` (whose sha256 is `digest`) into `sink`.
 
         `ref` may name one file of a folder version, `NAME@vN/PATH`

@@ -14,6 +14,7 @@ through a `BlobWriting` that hashes on the way and places the blob only on
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -67,8 +68,12 @@ class Store(Protocol):
         """Where the blobs are, fit to print (no secrets)."""
         ...
 
-    def writer(self) -> AbstractContextManager[BlobWriting]:
-        """A writer whose bytes are dropped unless it was committed."""
+    def writer(self, source: Path | None = None) -> AbstractContextManager[BlobWriting]:
+        """A writer whose bytes are dropped unless it was committed.
+
+        `source`: the file that will be written into it, where known, so that a
+        remote store can send its bytes while they are written.
+        """
         ...
 
     def exists(self, digest: str) -> bool: ...
@@ -83,6 +88,13 @@ class Store(Protocol):
 
     def open(self, digest: str, ref: str) -> BinaryIO:
         """The blob's bytes as a stream; IntegrityError for `ref` if missing."""
+        ...
+
+    def fetch_into(
+        self, digest: str, ref: str, sink: BinaryIO, progress: Callable[[int], None]
+    ) -> bool:
+        """Where the blob is not on this machine yet, fetch it (verified), writing its bytes
+        to `sink` too; False: it is here, read it with `open`."""
         ...
 
     def hash(self, digest: str, ref: str) -> str:

@@ -15,12 +15,26 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, ClassVar
+from typing import BinaryIO, ClassVar, Protocol
 
 from registry.digests import Check
 from registry.errors import IntegrityError
-from registry.stores.folder import BlobStore, BlobWriter
+from registry.stores.folder import BlobStore
+
+
+class Sink(Protocol):
+    """Where `_download` writes: the cache's writer, or that and a pull's file."""
+
+    @property
+    def size(self) -> int:
+        """The bytes written so far."""
+        ...
+
+    def write(self, data: bytes | memoryview) -> int: ...
+
+    def flush(self) -> None: ...
 
 
 class CachedStore:
@@ -31,21 +45,41 @@ class CachedStore:
     # cache that no gc cleans (HttpStore); an S3 store's gc counts and removes them.
     reclaims_before_fill: ClassVar[bool] = False
 
-    def _download(self, digest: str, ref: str, sink: BlobWriter) -> None:
+    def _download(self, digest: str, ref: str, sink: Sink) -> None:
         """Write the blob's bytes into `sink`; `_fetch` verifies and keeps them."""
         raise NotImplementedError
 
-    def _fetch(self, digest: str, ref: str) -> None:
-        """Bring a blob into the cache, keeping it only if its bytes match `digest`."""
+    def _fetch(
+        self,
+        digest: str,
+        ref: str,
+        also: tuple[BinaryIO, Callable[[int], None]] | None = None,
+    ) -> None:
+        """Bring a blob into the cache, keeping it only if its bytes match `digest`;
+        each chunk goes to `also` too, as it comes."""
         if self.reclaims_before_fill:
             with contextlib.suppress(OSError):  # cleaning up never fails the read itself
                 self.cache.reclaim_temp_files()
         with self.cache.writer() as writer:
-            self._download(digest, ref, writer)
+            self._download(digest, ref, writer if also is None else _Tee(writer, *also))
             actual = writer.finish()
             if actual != digest:
                 raise IntegrityError(ref, digest, actual)
             writer.commit()
+
+    def fetch_into(
+        self, digest: str, ref: str, sink: BinaryIO, progress: Callable[[int], None]
+    ) -> bool:
+        """Where the cache lacks the blob, fetch it, writing its bytes to `sink` on the way
+        (one read of the network, hashed once); False: the cache has it, read it there.
+
+        IntegrityError when the bytes were not `digest`'s: `sink` got them, so the
+        caller drops it.
+        """
+        if self.cache.exists(digest):
+            return False
+        self._fetch(digest, ref, also=(sink, progress))
+        return True
 
     def local_path(self, digest: str, ref: str) -> Path:
         """The cached copy, fetched first when the cache lacks it; its use is remembered."""
@@ -91,3 +125,22 @@ class CachedStore:
             if not dry_run:
                 path.unlink(missing_ok=True)
         return removed, freed
+
+
+class _Tee:
+    """A cache writer whose every chunk is also written to a second sink, with progress."""
+
+    def __init__(self, writer: Sink, also: BinaryIO, progress: Callable[[int], None]) -> None:
+        self._writer, self._also, self._progress = writer, also, progress
+
+    @property
+    def size(self) -> int:
+        return self._writer.size
+
+    def write(self, data: bytes | memoryview) -> int:
+        self._also.write(data)
+        self._progress(len(data))
+        return self._writer.write(data)
+
+    def flush(self) -> None:
+        self._writer.flush()

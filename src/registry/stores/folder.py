@@ -20,7 +20,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
@@ -214,8 +214,9 @@ class BlobStore:
         return len(temps), freed
 
     @contextlib.contextmanager
-    def writer(self) -> Iterator[BlobWriter]:
-        """A BlobWriter whose temp file is removed unless it was committed."""
+    def writer(self, source: Path | None = None) -> Iterator[BlobWriter]:
+        """A BlobWriter whose temp file is removed unless it was committed (`source`
+        changes nothing: this folder is where readers look)."""
         with storage_errors(self.tmp_dir):
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
             writer = BlobWriter(self)
@@ -224,6 +225,12 @@ class BlobStore:
                 yield writer
         finally:
             writer.discard()
+
+    def fetch_into(
+        self, digest: str, ref: str, sink: BinaryIO, progress: Callable[[int], None]
+    ) -> bool:
+        """Nothing to fetch: the blobs are here."""
+        return False
 
     def open(self, digest: str, ref: str) -> BinaryIO:
         """Open a blob for reading; a missing blob is an IntegrityError for `ref`."""

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 from typing import NoReturn
 
 from registry.errors import ReadOnlyError
 from registry.remote import Client
-from registry.stores.cache import CachedStore
+from registry.stores.cache import CachedStore, Sink
 from registry.stores.folder import BlobStore, BlobWriter
 
 
@@ -44,7 +45,7 @@ class HttpStore(CachedStore):
     def location(self) -> str:
         return self.client.url
 
-    def writer(self) -> contextlib.AbstractContextManager[BlobWriter]:
+    def writer(self, source: Path | None = None) -> contextlib.AbstractContextManager[BlobWriter]:
         self._refuse("writing a blob")
 
     def exists(self, digest: str) -> bool:
@@ -67,7 +68,7 @@ class HttpStore(CachedStore):
         """The cache's temp files whose downloader is gone."""
         return self.cache.reclaim_temp_files(dry_run)
 
-    def _download(self, digest: str, ref: str, sink: BlobWriter) -> None:
+    def _download(self, digest: str, ref: str, sink: Sink) -> None:
         """Stream version `ref`'s file from the server into `sink`."""
         self.client.download(ref, digest, sink)
 

@@ -5,11 +5,16 @@
       sha256/39/3979...(64 hex)
       tmp/
 
-A push hashes the file into the cache first; the object is uploaded (boto3's
-transfer manager: multipart, parallel) only when the bucket lacks it, and the
-version is recorded only once the upload completed, so an interrupted upload
-leaves no visible object. A read the cache lacks streams the object into it
-(`_download`, one GET); `CachedStore` keeps the blob only if its bytes match,
+A push of a file hashes it (read only) for its key and, when the bucket lacks
+it, uploads it while copying it into the cache: each part is cut from the
+bytes being hashed (`s3_parts`), and the upload is completed only if they
+hashed to that key. Anything else (a stream, a small file, a failed part) is
+uploaded once hashed (boto3's transfer manager). The version is recorded only
+once the upload completed, so an interrupted upload leaves no visible object.
+Uploads carry boto3's CRC32 checksums unless the endpoint refused them once
+(remembered in the cache folder). A read the cache lacks streams the object
+into it (`_download`, one GET), and a pull writes its file from the same
+stream; `CachedStore` keeps the blob only if its bytes match,
 verifies it on every use as a local one is, and drops a damaged copy so that
 it is fetched again; gc removes a killed fill's temp file. Credentials,
 region and endpoint come from the standard AWS chain; nothing secret is kept
@@ -23,7 +28,7 @@ import email.utils
 import functools
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -34,8 +39,9 @@ from registry.digests import Check
 from registry.errors import ConfigurationError, IntegrityError, StorageError
 from registry.faults import crash_half_way, crash_point
 from registry.files import CHUNK_SIZE
-from registry.stores.cache import CachedStore
+from registry.stores.cache import CachedStore, Sink
 from registry.stores.folder import BlobStore, BlobWriter
+from registry.stores.s3_parts import PART_SIZE, PartUpload
 
 # Incomplete multipart uploads older than this, by the S3 server's clock, are a killed
 # push's: gc aborts them.
@@ -43,6 +49,8 @@ STALE_UPLOAD = timedelta(days=1)
 # Tries of each request (throttling, 5xx, a dropped connection) unless AWS_MAX_ATTEMPTS
 # or the config file's max_attempts says otherwise.
 MAX_ATTEMPTS = 6
+# In the cache folder: the endpoints that refused boto3's CRC checksums, one a line.
+REFUSING_CHECKSUMS = "refusing-checksums"
 
 
 class S3Store(CachedStore):
@@ -59,6 +67,7 @@ class S3Store(CachedStore):
         # gc aborts incomplete multipart uploads older than this (None: STALE_UPLOAD);
         # an upload still running elsewhere is younger.
         self.stale_upload: timedelta | None = None
+        self.checksums = True  # whether uploads carry boto3's CRC32
         self._client: Any = None
 
     @property
@@ -67,26 +76,34 @@ class S3Store(CachedStore):
 
     @property
     def client(self) -> Any:
+        """boto3's client with its default checksums, or without them for an endpoint
+        that refused them (see `_sending`)."""
         if self._client is None:
-            self._require_boto3()
-            import boto3
-            import botocore.session
-            from botocore.config import Config
-
-            # A session of its own reads the credentials when this store is first used,
-            # not when the process first used boto3 (boto3's default session keeps those).
-            session = botocore.session.get_session()
-            session.register_component("data_loader", _service_descriptions())
-            attempts = session.get_config_variable("max_attempts") or MAX_ATTEMPTS
-            config = Config(
-                retries={"total_max_attempts": attempts, "mode": "standard"},
-                # boto3 >= 1.36 sends CRC checksums by default, which MinIO, R2 and
-                # others refuse (boto/boto3#4392); the SHA-256 is the integrity check.
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-            )
-            self._client = boto3.Session(botocore_session=session).client("s3", config=config)
+            self._client = self._make_client(checksums=True)
+            if self._client.meta.endpoint_url in self._refusing_checksums():
+                self._client, self.checksums = self._make_client(checksums=False), False
         return self._client
+
+    def _make_client(self, checksums: bool) -> Any:
+        self._require_boto3()
+        import boto3
+        import botocore.session
+        from botocore.config import Config
+
+        # A session of its own reads the credentials when this store is first used,
+        # not when the process first used boto3 (boto3's default session keeps those).
+        session = botocore.session.get_session()
+        session.register_component("data_loader", _service_descriptions())
+        attempts = session.get_config_variable("max_attempts") or MAX_ATTEMPTS
+        config = Config(
+            retries={"total_max_attempts": attempts, "mode": "standard"},
+            # boto3 >= 1.36 sends a CRC32 of each upload, which MinIO, R2 and others
+            # refuse (boto/boto3#4392): off for an endpoint that did. Answers are not
+            # CRC-checked: every read is verified by its SHA-256 or BLAKE3 anyway.
+            request_checksum_calculation="when_supported" if checksums else "when_required",
+            response_checksum_validation="when_required",
+        )
+        return boto3.Session(botocore_session=session).client("s3", config=config)
 
     def key(self, digest: str) -> str:
         return f"{self.prefix}sha256/{digest}"
@@ -94,9 +111,17 @@ class S3Store(CachedStore):
     # -- writing ---------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def writer(self) -> Iterator[_UploadingWriter]:
+    def writer(self, source: Path | None = None) -> Iterator[_UploadingWriter]:
+        """A cache writer that uploads on `publish`; given the `source` file whose bytes
+        it will be written, it uploads them while they are written (`s3_parts`)."""
         with self.cache.writer() as writer:
-            yield _UploadingWriter(self, writer)
+            uploading = _UploadingWriter(self, writer)
+            if source is not None:
+                uploading.begin_upload(source)
+            try:
+                yield uploading
+            finally:
+                uploading.abort_upload()
 
     def upload(self, path: Path, digest: str) -> None:
         """Upload a finished, hashed blob unless the bucket holds it already."""
@@ -106,9 +131,36 @@ class S3Store(CachedStore):
 
         sent = crash_half_way("s3-upload", path.stat().st_size, lambda n: None)
         with self._errors():
-            self.client.upload_file(
-                str(path), self.bucket, self.key(digest), Config=TransferConfig(), Callback=sent
+            self._sending(
+                lambda client: client.upload_file(
+                    str(path), self.bucket, self.key(digest), Config=TransferConfig(), Callback=sent
+                )
             )
+
+    def _sending(self, send: Callable[[Any], None]) -> None:
+        """Run `send(client)`; where the endpoint refuses boto3's CRC checksums, run it
+        once more without them and remember that endpoint (in this cache)."""
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import ClientError
+
+        try:
+            send(self.client)
+            return
+        except (ClientError, S3UploadFailedError) as exc:
+            cause = exc.__context__ if isinstance(exc, S3UploadFailedError) else exc
+            if not (self.checksums and isinstance(cause, ClientError) and _refusal(cause)):
+                raise
+        plain = self._make_client(checksums=False)
+        send(plain)  # what it raises is not about checksums
+        self._client, self.checksums = plain, False
+        with contextlib.suppress(OSError), open(self.cache.root / REFUSING_CHECKSUMS, "a") as f:
+            f.write(f"{plain.meta.endpoint_url}\n")
+
+    def _refusing_checksums(self) -> set[str]:
+        try:
+            return set((self.cache.root / REFUSING_CHECKSUMS).read_text().split())
+        except OSError:
+            return set()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -192,7 +244,7 @@ class S3Store(CachedStore):
             self.client.head_bucket(Bucket=self.bucket)
         return None
 
-    def _download(self, digest: str, ref: str, sink: BlobWriter) -> None:
+    def _download(self, digest: str, ref: str, sink: Sink) -> None:
         """Stream the object into `sink`; a missing one is an IntegrityError for `ref`.
 
         One streamed GET: boto3's ranged download into a stream that cannot
@@ -274,11 +326,22 @@ def _service_descriptions() -> Any:
 
 
 _NOT_FOUND = ("404", "NoSuchKey", "NotFound")
+# How S3-compatible servers refused boto3's CRC checksums (boto/boto3#4392 and its kin).
+_CHECKSUM_REFUSALS = (
+    "NotImplemented", "InvalidArgument", "InvalidRequest", "BadRequest", "Unauthorized",
+    "XAmzContentSHA256Mismatch", "AuthorizationHeaderMalformed", "MissingContentMD5",
+    "InvalidDigest",
+)  # fmt: skip
 _DENIED = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken")
 
 
 def _code(exc: Any) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _refusal(exc: Any) -> bool:
+    """Whether an upload's error may be an endpoint refusing the checksum it carried."""
+    return _status(exc) == 501 or (_status(exc) in (400, 401) and _code(exc) in _CHECKSUM_REFUSALS)
 
 
 def _status(exc: Any) -> int:
@@ -295,12 +358,42 @@ def _server_time(answer: dict[str, Any]) -> datetime:
     return sent if sent.tzinfo else sent.replace(tzinfo=timezone.utc)  # "-0000" is UTC too
 
 
+def _sha256_of(path: Path) -> str:
+    hasher = hashlib.sha256()
+    buffer = bytearray(CHUNK_SIZE)
+    view = memoryview(buffer)
+    with open(path, "rb") as file:
+        while n := file.readinto(buffer):
+            hasher.update(view[:n])
+    return hasher.hexdigest()
+
+
 class _UploadingWriter:
     """A cache writer whose commit uploads the blob first: in the bucket, then in the cache."""
 
     def __init__(self, store: S3Store, writer: BlobWriter) -> None:
         self._store, self._writer = store, writer
         self.temp_path = writer.temp_path
+        self._parts: PartUpload | None = None
+        self._expected = ""  # the digest the parts are uploaded under
+
+    def begin_upload(self, source: Path) -> None:
+        """Hash `source` (read only) and begin its upload under that digest, unless it is
+        small or in the bucket already; what fails here is left to `publish`."""
+        try:
+            size = source.stat().st_size
+            if size < PART_SIZE:
+                return
+            expected = _sha256_of(source)
+            if self._store.exists(expected):
+                return
+            store = self._store
+            self._parts = PartUpload(
+                store.client, store.bucket, store.key(expected), size, store.checksums
+            )
+            self._expected = expected
+        except Exception:  # the ordinary upload says what went wrong
+            self._parts = None
 
     @property
     def size(self) -> int:
@@ -311,17 +404,40 @@ class _UploadingWriter:
         return self._writer.check
 
     def write(self, data: bytes | memoryview) -> int:
-        return self._writer.write(data)
+        written = self._writer.write(data)
+        if self._parts is not None:
+            self._parts.write(data)
+        return written
 
     def flush(self) -> None:
         self._writer.flush()
 
     def finish(self) -> str:
+        if self._parts is not None:
+            self._parts.close()
         return self._writer.finish()
 
     def publish(self) -> None:
-        self._store.upload(self._writer.temp_path, self._writer.finish())
+        digest = self._writer.finish()
+        parts, self._parts = self._parts, None
+        if parts is not None and parts.failure is None and digest == self._expected:
+            try:
+                parts.complete()  # the bytes hashed to `digest` are the bytes sent
+            except Exception:  # the ordinary upload tries again, or says why
+                parts.abort()
+            else:
+                crash_point("s3-uploaded")
+                return
+        elif parts is not None:  # a part failed, or the file changed since it was hashed
+            parts.abort()
+        self._store.upload(self._writer.temp_path, digest)
         crash_point("s3-uploaded")
+
+    def abort_upload(self) -> None:
+        """Drop an upload begun and never completed: the push failed before `publish`."""
+        if self._parts is not None:
+            self._parts.abort()
+            self._parts = None
 
     def commit(self) -> str:
         digest = self._writer.finish()
