@@ -79,14 +79,16 @@ class SqlCatalog:
 
     def get(self, ref: str) -> ModelVersion:
         with db.session(self.engine) as s:
-            return _record(s, *queries.resolve(s, refs.parse_ref(ref)))
+            return queries.lookup(s, refs.parse_ref(ref))
 
     def versions(
         self, name: str, arch: str | None, tags: Mapping[str, str] | None, limit: int | None
     ) -> list[ModelVersion]:
         with db.session(self.engine) as s:
-            queries.model_row(s, name)
-            return queries.search(s, name=name, arch=arch, tags=tags, limit=limit)
+            found = queries.search(s, name=name, arch=arch, tags=tags, limit=limit)
+            if not found:
+                queries.model_row(s, name)  # raises if there is no such model
+            return found
 
     def search(
         self,
