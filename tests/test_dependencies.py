@@ -269,7 +269,9 @@ def test_client_killed_mid_fill_leaves_a_temp_file_the_next_pull_reclaims(
     assert len(left) == 1 and left[0].startswith("tmp/") and left[0].endswith(".part"), left
     size = Path("client/cache", left[0]).stat().st_size
     assert WEIGHT_BYTES // 2 <= size < WEIGHT_BYTES  # really half-way
-    assert files_under(Path("out")) == []
+    # The pull writes its file as the cache fills: only its hidden temp file is there.
+    [partial] = files_under(Path("out"))
+    assert partial.startswith(".big-v1.pt.") and partial.endswith(".part"), partial
 
     done = subprocess.run(
         client(server.url, "pull", "big", "-o", "out/"),
@@ -278,6 +280,7 @@ def test_client_killed_mid_fill_leaves_a_temp_file_the_next_pull_reclaims(
     assert (done.returncode, done.stderr) == (0, "")
     assert sha256_of(Path("out/big-v1.pt")) == digests["big"]
     assert files_under(Path("client/cache")) == [cached(digests["big"])]  # temp file reclaimed
+    assert files_under(Path("out")) == ["big-v1.pt"]  # and the pull's own
 
 
 def test_full_disk_while_pulling_through_a_server_is_one_line_and_keeps_the_cache(

@@ -145,7 +145,10 @@ class Arch:
         except Exception as exc:
             if placement != "cpu" and _is_meta_failure(exc):
                 raise _MetaUnsupported from None
-            given = ", ".join(f"{k}={v!r}" for k, v in arch_args.items()) or "no arguments"
+            given = ", ".join(
+                f"{k if k.isidentifier() else repr(k)}={v!r}" for k, v in arch_args.items()
+            )  # one line, whatever the keys hold
+            given = given or "no arguments"
             raise ArchitectureError(
                 f"building arch {self.name!r} with {given} failed: "
                 f"{type(exc).__name__}: {first_line(exc)}"

@@ -114,6 +114,8 @@ def key_values(
                 key, value = refs.parse_key_value(text, what)
             except RegistryError as exc:
                 raise click.BadParameter(str(exc)) from None
+            if what == "--arg" and not key.isidentifier():  # a builder's keyword argument
+                raise click.BadParameter(f"{text!r}: KEY must be a Python identifier")
             pairs[key] = _json_or_string(value) if what == "--arg" else value
         return pairs
 
