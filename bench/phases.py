@@ -10,8 +10,7 @@ and prints each phase's median next to the whole push. With `--store s3` it
 starts moto's S3 server on loopback, and also times boto3's `upload_file` of
 the same file with boto3's default client and with one without its CRC
 checksums (as for an endpoint that refuses them), interleaved with the pushes.
-A phase inside another (the ordinary upload inside `publish`) is counted in
-both. It is the profile behind the S3 push figure's explanation in
+It is the profile behind the S3 push figure's explanation in
 docs/benchmarks.md; not part of the test suite.
 """
 
@@ -36,12 +35,10 @@ from registry import Registry, manifests, pushing
 from registry.stores import s3 as s3store
 
 PHASES: list[tuple[Any, str, str]] = [
-    (s3store._UploadingWriter, "begin_upload", "S3: SHA-256 of the file, begin its upload"),
-    (pushing, "copy_file", "copy into the writer: SHA-256 + BLAKE3, fsync (S3: parts sent)"),
+    (pushing, "copy_file", "copy into the writer: SHA-256 + BLAKE3, fsync begun"),
     (pushing, "read_weights", "read the weights, fit them to the arch"),
     (manifests, "describe", "tensor manifest: a BLAKE3 of each tensor"),
-    (s3store._UploadingWriter, "publish", "S3: wait for the last parts, complete the upload"),
-    (s3store.S3Store, "upload", "S3: an ordinary upload (HEAD, then upload_file), if one runs"),
+    (s3store._UploadingWriter, "publish", "S3: upload the copy (HEAD, then upload_file)"),
 ]
 
 

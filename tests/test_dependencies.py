@@ -218,7 +218,7 @@ def wait_for_bytes(folder: Path, at_least: int, process: subprocess.Popen, timeo
 def test_server_killed_mid_pull_is_one_line_leaves_nothing_and_the_retry_is_bit_exact(
     served_home: tuple[Path, dict[str, str]],
 ) -> None:
-    """SIGKILL of `registry serve` once 1 MiB of 32 MB reached the client's cache."""
+    """SIGKILL of `registry serve` once 1 MiB of 32 MB reached the pull's temp file."""
     home, digests = served_home
     server = Server(home)
     pull = subprocess.Popen(
@@ -226,7 +226,7 @@ def test_server_killed_mid_pull_is_one_line_leaves_nothing_and_the_retry_is_bit_
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=client_env(),
     )  # fmt: skip
     try:
-        wait_for_bytes(Path("client/cache/tmp"), 1 << 20, pull, timeout=60)
+        wait_for_bytes(Path("out"), 1 << 20, pull, timeout=60)
         pull.send_signal(signal.SIGSTOP)  # the server dies with the file half sent
         server.kill()
         pull.send_signal(signal.SIGCONT)
@@ -240,7 +240,7 @@ def test_server_killed_mid_pull_is_one_line_leaves_nothing_and_the_retry_is_bit_
         "after "
     )
     assert files_under(Path("out")) == []  # neither big-v1.pt nor its temp file
-    assert files_under(Path("client/cache")) == []  # nothing a later read could trust
+    assert files_under(Path("client/cache")) == []  # a pull fills no cache
 
     again = Server(home)  # restarted: the same command succeeds, bit-exact
     try:
@@ -252,16 +252,16 @@ def test_server_killed_mid_pull_is_one_line_leaves_nothing_and_the_retry_is_bit_
         again.stop()
     assert (done.returncode, done.stderr) == (0, "")
     assert sha256_of(Path("out/big-v1.pt")) == digests["big"]
-    assert files_under(Path("client/cache")) == [cached(digests["big"])]
+    assert files_under(Path("client/cache")) == []
 
 
-def test_client_killed_mid_fill_leaves_a_temp_file_the_next_pull_reclaims(
+def test_client_killed_mid_fill_leaves_a_temp_file_the_next_load_reclaims(
     server: Server, served_home: tuple[Path, dict[str, str]]
 ) -> None:
-    """SIGKILL at `remote-fill` (half the blob in the cache's temp file); then the same pull."""
+    """SIGKILL at `remote-fill` (half the blob in the cache's temp file); then the same load."""
     digests = served_home[1]
     killed = subprocess.run(
-        client(server.url, "pull", "big", "-o", "out/"),
+        client(server.url, "load", "big"),
         capture_output=True, text=True, env=client_env(**{KILL_AT: "remote-fill"}), timeout=120,
     )  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -269,26 +269,22 @@ def test_client_killed_mid_fill_leaves_a_temp_file_the_next_pull_reclaims(
     assert len(left) == 1 and left[0].startswith("tmp/") and left[0].endswith(".part"), left
     size = Path("client/cache", left[0]).stat().st_size
     assert WEIGHT_BYTES // 2 <= size < WEIGHT_BYTES  # really half-way
-    # The pull writes its file as the cache fills: only its hidden temp file is there.
-    [partial] = files_under(Path("out"))
-    assert partial.startswith(".big-v1.pt.") and partial.endswith(".part"), partial
 
     done = subprocess.run(
-        client(server.url, "pull", "big", "-o", "out/"),
-        capture_output=True, text=True, env=client_env(), timeout=120,
+        client(server.url, "load", "big"), capture_output=True, text=True, env=client_env(),
+        timeout=120,
     )  # fmt: skip
-    assert (done.returncode, done.stderr) == (0, "")
-    assert sha256_of(Path("out/big-v1.pt")) == digests["big"]
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
     assert files_under(Path("client/cache")) == [cached(digests["big"])]  # temp file reclaimed
-    assert files_under(Path("out")) == ["big-v1.pt"]  # and the pull's own
+    assert sha256_of(Path("client/cache", cached(digests["big"]))) == digests["big"]
 
 
 def test_full_disk_while_pulling_through_a_server_is_one_line_and_keeps_the_cache(
     server: Server, served_home: tuple[Path, dict[str, str]]
 ) -> None:
-    """RLIMIT_FSIZE of 4 MiB in the client: the 32 MB cache fill fails, the cache stays valid."""
+    """RLIMIT_FSIZE of 4 MiB in the client: the 32 MB pull fails, the cache stays valid."""
     digests = served_home[1]
-    assert subprocess.run(client(server.url, "pull", "small", "-o", "out/"), env=client_env(),
+    assert subprocess.run(client(server.url, "load", "small"), env=client_env(),
                           capture_output=True).returncode == 0  # fmt: skip
     small = Path("client/cache", cached(digests["small"])).read_bytes()
     full = subprocess.run(
@@ -297,17 +293,19 @@ def test_full_disk_while_pulling_through_a_server_is_one_line_and_keeps_the_cach
     )  # fmt: skip
     assert (full.returncode, full.stdout) == (1, ""), full.stderr
     assert one_error_line(full.stderr) == (
-        f"Error: cannot write {Path('client/cache').absolute()}: File too large\n"
+        f"Error: cannot write {Path('out/big-v1.pt').absolute()}: File too large\n"
     )
-    assert files_under(Path("out")) == ["small-v1.pt"]  # no big-v1.pt, no temp file
+    assert files_under(Path("out")) == []  # no big-v1.pt, no temp file
     assert files_under(Path("client/cache")) == [cached(digests["small"])]
     assert sha256_of_bytes(small) == digests["small"]
 
-    # With room again, the same pull fills the cache beside the entry that was there.
+    # With room again, the same pull succeeds; a load then fills the cache beside the entry.
     done = subprocess.run(
         client(server.url, "pull", "big", "-o", "out/"),
         capture_output=True, text=True, env=client_env(), timeout=120,
     )  # fmt: skip
     assert (done.returncode, done.stderr) == (0, "")
     assert sha256_of(Path("out/big-v1.pt")) == digests["big"]
+    assert subprocess.run(client(server.url, "load", "big"), env=client_env(),
+                          capture_output=True).returncode == 0  # fmt: skip
     assert files_under(Path("client/cache")) == sorted(cached(d) for d in digests.values())

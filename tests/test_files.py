@@ -134,3 +134,47 @@ def test_copy_verified_onto_a_folder_names_the_destination(
     with pytest.raises(StorageError) as caught:
         copy_out(store, destination)
     assert str(caught.value) == f"cannot write {destination}: Is a directory"
+
+
+# -- VerifyingSink: a cold pull's stream, hashed on another thread as it is written
+
+
+def stream_through(sink: files.VerifyingSink, data: bytes, step: int) -> None:
+    """Write `data` as a downloader would, reusing one buffer for every chunk."""
+    buffer = bytearray(step)
+    for start in range(0, len(data), step):
+        n = len(data[start : start + step])
+        buffer[:n] = data[start : start + step]
+        sink.write(memoryview(buffer)[:n])
+        buffer[:n] = b"\0" * n  # the next chunk overwrites the buffer at once
+
+
+@pytest.mark.parametrize("by", ["sha256", "blake3"])
+def test_a_verifying_sink_writes_the_bytes_and_checks_them(tmp_path: Path, by: str) -> None:
+    import blake3
+
+    data = os.urandom(3 << 20)
+    recorded = blake3.blake3(data).hexdigest() if by == "blake3" else None
+    done: list[int] = []
+    with open(tmp_path / "out", "wb") as out:
+        sink = files.VerifyingSink(out, hashlib.sha256(data).hexdigest(), "m@v1", done.append,
+                                   recorded)  # fmt: skip
+        stream_through(sink, data, 1 << 20)
+        sink.check()
+    assert (tmp_path / "out").read_bytes() == data
+    assert sum(done) == sink.size == len(data)
+
+
+@pytest.mark.parametrize("by", ["sha256", "blake3"])
+def test_a_verifying_sink_refuses_other_bytes(tmp_path: Path, by: str) -> None:
+    import blake3
+
+    data = os.urandom(3 << 20)
+    recorded = blake3.blake3(data).hexdigest() if by == "blake3" else None
+    damaged = data[:-1] + bytes([data[-1] ^ 1])
+    with open(tmp_path / "out", "wb") as out:
+        sink = files.VerifyingSink(out, hashlib.sha256(data).hexdigest(), "m@v1", lambda n: None,
+                                   recorded)  # fmt: skip
+        stream_through(sink, damaged, 1 << 20)
+        with pytest.raises(IntegrityError, match=f"m@v1 failed verification: expected {by}:"):
+            sink.check()

@@ -23,7 +23,7 @@ from torch import nn
 
 from registry import ConfigurationError, IntegrityError, ReadOnlyError, Registry
 from registry.cli import cli
-from registry.stores.folder import BlobWriter
+from registry.files import VerifyingSink
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
@@ -281,7 +281,7 @@ def test_a_trusted_pickle_pulls_but_does_not_load(served: Server, remote: Regist
 
 def test_a_damaged_cached_copy_is_fetched_again(served: Server, remote: Registry) -> None:
     version = remote.get("base@v1")
-    remote.pull(version.ref, "first.pt")
+    remote.load(version.ref)  # fills the cache (a pull writes only its own file)
     cached = remote.settings.cache / "sha256" / version.sha256[:2] / version.sha256
     good = cached.read_bytes()
     cached.chmod(0o644)
@@ -319,7 +319,7 @@ def test_a_blob_the_server_finds_damaged_is_refused(
 def test_a_server_killed_mid_download_leaves_nothing_behind(
     tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """SIGKILL once the first bytes reach the cache: no file at the destination, no temp file."""
+    """SIGKILL once the first bytes reach the pull: no file at the destination, no temp file."""
     home = tmp_path / "served"
     torch.manual_seed(0)
     # 32 MB: more than loopback's socket buffers hold, so the server is still sending.
@@ -327,15 +327,15 @@ def test_a_server_killed_mid_download_leaves_nothing_behind(
     linear = {"arch": "torch.nn:Linear", "arch_args": {"in_features": 2048, "out_features": 4096}}
     Registry(home=home).push(big, name="big", **linear)
     server = Server(home)
-    write = BlobWriter.write
+    write = VerifyingSink.write
 
-    def kill_on_first_bytes(self: BlobWriter, data: bytes | memoryview) -> int:
+    def kill_on_first_bytes(self: VerifyingSink, data: bytes | memoryview) -> int:
         if server.process.poll() is None:
             server.process.send_signal(signal.SIGKILL)
             server.process.wait()
         return write(self, data)
 
-    monkeypatch.setattr(BlobWriter, "write", kill_on_first_bytes)
+    monkeypatch.setattr(VerifyingSink, "write", kill_on_first_bytes)
     code, out, err = run("--remote", server.url, "pull", "big", "-o", "out/", token=None)
     server.stop()
     assert (code, out) == (1, b"")
@@ -343,7 +343,7 @@ def test_a_server_killed_mid_download_leaves_nothing_behind(
     assert err.count("\n") == 1
     assert list(Path("out").iterdir()) == []  # no big-v1.pt, no .big-v1.pt.*.part
     assert [p for p in Path("client/cache").rglob("*") if p.is_file()] == []
-    monkeypatch.setattr(BlobWriter, "write", write)
+    monkeypatch.setattr(VerifyingSink, "write", write)
     again = Server(home)  # once it is back, the same pull succeeds
     try:
         assert run("--remote", again.url, "pull", "big", "-o", "out/", token=None)[0] == 0

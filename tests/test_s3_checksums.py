@@ -5,9 +5,9 @@ them (boto/boto3#4392). `ClockProxy` (test_s3_clock), on loopback in front of mo
 plays such a server. A push that is refused sends again without the checksums,
 and the cache remembers that endpoint, so that later pushes do not try.
 
-A file of 8 MiB or more is uploaded while it is copied into the cache, its parts
-cut from the bytes being hashed; these tests push a 9.4 MB file (two parts).
-A pull on a cold cache writes its file from the stream that fills the cache.
+These tests push a 9.4 MB file: a multipart upload of two parts.
+A pull on a cold cache writes its file straight from the object, checked on the way
+by the BLAKE3 recorded at push, and leaves the cache as it was.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from test_s3 import aws, bucket, objects, team
 from test_s3_clock import ClockProxy, endpoint, moto, proxy, uploads
 from test_s3_faults import BIG_ARCH, BIG_ARGS, big_model
 
-from registry import Registry
+from registry import IntegrityError, Registry
 from registry.stores.s3 import REFUSING_CHECKSUMS
 
 pytest.importorskip("boto3")
@@ -66,7 +66,7 @@ def test_an_endpoint_that_refuses_checksums_gets_the_push_without_them_and_is_re
     proxy.refuse_checksums = True
     first, second = big_file(tmp_path, 1), big_file(tmp_path, 2)
     v1 = team.push(first, arch=BIG_ARCH, name="big", arch_args=BIG_ARGS)
-    assert uploads(bucket) == []  # the refused upload begun while copying was aborted
+    assert uploads(bucket) == []  # nothing of the refused upload is left
     remembered = (team.settings.cache / REFUSING_CHECKSUMS).read_text().split()
     assert remembered == [proxy.url]
 
@@ -90,27 +90,10 @@ def test_an_endpoint_that_refuses_checksums_gets_the_push_without_them_and_is_re
     cold.close()
 
 
-def test_a_file_that_changes_during_its_push_is_stored_as_it_was_copied(
-    team: Registry, bucket: str, tmp_path: Path
-) -> None:
-    """The parts go up under the SHA-256 of a first read; bytes that differ by the copy
-    are not completed under it, but uploaded under their own digest."""
-    path = big_file(tmp_path, 1)
-    changed = big_file(tmp_path, 2).read_bytes()
-    store = team.store
-    with store.writer(source=path) as writer:  # type: ignore[call-arg]
-        expected = sha256_of(path)
-        writer.write(changed)  # what a copy would read had the file changed meanwhile
-        digest = writer.finish()
-        writer.publish()
-    assert digest == hashlib.sha256(changed).hexdigest() != expected
-    assert objects(bucket) == {f"team/sha256/{digest}": len(changed)}
-    assert uploads(bucket) == []
-
-
-def test_a_cold_pull_reads_the_object_once_for_its_file_and_the_cache(
+def test_a_cold_pull_reads_the_object_once_into_its_file_alone(
     team: Registry, bucket: str, proxy: ClockProxy, tmp_path: Path
 ) -> None:
+    """The file is the user's to change: nothing of it is shared with the cache."""
     path = big_file(tmp_path, 1)
     version = team.push(path, arch=BIG_ARCH, name="big", arch_args=BIG_ARGS)
     key = f"/{bucket}/team/sha256/{version.sha256}"
@@ -121,9 +104,34 @@ def test_a_cold_pull_reads_the_object_once_for_its_file_and_the_cache(
     pulled = cold.pull(version.ref, tmp_path / "out" / "back.pt")
     assert [r for r in proxy.requests if r.startswith("GET ")] == [f"GET {key}"]
     assert sha256_of(pulled) == sha256_of(path)
-    assert cold.store.cache.exists(version.sha256)  # type: ignore[attr-defined]
+    assert not cold.store.cache.exists(version.sha256)  # type: ignore[attr-defined]
     assert sorted(p.name for p in pulled.parent.iterdir()) == ["back.pt"]  # no temp file left
+    cold.load(version.ref)  # a load fills the cache ...
     proxy.requests.clear()
-    cold.pull(version.ref, tmp_path / "again.pt")  # from the cache: no GET
+    again = cold.pull(version.ref, tmp_path / "again.pt")  # ... and a pull then copies it
     assert [r for r in proxy.requests if r.startswith("GET ")] == []
+    assert sha256_of(again) == sha256_of(path)
+    cached = cold.store.cache.path(version.sha256)  # type: ignore[attr-defined]
+    assert again.stat().st_ino != cached.stat().st_ino
+    cold.close()
+
+
+def test_a_cold_pull_is_checked_by_the_blake3_recorded_at_push(
+    team: Registry, bucket: str, tmp_path: Path
+) -> None:
+    import boto3
+
+    path = big_file(tmp_path, 1)
+    version = team.push(path, arch=BIG_ARCH, name="big", arch_args=BIG_ARGS)
+    tampered = bytearray(path.read_bytes())
+    tampered[len(tampered) // 2] ^= 0xFF
+    boto3.client("s3").put_object(
+        Bucket=bucket, Key=f"team/sha256/{version.sha256}", Body=bytes(tampered)
+    )
+    cold = Registry(
+        home=tmp_path / "cold", store=team.settings.store, database_url=team.settings.database_url
+    )
+    with pytest.raises(IntegrityError, match=r"big@v1 failed verification: expected blake3:"):
+        cold.pull(version.ref, tmp_path / "out" / "back.pt")
+    assert list((tmp_path / "out").iterdir()) == []  # neither the file nor its temp file
     cold.close()

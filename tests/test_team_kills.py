@@ -48,7 +48,7 @@ BIG_ARGS = {"width": 1024, "num_classes": 2500}
 BIG_CLI_ARGS = ["--arch", ARCH, "--arg", "width=1024", "--arg", "num_classes=2500"]
 PUSH_POINTS = ["push-copy", "push-hashed", "s3-upload", "s3-uploaded", "push-blob-placed",
                "push-commit"]  # fmt: skip
-SHORT = {"s3-upload", "cache-fill"}  # run by `make test`, on SQLite
+SHORT = {"s3-upload", "s3-download"}  # run by `make test`, on SQLite
 
 
 def cases(points: list[str]) -> list[Any]:
@@ -128,11 +128,9 @@ def test_s3_push_killed_at_each_point_leaves_nothing_gc_cannot_clean(
     assert (killed.returncode, killed.stdout) == (-signal.SIGKILL, ""), killed.stderr
 
     # What the kill left: the cache's temp file until the blob is placed; a multipart
-    # upload until it is completed (the parts go up while the file is copied and hashed,
-    # under the SHA-256 a read-only pass found); the object (and its cached copy) once
-    # it is uploaded.
+    # upload while the copy is uploaded; the object (and its cached copy) once it is.
     left, placed = temp_files(home), objects(bucket) - before
-    uploading = point in ("push-copy", "push-hashed", "s3-upload")
+    uploading = point == "s3-upload"
     if point in ("push-copy", "push-hashed", "s3-upload", "s3-uploaded"):
         assert len(left) == 1
         assert cached(home).isdisjoint({digest})
@@ -168,37 +166,58 @@ def test_s3_push_killed_at_each_point_leaves_nothing_gc_cannot_clean(
     reg.close()
 
 
-@pytest.mark.parametrize(("backend", "point"), cases(["cache-fill"]))
+@pytest.mark.parametrize(("backend", "point"), cases(["s3-download"]))
 def test_cache_fill_killed_half_way_leaves_nothing_gc_cannot_clean(
     backend: str, point: str, bucket: str, tmp_path: Path, big_file: Path
 ) -> None:
     database_url, store = fresh_catalog_url(backend, tmp_path), f"s3://{bucket}/team"
     pusher = Registry(home=tmp_path / "me", database_url=database_url, store=store)
     version = pusher.push(big_file, arch=ARCH, name="tiny", arch_args=BIG_ARGS)
-    home, out = tmp_path / "cold", tmp_path / "out"  # another machine: a cold cache
-    out.mkdir()
+    home = tmp_path / "cold"  # another machine: a cold cache
 
-    pull = ["pull", version.ref, "-o", f"{out}/"]
-    killed = run_registry(*cli(home, database_url, store), *pull, env={KILL_AT: point})
+    load = ["load", version.ref]  # a load reads through the cache
+    killed = run_registry(*cli(home, database_url, store), *load, env={KILL_AT: point})
     assert (killed.returncode, killed.stdout) == (-signal.SIGKILL, ""), killed.stderr
     left = temp_files(home)
     half = left[0].stat().st_size if len(left) == 1 else 0
     assert 0 < half < version.size, left  # one half-filled entry
-    # The pull writes its file as the cache fills: only its hidden temp file is there,
-    # which the next pull into that folder removes (its process is gone).
-    [partial] = out.iterdir()
-    assert cached(home) == set() and partial.name.startswith(".tiny-v1.pth.")
-    assert partial.name.endswith(".part") and partial.stat().st_size < version.size
+    assert cached(home) == set()
 
     reg = Registry(home=home, database_url=database_url, store=store)
     assert_verified(reg)
-    reg.pull(version.ref, out)  # the same pull, again
-    assert [p.read_bytes() for p in out.iterdir()] == [big_file.read_bytes()]
+    reg.load(version.ref)  # the same read, again
     assert cached(home) == {version.sha256}
     figures = gc_json(home, database_url, store)
     assert (figures["blobs"], figures["bytes"], figures["temp_files"]) == (0, half, 1)
     assert temp_files(home) == [] and cached(home) == {version.sha256}
     assert reg.verify() == []
+    reg.close()
+    pusher.close()
+
+
+@pytest.mark.parametrize(("backend", "point"), cases(["s3-download"]))
+def test_a_pull_killed_mid_download_leaves_only_its_hidden_temp_file(
+    backend: str, point: str, bucket: str, tmp_path: Path, big_file: Path
+) -> None:
+    """A pull writes its file straight from the object: nothing in the cache, ever."""
+    database_url, store = fresh_catalog_url(backend, tmp_path), f"s3://{bucket}/team"
+    pusher = Registry(home=tmp_path / "me", database_url=database_url, store=store)
+    version = pusher.push(big_file, arch=ARCH, name="tiny", arch_args=BIG_ARGS)
+    home, out = tmp_path / "cold", tmp_path / "out"
+    out.mkdir()
+
+    pull = ["pull", version.ref, "-o", f"{out}/"]
+    killed = run_registry(*cli(home, database_url, store), *pull, env={KILL_AT: point})
+    assert (killed.returncode, killed.stdout) == (-signal.SIGKILL, ""), killed.stderr
+    [partial] = out.iterdir()  # the next pull into that folder removes it (its process is gone)
+    assert partial.name.startswith(".tiny-v1.pth.") and partial.name.endswith(".part")
+    assert 0 < partial.stat().st_size < version.size
+    assert temp_files(home) == [] and cached(home) == set()
+
+    reg = Registry(home=home, database_url=database_url, store=store)
+    reg.pull(version.ref, out)  # the same pull, again
+    assert [p.read_bytes() for p in out.iterdir()] == [big_file.read_bytes()]
+    assert temp_files(home) == [] and cached(home) == set()
     reg.close()
     pusher.close()
 
@@ -214,24 +233,20 @@ def test_disk_full_while_filling_the_cache_is_one_line_and_leaves_the_cache_vali
     small = Registry(home=tmp_path / "me", database_url=database_url, store=store)
     small_version = small.push(tiny_file(tmp_path, 1), arch=ARCH, name="small", arch_args=ARGS)
     version = small.push(big_file, arch=ARCH, name="tiny", arch_args=BIG_ARGS)
-    home, out = tmp_path / "cold", tmp_path / "out"
-    out.mkdir()
+    home = tmp_path / "cold"
     reg = Registry(home=home, database_url=database_url, store=store)
-    reg.pull(small_version.ref, tmp_path / "small.pth")  # the cache holds a blob already
+    reg.load(small_version.ref)  # the cache holds a blob already
 
     command = [sys.executable, "-c", SMALL_DISK, str(REGISTRY), *cli(home, database_url, store),
-               "pull", version.ref, "-o", f"{out}/"]  # fmt: skip
+               "load", version.ref]  # fmt: skip
     full = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert (full.returncode, full.stdout) == (1, ""), full.stderr
     assert "File too large" in one_error_line(full.stderr)
-    assert temp_files(home) == [] and list(out.iterdir()) == []  # no partial file anywhere
+    assert temp_files(home) == []  # no partial file
     assert cached(home) == {small_version.sha256}  # the cache is as it was, and valid
     assert reg.verify() == []
-    assert (
-        reg.pull(small_version.ref, tmp_path / "again.pth").read_bytes()
-        == (tmp_path / "small.pth").read_bytes()
-    )
-    assert sha256_of(reg.pull(version.ref, out / "big.pth")) == version.sha256  # room again
+    assert sha256_of(reg.pull(small_version.ref, tmp_path / "again.pth")) == small_version.sha256
+    reg.load(version.ref)  # room again
     assert cached(home) == {small_version.sha256, version.sha256}
     reg.close()
     small.close()

@@ -37,7 +37,8 @@ class Check:
 
 
 @cache
-def _pool() -> ThreadPoolExecutor:
+def hash_pool() -> ThreadPoolExecutor:
+    """Threads that hash beside the one reading (hashlib and blake3 release the GIL)."""
     return ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="registry-hash")
 
 
@@ -56,7 +57,7 @@ class Hasher:
             self._sha256.update(view)
             self._blake3.update(view)
             return
-        whole = _pool().submit(self._sha256.update, view)
+        whole = hash_pool().submit(self._sha256.update, view)
         self._blake3.update(view)
         whole.result()
 
@@ -111,7 +112,7 @@ def chunks_match(path: Path, chunk_digests: list[str]) -> bool:
     fd = os.open(path, os.O_RDONLY)
     try:
         offsets = range(0, size, CHUNK_SIZE)
-        actual = _pool().map(lambda offset: _hash_range(fd, offset), offsets)
+        actual = hash_pool().map(lambda offset: _hash_range(fd, offset), offsets)
         return all(a == e for a, e in zip(actual, chunk_digests, strict=True))
     finally:
         os.close(fd)

@@ -20,7 +20,7 @@ POINTS = (
     "pull-folder-written",  # every file of a pulled folder written, before the rename
     "s3-upload",  # half-way through uploading a blob to the bucket
     "s3-uploaded",  # object in the bucket, catalog not yet committed
-    "cache-fill",  # half-way through filling a cache entry from the bucket
+    "s3-download",  # half-way through a download from the bucket (a cache fill, a pull)
     "remote-fill",  # half-way through filling a cache entry from `registry serve`
     "import-blob",  # half-way through writing a bundle's blob into the store
     "import-commit",  # a bundle's blobs placed, catalog not yet committed

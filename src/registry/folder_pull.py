@@ -17,7 +17,6 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -51,7 +50,10 @@ def write_folder(reads: Reads, version: ModelVersion, target: Path, verify: bool
             for file in version.files:
                 destination = temp / PurePosixPath(_plain(file.path))
                 destination.parent.mkdir(parents=True, exist_ok=True)
-                copy = functools.partial(_copy, reads, version, file, destination, verify, step)
+                ref = folders.file_ref(version, file)
+                copy = functools.partial(
+                    reads.copy_blob, file.sha256, ref, destination, verify, step
+                )
                 reads.read_blobs(copy, file.sha256)
         _sync_folders(temp)
         crash_point("pull-folder-written")
@@ -96,23 +98,6 @@ def tar_header(version: ModelVersion, file: FolderFile) -> bytes:
     info = tarfile.TarInfo(_plain(file.path))
     info.size, info.mode, info.mtime = file.size, 0o644, int(version.created_at.timestamp())
     return info.tobuf(format=tarfile.PAX_FORMAT)
-
-
-def _copy(
-    reads: Reads,
-    version: ModelVersion,
-    file: FolderFile,
-    destination: Path,
-    verify: bool,
-    step: Callable[[int], None],
-) -> None:
-    ref = folders.file_ref(version, file)
-    with files.atomic_file(destination) as out:
-        if reads.store.fetch_into(file.sha256, ref, out, step):
-            return  # written as it was fetched into the cache, and verified
-        blake3 = reads.blake3_check(file.sha256, ref) if verify else None
-        source = reads.store.open(file.sha256, ref)
-        files.copy_stream_verified(source, out, file.sha256, ref, verify, step, blake3)
 
 
 def _plain(path: str) -> str:

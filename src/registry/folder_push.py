@@ -101,7 +101,7 @@ def run(
                     local[entry.path] = source
                     step(entry.size)
                     continue
-                writer = stack.enter_context(store.writer(source=source))
+                writer = stack.enter_context(store.writer())
                 _copy(source, entry, writer, step)
                 stored.append(replace(entry, sha256=writer.finish()))
                 writers.append(writer)

@@ -165,7 +165,7 @@ def run(
             extension = refs.extension_of(Path(source.filename).suffix, IN_MEMORY_EXTENSION)
             blob_sha256 = source.sha256
         else:
-            original = stack.enter_context(store.writer(source=path))
+            original = stack.enter_context(store.writer())
             if path is not None:
                 copy_file(path, original, progress)
                 resolved, model = building.result()

@@ -92,18 +92,26 @@ class Reads:
             return target
 
         def copy() -> None:
-            digest, ref = version.sha256, version.ref
-            with self.progress(f"pull {ref}", version.size) as advance:
+            with self.progress(f"pull {version.ref}", version.size) as advance:
                 progress = crash_half_way("pull-copy", version.size, advance)
-                with files.atomic_file(target) as out:
-                    if self.store.fetch_into(digest, ref, out, progress):
-                        return  # written as it was fetched into the cache, and verified
-                    blake3 = self.blake3_check(digest, ref) if verify else None
-                    source = self.store.open(digest, ref)
-                    files.copy_stream_verified(source, out, digest, ref, verify, progress, blake3)
+                self.copy_blob(version.sha256, version.ref, target, verify, progress)
 
         self.read_blobs(copy, version.sha256)
         return target
+
+    def copy_blob(
+        self, digest: str, ref: str, target: Path, verify: bool, progress: Callable[[int], None]
+    ) -> None:
+        """Write a blob to `target`, complete or not at all: streamed from the store where
+        this machine lacks it (always verified), else copied from here."""
+        blake3 = self.blake3_check(digest, ref)
+        with files.atomic_file(target) as out:
+            recorded = blake3.digest if blake3 else None
+            if self.store.fetch_into(digest, ref, out, progress, recorded):
+                return
+            source = self.store.open(digest, ref)
+            check = blake3 if verify else None
+            files.copy_stream_verified(source, out, digest, ref, verify, progress, check)
 
     def write_to(self, version: ModelVersion, sink: BinaryIO, verify: bool) -> None:
         """Stream the version's file (a folder's as a tar) to `sink`, hashing it; see

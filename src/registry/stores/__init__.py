@@ -68,12 +68,8 @@ class Store(Protocol):
         """Where the blobs are, fit to print (no secrets)."""
         ...
 
-    def writer(self, source: Path | None = None) -> AbstractContextManager[BlobWriting]:
-        """A writer whose bytes are dropped unless it was committed.
-
-        `source`: the file that will be written into it, where known, so that a
-        remote store can send its bytes while they are written.
-        """
+    def writer(self) -> AbstractContextManager[BlobWriting]:
+        """A writer whose bytes are dropped unless it was committed."""
         ...
 
     def exists(self, digest: str) -> bool: ...
@@ -91,10 +87,15 @@ class Store(Protocol):
         ...
 
     def fetch_into(
-        self, digest: str, ref: str, sink: BinaryIO, progress: Callable[[int], None]
+        self,
+        digest: str,
+        ref: str,
+        sink: BinaryIO,
+        progress: Callable[[int], None],
+        blake3: str | None = None,
     ) -> bool:
-        """Where the blob is not on this machine yet, fetch it (verified), writing its bytes
-        to `sink` too; False: it is here, read it with `open`."""
+        """Where the blob is not on this machine, stream it into `sink`, verified (by
+        `blake3` if given, else its SHA-256); False: it is here, read it with `open`."""
         ...
 
     def hash(self, digest: str, ref: str) -> str:

@@ -66,8 +66,16 @@ class DurableFile:
     def flush(self) -> None:
         self._file.flush()
 
+    def start_sync(self) -> None:
+        """Flush, and begin the final fsync on the writeback thread; `sync_and_close`
+        waits for it. What comes in between (an upload, reading the weights) overlaps it."""
+        self._file.flush()
+        self._writeback = _writeback_pool().submit(_after, self._writeback, self._file.fileno())
+
     def sync_and_close(self) -> None:
         """Flush, fsync and close; an error of an earlier writeback surfaces here."""
+        if self._file.closed:
+            return
         try:
             if self._writeback is not None:
                 self._writeback.result()
@@ -80,6 +88,12 @@ class DurableFile:
         if self._writeback is not None:
             self._writeback.exception()  # never close the fd under a running fdatasync
         self._file.close()
+
+
+def _after(earlier: Future[None] | None, fd: int) -> None:
+    if earlier is not None:
+        earlier.result()  # its error surfaces in sync_and_close
+    os.fsync(fd)
 
 
 @cache
@@ -113,9 +127,10 @@ class BlobWriter:
         self._file.flush()
 
     def finish(self) -> str:
-        """Flush and fsync the temp file; return its digest. The blob is not in place yet."""
+        """Flush the temp file and begin its fsync; return its digest. The blob is not in
+        place yet: `commit` waits for the fsync before the rename."""
         if self._digest is None:
-            self._file.sync_and_close()
+            self._file.start_sync()
             self._digest = self._hasher.hexdigest()
         return self._digest
 
@@ -128,6 +143,7 @@ class BlobWriter:
         The caller holds the blob's catalog row locked, so `gc` cannot be deleting it.
         """
         digest = self.finish()
+        self._file.sync_and_close()
         final = self._store.path(digest)
         if final.is_file():  # the same bytes are stored already
             self.temp_path.unlink()
@@ -214,9 +230,8 @@ class BlobStore:
         return len(temps), freed
 
     @contextlib.contextmanager
-    def writer(self, source: Path | None = None) -> Iterator[BlobWriter]:
-        """A BlobWriter whose temp file is removed unless it was committed (`source`
-        changes nothing: this folder is where readers look)."""
+    def writer(self) -> Iterator[BlobWriter]:
+        """A BlobWriter whose temp file is removed unless it was committed."""
         with storage_errors(self.tmp_dir):
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
             writer = BlobWriter(self)
@@ -227,7 +242,12 @@ class BlobStore:
             writer.discard()
 
     def fetch_into(
-        self, digest: str, ref: str, sink: BinaryIO, progress: Callable[[int], None]
+        self,
+        digest: str,
+        ref: str,
+        sink: BinaryIO,
+        progress: Callable[[int], None],
+        blake3: str | None = None,
     ) -> bool:
         """Nothing to fetch: the blobs are here."""
         return False

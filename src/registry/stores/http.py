@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from pathlib import Path
 from typing import NoReturn
 
 from registry.errors import ReadOnlyError
@@ -45,7 +44,7 @@ class HttpStore(CachedStore):
     def location(self) -> str:
         return self.client.url
 
-    def writer(self, source: Path | None = None) -> contextlib.AbstractContextManager[BlobWriter]:
+    def writer(self) -> contextlib.AbstractContextManager[BlobWriter]:
         self._refuse("writing a blob")
 
     def exists(self, digest: str) -> bool:
