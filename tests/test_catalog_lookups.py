@@ -14,7 +14,7 @@ import pytest
 from helpers import TINY, tiny
 from sqlalchemy import event
 
-from registry import NotFoundError, Registry
+from registry import ArchitectureError, NotFoundError, Registry
 
 
 @contextmanager
@@ -72,3 +72,15 @@ def test_a_lookup_that_finds_nothing_says_what_is_missing(reg: Registry) -> None
         reg.get("tiny@production")
     assert reg.versions("tiny", tags={"run": "9"}) == []  # the model is there: no error
     assert reg.versions("tiny", arch="other") == []
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_arch_args_that_json_cannot_hold_are_refused_before_anything_is_recorded(
+    reg: Registry, value: float
+) -> None:
+    import torch
+
+    layer_norm = {"arch": "torch.nn:LayerNorm", "arch_args": {"normalized_shape": 2, "eps": value}}
+    with pytest.raises(ArchitectureError, match="NaN and infinity cannot be recorded"):
+        reg.push(torch.nn.LayerNorm(2), name="ln", **layer_norm)
+    assert [m.name for m in reg.models()] == []

@@ -136,7 +136,7 @@ def run(
     if isinstance(arch, str) and trusted:
         architectures.warn_if_main(arch)
     builder = arch if isinstance(arch, str) else architectures.of(arch)
-    arch_args = dict(options.arch_args)
+    arch_args = finite_json(dict(options.arch_args))
     tags, aliases, shape, parent = checked.tags, checked.aliases, checked.shape, checked.parent
     name = options.name
     if name is None:
@@ -210,6 +210,20 @@ def run(
             record = recording.add(new)
             crash_point("push-commit")
     return record
+
+
+def finite_json(arch_args: dict[str, Any]) -> dict[str, Any]:
+    """`arch_args` if JSON holds them: no NaN or infinity, which neither catalog can list."""
+    import json
+
+    try:
+        json.dumps(arch_args, allow_nan=False)
+    except ValueError:
+        raise ArchitectureError(
+            "arch_args must be JSON numbers, strings, lists and objects: NaN and infinity "
+            "cannot be recorded"
+        ) from None
+    return arch_args
 
 
 def _keep(recording: Recording, store: Store, stored: Stored) -> None:
