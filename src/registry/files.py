@@ -147,9 +147,9 @@ class VerifyingSink:
         if blake3:
             import blake3 as b3  # here, not at import: `registry ls` never hashes
 
-            self._expected, self._hasher = f"blake3:{blake3}", b3.blake3()
+            self._named, self._expected, self._hasher = "blake3:", blake3, b3.blake3()
         else:
-            self._expected, self._hasher = digest, hashlib.sha256()
+            self._named, self._expected, self._hasher = "", digest, hashlib.sha256()
         self._hashing: Future[Any] | None = None
         self.size = 0
 
@@ -170,10 +170,8 @@ class VerifyingSink:
         self._wait()
         self._sink.flush()
         actual = self._hasher.hexdigest()
-        if self._expected.startswith("blake3:"):
-            actual = f"blake3:{actual}"
-        if actual != self._expected:
-            raise IntegrityError(self._ref, self._expected, actual)
+        if actual != self._expected:  # a bare digest is SHA-256 (errors._named)
+            raise IntegrityError(self._ref, self._named + self._expected, self._named + actual)
 
     def _wait(self) -> None:
         if self._hashing is not None:
