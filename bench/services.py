@@ -6,7 +6,9 @@ stored: `Registry.push` to an `s3://` store against boto3's `upload_file` of
 a file of the same size, both with boto3's default client settings;
 `Registry.pull` through a cache that has never seen the object against
 `download_file` and against one streamed `get_object` into a file (its
-target holds against each); and a verified `load` from a warm cache against
+target holds against each), beside a reference row that writes the same GET
+to a file and to a second, fsynced one (the writes of a pull that keeps a
+durable cached copy, before any hash); and a verified `load` from a warm cache against
 one from a local store. Figure 10 serves one stored checkpoint with
 `registry serve` and with `python -m http.server` and downloads it from each
 with the same httpx client.
@@ -88,6 +90,17 @@ def s3(ws: Workspace, arch: str, repeats: int, targets: bool) -> list[Result]:
             for chunk in body.iter_chunks(1 << 20):
                 out.write(chunk)
 
+    def streamed_get_and_copy(run: tuple[str, Path, Path]) -> None:
+        """The GET written to a file and to a second, fsynced file: what a pull that keeps
+        a durable cached copy must write, before any hashing."""
+        body = client.get_object(Bucket=BUCKET, Key=run[0])["Body"]
+        with open(run[1], "wb") as out, open(run[2], "wb") as copy:
+            for chunk in body.iter_chunks(1 << 20):
+                out.write(chunk)
+                copy.write(chunk)
+            copy.flush()
+            os.fsync(copy.fileno())
+
     push_target = (Target(1.1, "ratio"),) if targets else ()
     streamed = "one streamed `get_object` into a file"
     pull_targets = (Target(1.1, "ratio"), Target(1.1, "ratio", against=streamed))
@@ -138,6 +151,16 @@ def s3(ws: Workspace, arch: str, repeats: int, targets: bool) -> list[Result]:
                         streamed_get,
                         setup=feed(
                             [(f"plain/{p.name}", out.new("streamed.pth")) for p in inputs[:runs]]
+                        ),
+                    ),
+                    Contender(
+                        "reference: the same GET into a file and into a second, fsynced one",
+                        streamed_get_and_copy,
+                        setup=feed(
+                            [
+                                (f"plain/{p.name}", out.new("streamed.pth"), out.new("copy.pth"))
+                                for p in inputs[:runs]
+                            ]
                         ),
                     ),
                     Contender(

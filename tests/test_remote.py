@@ -281,7 +281,7 @@ def test_a_trusted_pickle_pulls_but_does_not_load(served: Server, remote: Regist
 
 def test_a_damaged_cached_copy_is_fetched_again(served: Server, remote: Registry) -> None:
     version = remote.get("base@v1")
-    remote.load(version.ref)  # fills the cache (a pull writes only its own file)
+    remote.pull(version.ref, "first.pt")  # fills the cache
     cached = remote.settings.cache / "sha256" / version.sha256[:2] / version.sha256
     good = cached.read_bytes()
     cached.chmod(0o644)

@@ -6,8 +6,8 @@ plays such a server. A push that is refused sends again without the checksums,
 and the cache remembers that endpoint, so that later pushes do not try.
 
 These tests push a 9.4 MB file: a multipart upload of two parts.
-A pull on a cold cache writes its file straight from the object, checked on the way
-by the BLAKE3 recorded at push, and leaves the cache as it was.
+A pull on a cold cache writes its file and the cache's copy from one read of the
+object, checked on the way by the BLAKE3 recorded at push.
 """
 
 from __future__ import annotations
@@ -90,10 +90,10 @@ def test_an_endpoint_that_refuses_checksums_gets_the_push_without_them_and_is_re
     cold.close()
 
 
-def test_a_cold_pull_reads_the_object_once_into_its_file_alone(
+def test_a_cold_pull_reads_the_object_once_for_its_file_and_the_cache(
     team: Registry, bucket: str, proxy: ClockProxy, tmp_path: Path
 ) -> None:
-    """The file is the user's to change: nothing of it is shared with the cache."""
+    """The file is the user's to change: it shares no inode with the cache's copy."""
     path = big_file(tmp_path, 1)
     version = team.push(path, arch=BIG_ARCH, name="big", arch_args=BIG_ARGS)
     key = f"/{bucket}/team/sha256/{version.sha256}"
@@ -104,15 +104,15 @@ def test_a_cold_pull_reads_the_object_once_into_its_file_alone(
     pulled = cold.pull(version.ref, tmp_path / "out" / "back.pt")
     assert [r for r in proxy.requests if r.startswith("GET ")] == [f"GET {key}"]
     assert sha256_of(pulled) == sha256_of(path)
-    assert not cold.store.cache.exists(version.sha256)  # type: ignore[attr-defined]
+    cached = cold.store.cache.path(version.sha256)  # type: ignore[attr-defined]
+    assert sha256_of(cached) == sha256_of(path)
     assert sorted(p.name for p in pulled.parent.iterdir()) == ["back.pt"]  # no temp file left
-    cold.load(version.ref)  # a load fills the cache ...
+    assert list((cold.settings.cache / "tmp").iterdir()) == []
     proxy.requests.clear()
-    again = cold.pull(version.ref, tmp_path / "again.pt")  # ... and a pull then copies it
+    again = cold.pull(version.ref, tmp_path / "again.pt")  # from the cache: no GET
     assert [r for r in proxy.requests if r.startswith("GET ")] == []
     assert sha256_of(again) == sha256_of(path)
-    cached = cold.store.cache.path(version.sha256)  # type: ignore[attr-defined]
-    assert again.stat().st_ino != cached.stat().st_ino
+    assert len({pulled.stat().st_ino, again.stat().st_ino, cached.stat().st_ino}) == 3
     cold.close()
 
 
@@ -134,4 +134,5 @@ def test_a_cold_pull_is_checked_by_the_blake3_recorded_at_push(
     with pytest.raises(IntegrityError, match=r"big@v1 failed verification: expected blake3:"):
         cold.pull(version.ref, tmp_path / "out" / "back.pt")
     assert list((tmp_path / "out").iterdir()) == []  # neither the file nor its temp file
+    assert [p for p in cold.settings.cache.rglob("*") if p.is_file()] == []
     cold.close()

@@ -196,10 +196,11 @@ def test_cache_fill_killed_half_way_leaves_nothing_gc_cannot_clean(
 
 
 @pytest.mark.parametrize(("backend", "point"), cases(["s3-download"]))
-def test_a_pull_killed_mid_download_leaves_only_its_hidden_temp_file(
+def test_a_pull_killed_mid_download_leaves_two_temp_files_that_are_cleaned(
     backend: str, point: str, bucket: str, tmp_path: Path, big_file: Path
 ) -> None:
-    """A pull writes its file straight from the object: nothing in the cache, ever."""
+    """A pull writes its file and the cache's copy from one stream: a kill leaves a hidden
+    temp file of each, the next pull into that folder removes its own, gc the cache's."""
     database_url, store = fresh_catalog_url(backend, tmp_path), f"s3://{bucket}/team"
     pusher = Registry(home=tmp_path / "me", database_url=database_url, store=store)
     version = pusher.push(big_file, arch=ARCH, name="tiny", arch_args=BIG_ARGS)
@@ -209,15 +210,21 @@ def test_a_pull_killed_mid_download_leaves_only_its_hidden_temp_file(
     pull = ["pull", version.ref, "-o", f"{out}/"]
     killed = run_registry(*cli(home, database_url, store), *pull, env={KILL_AT: point})
     assert (killed.returncode, killed.stdout) == (-signal.SIGKILL, ""), killed.stderr
-    [partial] = out.iterdir()  # the next pull into that folder removes it (its process is gone)
+    [partial] = out.iterdir()
     assert partial.name.startswith(".tiny-v1.pth.") and partial.name.endswith(".part")
-    assert 0 < partial.stat().st_size < version.size
-    assert temp_files(home) == [] and cached(home) == set()
+    [half_fill] = temp_files(home)
+    half = half_fill.stat().st_size
+    assert 0 < partial.stat().st_size == half < version.size  # the same bytes, in each
+    assert cached(home) == set()
 
     reg = Registry(home=home, database_url=database_url, store=store)
+    assert_verified(reg)
     reg.pull(version.ref, out)  # the same pull, again
     assert [p.read_bytes() for p in out.iterdir()] == [big_file.read_bytes()]
-    assert temp_files(home) == [] and cached(home) == set()
+    assert cached(home) == {version.sha256}
+    figures = gc_json(home, database_url, store)
+    assert (figures["blobs"], figures["bytes"], figures["temp_files"]) == (0, half, 1)
+    assert temp_files(home) == [] and cached(home) == {version.sha256}
     reg.close()
     pusher.close()
 

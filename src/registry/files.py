@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from registry.digests import hash_pool
 from registry.errors import IntegrityError, NotFoundError, StorageError
@@ -125,6 +125,14 @@ def copy_stream_verified(
         raise IntegrityError(ref, digest, actual.hexdigest())
 
 
+class Writable(Protocol):
+    """What a VerifyingSink writes into: a file, or a file and the cache's copy beside it."""
+
+    def write(self, data: bytes) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class VerifyingSink:
     """A stream written to `sink`, each chunk hashed on another thread while the next comes.
 
@@ -136,7 +144,7 @@ class VerifyingSink:
 
     def __init__(
         self,
-        sink: BinaryIO,
+        sink: Writable,
         digest: str,
         ref: str,
         progress: Callable[[int], None],

@@ -21,12 +21,12 @@ from typing import BinaryIO, ClassVar, Protocol
 
 from registry.digests import Check
 from registry.errors import IntegrityError
-from registry.files import VerifyingSink
-from registry.stores.folder import BlobStore
+from registry.files import VerifyingSink, storage_errors
+from registry.stores.folder import BlobStore, BlobWriter
 
 
 class Sink(Protocol):
-    """Where `_download` writes: the cache's writer, or a pull's file as it is verified."""
+    """Where `_download` writes: the cache's writer, or a pull's file and the cache's copy."""
 
     @property
     def size(self) -> int:
@@ -52,9 +52,7 @@ class CachedStore:
 
     def _fetch(self, digest: str, ref: str) -> None:
         """Bring a blob into the cache, keeping it only if its bytes match `digest`."""
-        if self.reclaims_before_fill:
-            with contextlib.suppress(OSError):  # cleaning up never fails the read itself
-                self.cache.reclaim_temp_files()
+        self._reclaim()
         with self.cache.writer() as writer:
             self._download(digest, ref, writer)
             actual = writer.finish()
@@ -70,20 +68,34 @@ class CachedStore:
         progress: Callable[[int], None],
         blake3: str | None = None,
     ) -> bool:
-        """Where the cache lacks the blob, stream it straight into `sink`, verified on the
-        way (by `blake3` where the catalog recorded it); False: the cache has it, read it there.
+        """Where the cache lacks the blob, stream it into `sink` and into the cache at once,
+        verified on the way (by `blake3` where the catalog recorded it) and kept in the
+        cache only then; False: the cache has it, read it there.
 
-        The cache is left as it was: a pull's file is the user's to change, so it
-        shares nothing with the cache, and a second copy written beside it would
-        cost a pull 1.6 times a GET here (issue 24). IntegrityError when the bytes
-        were not the blob's: `sink` got them, so the caller drops it.
+        One read of the network, two writes, hashed once on another thread (issue 24).
+        The pull's file is its own inode, the user's to change. IntegrityError when
+        the bytes were not the blob's: `sink` got them, so the caller drops it.
         """
         if self.cache.exists(digest):
             return False
-        verifying = VerifyingSink(sink, digest, ref, progress, blake3)
-        self._download(digest, ref, verifying)
-        verifying.check()
+        self._reclaim()
+        copy = self.cache.new_writer(verified_as=digest)
+        try:
+            both = _Tee(sink, copy, self.cache.root)
+            verifying = VerifyingSink(both, digest, ref, progress, blake3)
+            self._download(digest, ref, verifying)
+            verifying.check()
+            with storage_errors(self.cache.root):
+                copy.commit()
+        finally:
+            copy.discard()
         return True
+
+    def _reclaim(self) -> None:
+        """Remove dead fills' temp files first where no gc does (`reclaims_before_fill`)."""
+        if self.reclaims_before_fill:
+            with contextlib.suppress(OSError):  # cleaning up never fails the read itself
+                self.cache.reclaim_temp_files()
 
     def local_path(self, digest: str, ref: str) -> Path:
         """The cached copy, fetched first when the cache lacks it; its use is remembered."""
@@ -129,3 +141,21 @@ class CachedStore:
             if not dry_run:
                 path.unlink(missing_ok=True)
         return removed, freed
+
+
+class _Tee:
+    """A pull's file and the cache's copy beside it, written alike; an error names the
+    cache only when its copy failed (the pull's file reports its own)."""
+
+    def __init__(self, sink: BinaryIO, copy: BlobWriter, cache: Path) -> None:
+        self._sink, self._copy, self._cache = sink, copy, cache
+
+    def write(self, data: bytes) -> int:
+        self._sink.write(data)
+        with storage_errors(self._cache):
+            return self._copy.write(data)
+
+    def flush(self) -> None:
+        self._sink.flush()
+        with storage_errors(self._cache):
+            self._copy.flush()

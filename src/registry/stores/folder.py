@@ -104,12 +104,12 @@ def _writeback_pool() -> ThreadPoolExecutor:
 class BlobWriter:
     """A file-like sink that hashes what it is given and becomes a blob on `commit`."""
 
-    def __init__(self, store: BlobStore) -> None:
+    def __init__(self, store: BlobStore, hasher: Hasher | VerifiedElsewhere | None = None) -> None:
         self._store = store
         fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix=owner_prefix(), suffix=".part")
         self.temp_path = Path(name)
         self._file = DurableFile(fd)
-        self._hasher = Hasher()
+        self._hasher = hasher or Hasher()
         self._digest: str | None = None
         self.size = 0
 
@@ -121,6 +121,7 @@ class BlobWriter:
     @property
     def check(self) -> Check:
         """What reads verify the blob against (its BLAKE3), once `finish` has run."""
+        assert isinstance(self._hasher, Hasher), "a copy verified elsewhere was not hashed here"
         return self._hasher.check
 
     def flush(self) -> None:
@@ -160,6 +161,20 @@ class BlobWriter:
     def discard(self) -> None:
         self._file.close()
         self.temp_path.unlink(missing_ok=True)
+
+
+class VerifiedElsewhere:
+    """A BlobWriter's hasher for bytes its caller verifies as they pass (a pull's stream,
+    written to the cache beside the pull's file): hashing them twice would slow the pull."""
+
+    def __init__(self, digest: str) -> None:
+        self._digest = digest
+
+    def update(self, data: bytes | memoryview) -> None:
+        pass
+
+    def hexdigest(self) -> str:
+        return self._digest
 
 
 class BlobStore:
@@ -229,12 +244,17 @@ class BlobStore:
                     temp.unlink()
         return len(temps), freed
 
+    def new_writer(self, verified_as: str | None = None) -> BlobWriter:
+        """A BlobWriter, whose caller discards it unless it commits it; with `verified_as`,
+        the caller checks the bytes against that digest before `commit`."""
+        with storage_errors(self.tmp_dir):
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            return BlobWriter(self, VerifiedElsewhere(verified_as) if verified_as else None)
+
     @contextlib.contextmanager
     def writer(self) -> Iterator[BlobWriter]:
         """A BlobWriter whose temp file is removed unless it was committed."""
-        with storage_errors(self.tmp_dir):
-            self.tmp_dir.mkdir(parents=True, exist_ok=True)
-            writer = BlobWriter(self)
+        writer = self.new_writer()
         try:
             with storage_errors(self.root):
                 yield writer
