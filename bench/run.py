@@ -31,6 +31,7 @@ import folders
 import harness
 import memory
 import services
+import signed
 import team
 from harness import Result, seconds
 
@@ -203,6 +204,18 @@ FIGURES = [
         "as a whole process against the import floor of figure 5.",
     ),
 ]
+FIGURES.append(
+    Figure(
+        "14",
+        "signed",
+        "signed versions: `push --sign` and a load that insists on a signature",
+        " ".join((signed.__doc__ or "").split("\n\n", 1)[1].split())
+        + " **14a**: a push into a brand-new registry each run (its own checkpoint, as "
+        "figure 1's), without and with `sign=` an ECDSA P-256 key. **14b**: a verified load "
+        "of a signed version, without and with `trusted_keys=` its public key; and "
+        "`verify_signatures` of that version alone.",
+    )
+)
 FIGURES.sort(key=lambda f: int(f.number))
 FIGURES_BY_KEY = {key: f for f in FIGURES for key in (f.number, f.name)}
 # Figures measured on every arch (the small case, then vgg16); the others on the last only.
@@ -350,6 +363,7 @@ def main(argv: list[str]) -> None:
                 "diff": diff.diff,
                 "s3": services.s3,
                 "serve": services.serve,
+                "signed": signed.signed,
             }[figure.name]
             startup = figure.name == "cli"
             cases = archs if figure.name in PER_ARCH else archs[:1] if startup else archs[-1:]

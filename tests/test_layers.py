@@ -14,20 +14,25 @@ import pytest
 PACKAGE = Path(__file__).parent.parent / "src" / "registry"
 
 # What each part never imports: the parts above it.
+CLI = ("cli", "cli_team", "cli_signing")
+FACADE = ("api", "upkeep", "team", "signatures")
 ABOVE = {
-    "catalogs": ("api", "upkeep", "team", "cli", "cli_team", "server", "publishing", "uploads",
-                 "pushing", "folder_push", "reads", "maintenance", "bundles", "hooks"),
-    "stores": ("api", "upkeep", "team", "cli", "cli_team", "server", "publishing", "uploads",
-               "pushing", "folder_push", "reads", "maintenance", "bundles", "catalogs", "hooks"),
-    "pushing": ("api", "cli", "cli_team", "server", "uploads", "publishing"),
-    "folder_push": ("api", "cli", "cli_team", "server", "uploads", "publishing"),
-    "publishing": ("api", "cli", "cli_team", "server", "uploads"),
-    "uploads": ("api", "cli", "cli_team", "server"),
-    "hooks": ("api", "cli", "cli_team", "server"),
-    "api": ("cli", "cli_team", "server"),
-    "upkeep": ("api", "cli", "cli_team", "server"),
-    "team": ("api", "cli", "cli_team", "server"),
-    "server": ("cli", "cli_team"),
+    "catalogs": (*FACADE, *CLI, "server", "publishing", "uploads", "pushing", "folder_push",
+                 "reads", "maintenance", "bundles", "hooks"),
+    "stores": (*FACADE, *CLI, "server", "publishing", "uploads", "pushing", "folder_push",
+               "reads", "maintenance", "bundles", "catalogs", "hooks"),
+    "signing": (*FACADE, *CLI, "server", "publishing", "uploads", "pushing", "folder_push",
+                "reads", "maintenance", "bundles", "catalogs", "stores", "hooks"),
+    "pushing": ("api", *CLI, "server", "uploads", "publishing"),
+    "folder_push": ("api", *CLI, "server", "uploads", "publishing"),
+    "publishing": ("api", *CLI, "server", "uploads"),
+    "uploads": ("api", *CLI, "server"),
+    "hooks": ("api", *CLI, "server"),
+    "api": (*CLI, "server"),
+    "upkeep": ("api", *CLI, "server"),
+    "team": ("api", *CLI, "server"),
+    "signatures": ("api", *CLI, "server"),
+    "server": CLI,
 }  # fmt: skip
 
 

@@ -27,11 +27,13 @@ from registry.errors import (
     DeviceError,
     IntegrityError,
     InvalidReferenceError,
+    KeyFileError,
     MainModuleWarning,
     NotFoundError,
     ReadOnlyError,
     RegistryError,
     SchemaOutOfDateError,
+    SignatureError,
     StorageError,
     UnsafeCheckpointError,
     UntrustedArchError,
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from registry.api import Registry
+    from registry.signatures import KeyFiles
 
 DISTRIBUTION = "torch-registry"  # the name on the package index; `registry` was taken
 
@@ -76,6 +79,7 @@ __all__ = [
     "HookInfo",
     "IntegrityError",
     "InvalidReferenceError",
+    "KeyFileError",
     "Lineage",
     "LineageNode",
     "MainModuleWarning",
@@ -86,6 +90,7 @@ __all__ = [
     "Registry",
     "RegistryError",
     "SchemaOutOfDateError",
+    "SignatureError",
     "StorageError",
     "TensorChange",
     "TensorInfo",
@@ -130,6 +135,7 @@ def push(
     strip_prefix: str | None = None,
     parent: str | None = None,
     check_input: Sequence[int] | str | None = None,
+    sign: str | os.PathLike[str] | None = None,
 ) -> ModelVersion:
     """Push to the default Registry (env vars / defaults); see `Registry.push`."""
     from registry.api import Registry
@@ -148,6 +154,7 @@ def push(
             strip_prefix=strip_prefix,
             parent=parent,
             check_input=check_input,
+            sign=sign,
         )
 
 
@@ -156,12 +163,21 @@ def pull(
     destination: str | os.PathLike[str] | None = None,
     verify: bool = True,
     format: str = "original",
+    trusted_keys: KeyFiles | None = None,
+    with_signature: bool = False,
 ) -> Path:
     """Pull from the default Registry, verified; see `Registry.pull`."""
     from registry.api import Registry
 
     with Registry() as reg:
-        return reg.pull(ref, destination, verify=verify, format=format)
+        return reg.pull(
+            ref,
+            destination,
+            verify=verify,
+            format=format,
+            trusted_keys=trusted_keys,
+            with_signature=with_signature,
+        )
 
 
 def get(ref: str) -> ModelVersion:
@@ -180,6 +196,7 @@ def load(
     arch: str | Callable[..., nn.Module] | None = None,
     check: bool = False,
     merge: bool = False,
+    trusted_keys: KeyFiles | None = None,
 ) -> nn.Module:
     """Load a model from the default Registry, in eval mode; see `Registry.load`."""
     from registry.api import Registry
@@ -193,4 +210,5 @@ def load(
             arch=arch,
             check=check,
             merge=merge,
+            trusted_keys=trusted_keys,
         )

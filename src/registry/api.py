@@ -39,6 +39,7 @@ from registry.records import (
     ModelVersion,
     TensorInfo,
 )
+from registry.signatures import KeyFiles, SignatureMethods, signed
 from registry.team import TeamMethods
 from registry.upkeep import UpkeepMethods
 
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
 MAX_DESCRIPTION = 64 << 10
 
 
-class Registry(UpkeepMethods, TeamMethods):
+class Registry(UpkeepMethods, TeamMethods, SignatureMethods):
     """A model registry: a catalog (SQLite or PostgreSQL) plus a content-addressed blob store.
 
     Arguments override the REGISTRY_HOME, REGISTRY_DATABASE_URL and
@@ -72,6 +73,10 @@ class Registry(UpkeepMethods, TeamMethods):
     changes are asked of it, as far as the token's scope reaches; what needs
     the catalog or the store itself (gc, verify, tokens, hooks) raises
     ReadOnlyError.
+
+    `trusted_keys` (or REGISTRY_TRUSTED_KEYS), public key files: `load`,
+    `pull`, `state_dict` and `import_bundle` then read only versions one of
+    those keys signed, exactly as recorded (SPEC "Signed versions").
 
     Example:
         >>> reg = Registry(progress=True)
@@ -91,8 +96,10 @@ class Registry(UpkeepMethods, TeamMethods):
         cache: str | os.PathLike[str] | None = None,
         remote: str | None = None,
         token: str | None = None,
+        trusted_keys: KeyFiles | None = None,
     ) -> None:
         self.settings = Settings.resolve(home, database_url, store, cache, remote, token)
+        self._trusted_key_files = trusted_keys
         self.catalog, self.store, self._publisher = _open(self.settings)
         self._progress = _progress_factory(progress)
         self._reads = Reads(self.catalog, self.store, self._progress)
@@ -133,7 +140,7 @@ class Registry(UpkeepMethods, TeamMethods):
 
         Example:
             >>> reg.schema_revision()
-            '0007'
+            '0008'
         """
         return self.catalog.schema_revision()
 
@@ -146,7 +153,7 @@ class Registry(UpkeepMethods, TeamMethods):
 
         Example:
             >>> reg.upgrade()
-            '0007'
+            '0008'
         """
         return self.catalog.upgrade()
 
@@ -166,6 +173,7 @@ class Registry(UpkeepMethods, TeamMethods):
         strip_prefix: str | None = None,
         parent: str | None = None,
         check_input: Sequence[int] | str | None = None,
+        sign: str | os.PathLike[str] | None = None,
     ) -> ModelVersion:
         """Register a checkpoint file or folder, an nn.Module or a state_dict as the next version.
 
@@ -183,7 +191,9 @@ class Registry(UpkeepMethods, TeamMethods):
         or derived from, of any model. `check_input` (a shape such as
         `(1, 3, 224, 224)`) runs the rebuilt model on a seeded input and
         records its output, for `check` to compare with later. Every push
-        records the tensor manifest (names, dtypes, shapes, digests).
+        records the tensor manifest (names, dtypes, shapes, digests). `sign`, a
+        private key file (`registry keys generate`), signs the version: its
+        files the OpenSSF model signing way, its arch and arguments with them.
 
         A folder (`save_pretrained`'s, a sharded checkpoint, a PEFT adapter, a
         `torch.distributed.checkpoint`) is pushed whole, each file a blob; its
@@ -200,6 +210,7 @@ class Registry(UpkeepMethods, TeamMethods):
             InvalidReferenceError: a bad name, alias or tag key.
             NotFoundError: `parent` names no version.
             CheckInputError: the model rejects `check_input`.
+            KeyFileError: `sign` is not a private key this registry signs with.
 
         Example:
             >>> reg.push("model_weights.pth", arch="vgg16", tags={"dataset": "imagenet"})
@@ -217,6 +228,7 @@ class Registry(UpkeepMethods, TeamMethods):
             strip_prefix=strip_prefix,
             parent=parent,
             check_input=check_input,
+            sign=sign,
         )
         from registry import hf
 
@@ -298,6 +310,8 @@ class Registry(UpkeepMethods, TeamMethods):
         destination: str | os.PathLike[str] | None = None,
         verify: bool = True,
         format: str = "original",
+        trusted_keys: KeyFiles | None = None,
+        with_signature: bool = False,
     ) -> Path:
         """Write a version's checkpoint file, verified, and return its path.
 
@@ -305,19 +319,35 @@ class Registry(UpkeepMethods, TeamMethods):
         `format="safetensors"` converts the weights. The default destination is
         `./NAME-vN.<ext>`; a folder as destination gets that file name inside it.
         Nothing is left at the destination when the bytes do not verify.
+        `with_signature` also writes the version's model signing signature
+        beside it (`NAME-vN.sig`), which `model_signing verify` checks.
 
         Raises:
             NotFoundError: no such version.
             IntegrityError: the stored bytes do not match their SHA-256.
             StorageError: the destination cannot be written.
+            SignatureError: trusted keys are set and none signed exactly this
+                version; or `with_signature` and it is not signed.
 
         Example:
             >>> reg.pull("vgg16@v1", "weights/")
             PosixPath('weights/vgg16-v1.pth')
         """
-        return self._reads.pull(self.get(ref), destination, verify, format)
+        version, verify = self._readable(ref, trusted_keys, verify)
+        if with_signature:
+            signed(version)  # refused before anything is written
+        path = self._reads.pull(version, destination, verify, format)
+        if with_signature:
+            self._write_signature(version, path)
+        return path
 
-    def write_to(self, ref: str, sink: BinaryIO, verify: bool = True) -> ModelVersion:
+    def write_to(
+        self,
+        ref: str,
+        sink: BinaryIO,
+        verify: bool = True,
+        trusted_keys: KeyFiles | None = None,
+    ) -> ModelVersion:
         """Write a version's checkpoint, as pushed, to a stream (standard output, a socket).
 
         The bytes are hashed on the way; a mismatch raises IntegrityError once
@@ -331,7 +361,7 @@ class Registry(UpkeepMethods, TeamMethods):
             >>> reg.write_to("vgg16@v1", sys.stdout.buffer).ref
             'vgg16@v1'
         """
-        version = self.get(ref)
+        version, verify = self._readable(ref, trusted_keys, verify)
         self._reads.write_to(version, sink, verify)
         return version
 
@@ -352,18 +382,22 @@ class Registry(UpkeepMethods, TeamMethods):
         """
         return self._reads.local_file(self.get(ref), verify)
 
-    def state_dict(self, ref: str, verify: bool = True) -> dict[str, torch.Tensor]:
+    def state_dict(
+        self, ref: str, verify: bool = True, trusted_keys: KeyFiles | None = None
+    ) -> dict[str, torch.Tensor]:
         """A version's weights as a state_dict, memory-mapped where the format allows.
 
         Raises:
             NotFoundError: no such version.
             IntegrityError: the stored bytes do not match their SHA-256.
+            SignatureError: trusted keys are set and none signed exactly this version.
 
         Example:
             >>> reg.state_dict("vgg16@v1")["classifier.6.bias"].shape
             torch.Size([1000])
         """
-        return self._reads.state_dict(self.get(ref), verify)
+        version, verify = self._readable(ref, trusted_keys, verify)
+        return self._reads.state_dict(version, verify)
 
     def load(
         self,
@@ -374,6 +408,7 @@ class Registry(UpkeepMethods, TeamMethods):
         arch: str | Callable[..., nn.Module] | None = None,
         check: bool = False,
         merge: bool = False,
+        trusted_keys: KeyFiles | None = None,
     ) -> nn.Module:
         """Rebuild a version's model with its weights, in eval mode, ready for inference.
 
@@ -385,7 +420,8 @@ class Registry(UpkeepMethods, TeamMethods):
         at push (on the CPU, before moving to `device`). A transformers folder
         is rebuilt from its recorded config, with no network; a PEFT adapter
         is applied to its base (its parent version), or merged into it with
-        `merge`.
+        `merge`. With trusted keys (`trusted_keys`, the registry's), only a
+        version one of them signed is built, and its base too.
 
         Raises:
             NotFoundError: no such version.
@@ -397,17 +433,18 @@ class Registry(UpkeepMethods, TeamMethods):
             DeviceError: the model cannot be moved to `device`.
             BehaviourMismatchError: with `check`, the model computes something else.
             CheckInputError: with `check`, the version has no behaviour check.
+            SignatureError: trusted keys are set and none signed exactly this version.
 
         Example:
             >>> model = reg.load("vgg16@production", device="cuda")
             >>> model = reg.load("net@v1", arch=Net)   # Net defined in this notebook
         """
-        version = self.get(ref)
+        version, verify = self._readable(ref, trusted_keys, verify)
         if merge and version.format != "peft":
             raise CheckpointError(f"merge is for a PEFT adapter; {version.ref} is not one")
         recorded = self._fingerprint(version) if check else None
         if version.format == "peft":
-            model = self._adapted(version, verify, trust_arch, merge)
+            model = self._adapted(version, verify, trust_arch, merge, trusted_keys)
         elif version.format == "transformers" and arch is None:
             model = self._reads.transformers_model(version, verify, trust_arch)
         else:
@@ -449,13 +486,20 @@ class Registry(UpkeepMethods, TeamMethods):
             raise ArchitectureError(f"cannot rebuild {version.ref}: {exc}") from None
 
     def _adapted(
-        self, version: ModelVersion, verify: bool, trust_arch: bool, merge: bool
+        self,
+        version: ModelVersion,
+        verify: bool,
+        trust_arch: bool,
+        merge: bool,
+        trusted_keys: KeyFiles | None,
     ) -> nn.Module:
         """A PEFT adapter's base, rebuilt from its version, with the adapter applied or merged."""
         if version.parent is None:
             raise NotFoundError(f"the base of adapter {version.ref}", "it records no parent")
         try:
-            base = self.load(version.parent, verify=verify, trust_arch=trust_arch)
+            base = self.load(
+                version.parent, verify=verify, trust_arch=trust_arch, trusted_keys=trusted_keys
+            )
         except NotFoundError:
             raise NotFoundError(
                 f"{version.parent}, the base of adapter {version.ref},", "it was deleted"

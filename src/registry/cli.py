@@ -35,6 +35,14 @@ class RegistryGroup(click.Group):
             raise click.ClickException(str(exc)) from exc
 
 
+TRUSTED_KEY = ("--trusted-key", "trusted_keys")  # before the command, or after it
+TRUSTED_KEY_TYPE: dict[str, Any] = {
+    "multiple": True,
+    "type": click.Path(dir_okay=False),
+    "metavar": "PEM",
+}
+
+
 @click.group(cls=RegistryGroup)
 @click.option("--home", type=click.Path(file_okay=False), help="Home folder [env REGISTRY_HOME].")
 @click.option(
@@ -54,6 +62,12 @@ class RegistryGroup(click.Group):
     help="Work through a `registry serve` at URL instead of a catalog and store "
     "[env REGISTRY_REMOTE; token from REGISTRY_TOKEN].",
 )
+@click.option(
+    *TRUSTED_KEY,
+    **TRUSTED_KEY_TYPE,
+    help="Read only versions this public key signed (repeatable) "
+    "[env REGISTRY_TRUSTED_KEYS, comma-separated].",
+)
 @click.version_option(package_name=DISTRIBUTION, prog_name="registry")
 @click.pass_context
 def cli(
@@ -63,6 +77,7 @@ def cli(
     store: str | None,
     cache: str | None,
     remote: str | None,
+    trusted_keys: tuple[str, ...],
 ) -> None:
     """A model registry for PyTorch: versioned, verified checkpoints, rebuilt in eval mode."""
     from registry.api import Registry
@@ -74,6 +89,7 @@ def cli(
         cache=cache,
         remote=remote,
         progress=progress_bars.terminal,
+        trusted_keys=trusted_keys or None,  # none given: REGISTRY_TRUSTED_KEYS
     )
 
 
@@ -98,6 +114,12 @@ def complete_refs(
 
 def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")(command)
+
+
+def trusted_key_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`--trusted-key` after a command: the keys it adds to the registry's own."""
+    help = "Read only versions signed by this public key or another trusted one (repeatable)."
+    return click.option(*TRUSTED_KEY, **TRUSTED_KEY_TYPE, help=help)(command)
 
 
 def key_values(
@@ -169,6 +191,12 @@ def key_values(
     help="Record the model's output on a seeded input of this shape, e.g. 1,3,224,224, "
     "for `registry check`.",
 )
+@click.option(
+    "--sign",
+    type=click.Path(dir_okay=False),
+    metavar="KEY",
+    help="Sign the version with this private key (from `registry keys generate`).",
+)
 @json_option
 @click.pass_obj
 def push(reg: Registry, /, file: str, as_json: bool, **options: Any) -> None:
@@ -204,10 +232,23 @@ def push(reg: Registry, /, file: str, as_json: bool, **options: Any) -> None:
     show_default=True,
     help="original: the pushed file, bit-exact; safetensors: the weights converted.",
 )
+@click.option(
+    "--with-signature",
+    is_flag=True,
+    help="Also write the version's model signing signature beside it, NAME-vN.sig.",
+)
+@trusted_key_option
 @json_option
 @click.pass_obj
 def pull(
-    reg: Registry, ref: str, output: str | None, no_verify: bool, format_: str, as_json: bool
+    reg: Registry,
+    ref: str,
+    output: str | None,
+    no_verify: bool,
+    format_: str,
+    with_signature: bool,
+    trusted_keys: tuple[str, ...],
+    as_json: bool,
 ) -> None:
     """Write REF's checkpoint file (or folder), bit-exact and verified; print its path.
 
@@ -215,12 +256,30 @@ def pull(
     """
     version = reg.get(ref)  # resolved once: the file and the JSON name the same version
     if output == "-":
-        if format_ != "original":
-            raise click.UsageError("-o - writes the original file; convert to a file instead")
-        reg.write_to(version.ref, sys.stdout.buffer, verify=not no_verify)
+        if format_ != "original" or with_signature:
+            raise click.UsageError("-o - writes the original file alone; pull to a file instead")
+        verify = not no_verify
+        reg.write_to(version.ref, sys.stdout.buffer, verify=verify, trusted_keys=trusted_keys)
         return
-    path = reg.pull(version.ref, output, verify=not no_verify, format=format_)
-    _print({"path": str(path), "ref": version.ref, "format": format_} if as_json else path, as_json)
+    path = reg.pull(
+        version.ref,
+        output,
+        verify=not no_verify,
+        format=format_,
+        trusted_keys=trusted_keys,
+        with_signature=with_signature,
+    )
+    found: dict[str, Any] = {"path": str(path), "ref": version.ref, "format": format_}
+    if with_signature:
+        from registry.signatures import signature_path
+
+        found["signature"] = str(signature_path(path, version.files is not None))
+    if as_json:
+        _print(found, True)
+        return
+    click.echo(path)
+    if with_signature:
+        click.echo(found["signature"])
 
 
 def _input_shape(ctx: click.Context, param: click.Parameter, text: str | None) -> Any:
@@ -249,6 +308,7 @@ def _input_shape(ctx: click.Context, param: click.Parameter, text: str | None) -
 )
 @click.option("--check", is_flag=True, help="Rerun the behaviour check recorded at push.")
 @click.option("--merge", is_flag=True, help="For a PEFT adapter: merge it into its base model.")
+@trusted_key_option
 @json_option
 @click.pass_obj
 def load(
@@ -260,6 +320,7 @@ def load(
     trust_arch: bool,
     check: bool,
     merge: bool,
+    trusted_keys: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Rebuild REF's model with its weights in eval mode and report on it."""
@@ -274,6 +335,7 @@ def load(
         trust_arch=trust_arch,
         check=check,
         merge=merge,
+        trusted_keys=trusted_keys,
     )
     result: dict[str, Any] = {
         "ref": version.ref,
@@ -358,6 +420,7 @@ def show(reg: Registry, ref: str, tensors: bool, as_json: bool) -> None:
     if version.parent is not None and not _exists(reg, version.parent):
         data["parent"] = f"{version.parent} (deleted)"
     del data["files"]  # a folder's are listed below, one per line
+    del data["signature"]  # pages of base64: `signed_by` names the key, --json has it whole
     width = max(map(len, data))
     for key, value in data.items():
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
@@ -493,10 +556,26 @@ def rm(reg: Registry, ref: str, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("ref", required=False, shell_complete=complete_refs)
+@click.option(
+    "--signature",
+    is_flag=True,
+    help="Check signatures instead, reading no file: exit 1 unless each is valid (by a "
+    "trusted key, where any are given).",
+)
+@trusted_key_option
 @json_option
 @click.pass_obj
-def verify(reg: Registry, ref: str | None, as_json: bool) -> None:
+def verify(
+    reg: Registry, ref: str | None, signature: bool, trusted_keys: tuple[str, ...], as_json: bool
+) -> None:
     """Re-hash the blobs of REF (or of every version); exit 1 if any is missing or corrupt."""
+    if signature:
+        from registry.cli_signing import verify_signatures
+
+        verify_signatures(reg, ref, trusted_keys, as_json)
+        return
+    if trusted_keys:
+        raise click.UsageError("--trusted-key goes with --signature")
     problems = reg.verify(ref)
     if as_json:
         _print([p.to_json() for p in problems], True)
@@ -558,12 +637,13 @@ def export(
 
 @cli.command(name="import")
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@trusted_key_option
 @json_option
 @click.pass_obj
-def import_(reg: Registry, file: str, as_json: bool) -> None:
+def import_(reg: Registry, file: str, trusted_keys: tuple[str, ...], as_json: bool) -> None:
     """Record the versions of bundle FILE (- for standard input); print NAME@vN for each."""
     source = sys.stdin.buffer if file == "-" else file
-    versions = reg.import_bundle(source)
+    versions = reg.import_bundle(source, trusted_keys=trusted_keys)
     if as_json:
         _print([{**v.to_json(), "imported": v.is_new} for v in versions], True)
         return
@@ -733,4 +813,5 @@ def _human_size(size: int) -> str:
     return f"{scaled:.1f} {units[0]}"
 
 
-from registry import cli_team  # noqa: E402, F401  -- registers describe, log, token, hook
+# Registered by importing them: describe, log, token, hook; keys.
+from registry import cli_signing, cli_team  # noqa: E402, F401

@@ -208,6 +208,25 @@ class BehaviourMismatchError(RegistryError):
         super().__init__(f"{ref} behaves differently: {detail}")
 
 
+class SignatureError(RegistryError):
+    """A version's signature is missing, by a key nobody trusted, or not of what it claims."""
+
+    def __init__(self, ref: str, problem: str, hint: str = "") -> None:
+        self.ref = ref
+        self.problem = problem
+        self.hint = hint
+        super().__init__(f"{ref} {problem}" + (f"; {hint}" if hint else ""))
+
+
+class KeyFileError(ConfigurationError):
+    """A signing or trusted key file cannot be read or is not a key the registry signs with."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"key {path}: {problem}")
+
+
 class MainModuleWarning(UserWarning):
     """A version's builder lives in `__main__`: only a process defining it can rebuild it."""
 

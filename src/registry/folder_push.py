@@ -74,10 +74,12 @@ def run(
     for_client: ForClient | None = None,
 ) -> ModelVersion:
     """Push `folder` as the next version; see `Registry.push`."""
+    from registry.pushing import signed
+
     listed = folders.scan(folder)
     kind = folders.kind(folder, listed)
     _refuse_options(folder, kind, options, checked)
-    name = options.name or _default_name(kind, folder, options)
+    name = options.name or default_name(kind, folder, options)
     if for_client is not None:
         for_client.check_name(name)
     previous = _previous(catalog, name)
@@ -121,6 +123,7 @@ def run(
             parent=checked.parent,
             files=tuple(stored),
         )
+        new = signed(new, options, for_client)
         writers.append(listing)
         for writer in writers:
             writer.publish()  # before the transaction: an upload holds no catalog lock
@@ -172,7 +175,7 @@ def _refuse_options(folder: Path, kind: str, options: PushOptions, checked: Vali
         )
 
 
-def _default_name(kind: str, folder: Path, options: PushOptions) -> str:
+def default_name(kind: str, folder: Path, options: PushOptions) -> str:
     """The name a push without --name records: the class's, the arch's, else the folder's."""
     from registry import hf, pushing
 

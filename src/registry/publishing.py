@@ -9,7 +9,7 @@ it to push them, the server's own `LocalPublisher` doing every check.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 if TYPE_CHECKING:
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from registry.progress_bars import Progress
     from registry.pushing import ForClient, PushOptions
     from registry.records import ModelVersion
+    from registry.signing import TrustedKey
     from registry.stores import Store
 
 
@@ -26,7 +27,10 @@ class Publisher(Protocol):
     def push(self, source: Any, options: PushOptions, progress: Progress) -> ModelVersion: ...
 
     def import_bundle(
-        self, source: str | os.PathLike[str] | BinaryIO, progress: Progress
+        self,
+        source: str | os.PathLike[str] | BinaryIO,
+        progress: Progress,
+        trusted: Sequence[TrustedKey] = (),
     ) -> list[ModelVersion]: ...
 
 
@@ -51,11 +55,12 @@ class LocalPublisher:
         self,
         source: str | os.PathLike[str] | BinaryIO,
         progress: Progress,
+        trusted: Sequence[TrustedKey] = (),
         check_name: Callable[[str], None] | None = None,
     ) -> list[ModelVersion]:
         from registry.bundles import exchange
 
-        return exchange.import_(self.catalog, self.store, source, check_name)
+        return exchange.import_(self.catalog, self.store, source, check_name, trusted)
 
 
 def options_json(options: PushOptions, arch: str | None) -> Mapping[str, Any]:

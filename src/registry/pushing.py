@@ -57,6 +57,7 @@ class PushOptions:
     strip_prefix: str | None = None
     parent: str | None = None
     check_input: Sequence[int] | str | None = None
+    sign: str | os.PathLike[str] | None = None  # the private key file that signs the version
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class ForClient:
 
     check_name: Callable[[str], None]
     sent: Mapping[str, str] = field(default_factory=dict)  # a folder's paths -> sha256 sent
+    signature: dict[str, Any] | None = None  # what the client signed: checked, then stored
 
     def trusts(self, arch: str) -> bool:
         """Whether this server trusts `arch` as its own code (REGISTRY_TRUSTED_ARCHS)."""
@@ -105,7 +107,25 @@ def validate(catalog: Catalog, options: PushOptions) -> Validated:
     check_input = options.check_input
     shape = behaviour.parse_shape(check_input) if check_input is not None else None
     parent = catalog.get(options.parent).ref if options.parent is not None else None
+    if options.sign is not None:
+        from registry import signing
+
+        signing.check_signing_key(options.sign)  # a bad key fails before anything is read
     return Validated(tags, aliases, tuple(shape) if shape is not None else None, parent)
+
+
+def signed(new: NewVersion, options: PushOptions, for_client: ForClient | None) -> NewVersion:
+    """`new` with its signature, when the push was asked to sign it, or its client signed it
+    before sending: a server stores that only if it vouches for what it records."""
+    from registry import signing
+
+    if options.sign is not None:
+        return replace(new, signature=signing.sign(options.sign, signing.Claims.of_new(new)))
+    if for_client is not None and for_client.signature is not None:
+        claims = signing.Claims.of_new(new)
+        signing.check_own(for_client.signature, claims, f"{new.name} as pushed")
+        return replace(new, signature=for_client.signature)
+    return new
 
 
 def run(
@@ -146,7 +166,7 @@ def run(
     if path is not None:
         preflight(path)
     if isinstance(source, Stored):
-        found = _identical(catalog, name, source, options)
+        found = _identical(catalog, name, source, options, for_client)
         if found is not None:
             return found
 
@@ -199,6 +219,7 @@ def run(
             checkpoints.save_safetensors(weights.state_dict, safe_copy)
             new = replace(new, weights_sha256=safe_copy.finish())
             writers.append(safe_copy)
+        new = signed(new, options, for_client)
         for writer in writers:
             writer.publish()  # before the transaction: an upload holds no catalog lock
         with catalog.recording() as recording:
@@ -236,7 +257,11 @@ def _keep(recording: Recording, store: Store, stored: Stored) -> None:
 
 
 def _identical(
-    catalog: Catalog, name: str, stored: Stored, options: PushOptions
+    catalog: Catalog,
+    name: str,
+    stored: Stored,
+    options: PushOptions,
+    for_client: ForClient | None,
 ) -> ModelVersion | None:
     """The version a re-push of bytes a server holds would find, with the new tags and
     aliases added, without reading the bytes again; None: push it."""
@@ -266,7 +291,9 @@ def _identical(
         aliases=tuple(refs.validate_alias(a) for a in options.aliases),
         parent=None,
         files=None,
+        signature=None,  # kept unless the client signed it again
     )
+    again = signed(again, options, for_client)
     with catalog.recording() as recording:
         recording.keep(stored.sha256, stored.size, stored.check)
         return recording.add(again)

@@ -32,6 +32,8 @@ class ModelVersion:
     parent: str | None = None  # the version it was derived from ("resnet18@v1"), maybe deleted
     check_input: tuple[int, ...] | None = None  # the behaviour check's input shape, if recorded
     files: tuple[FolderFile, ...] | None = None  # a folder version's files; None: one file
+    # What `registry.signing` signed, unchecked: only a reader's trusted keys make it proof.
+    signature: dict[str, Any] | None = field(default=None, repr=False)
     # True only on the record `push` returns when it made a new version (not in JSON).
     is_new: bool = field(default=False, compare=False, repr=False)
 
@@ -39,9 +41,17 @@ class ModelVersion:
     def ref(self) -> str:
         return f"{self.name}@v{self.version}"
 
+    @property
+    def signed_by(self) -> str | None:
+        """The fingerprint of the key its signature names (not checked here), or None."""
+        from registry import signing
+
+        return signing.signed_by(self.signature)
+
     def to_json(self) -> dict[str, Any]:
         data = {"ref": self.ref, **asdict(self)}
         del data["is_new"]
+        data["signed_by"] = self.signed_by
         data["aliases"] = list(self.aliases)
         data["created_at"] = self.created_at.isoformat()
         data["check_input"] = list(self.check_input) if self.check_input else None
@@ -94,6 +104,7 @@ class NewVersion:
     parent: str | None = None
     fingerprint: Fingerprint | None = None
     files: tuple[FolderFile, ...] | None = None  # a folder's; `blob_sha256` is its file list's
+    signature: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The catalog's tables, as SQLAlchemy 2 declarative classes (a "model" elsewhere is an nn.Module).
 
-    models ──< versions >── blobs
+    models ──< versions >── blobs        a version's signature is a column (0008)
                  │  ├──< tags
                  │  ├──< tensors            the tensor manifest, in state_dict order
                  │  ╰──── fingerprints      a behaviour check's recorded output
@@ -102,6 +102,8 @@ class Version(Base):
     num_params: Mapped[int] = mapped_column(BigInteger)
     torch_version: Mapped[str] = mapped_column(String(64))
     details: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Its signature document (`registry.signing`), null when unsigned (0008).
+    signature: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class VersionFile(Base):

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from registry.progress_bars import Progress
     from registry.publishing import Publisher
     from registry.records import ModelVersion, Problem, Reclaimed
+    from registry.signing import TrustedKey
     from registry.stores import Store
 
 
@@ -28,6 +29,10 @@ class UpkeepMethods:
         def get(self, ref: str) -> ModelVersion: ...
 
         def search(self) -> list[ModelVersion]: ...
+
+        def trusted_keys(
+            self, also: Sequence[str | os.PathLike[str]] | None = None
+        ) -> tuple[TrustedKey, ...]: ...
 
     def verify(self, ref: str | None = None) -> list[Problem]:
         """Re-hash the blobs of one version (or all); report each missing or damaged one.
@@ -109,7 +114,11 @@ class UpkeepMethods:
             exchange.export(self.catalog, self.store, versions, destination, advance)
         return versions
 
-    def import_bundle(self, source: str | os.PathLike[str] | BinaryIO) -> list[ModelVersion]:
+    def import_bundle(
+        self,
+        source: str | os.PathLike[str] | BinaryIO,
+        trusted_keys: Sequence[str | os.PathLike[str]] | None = None,
+    ) -> list[ModelVersion]:
         """Record the versions of a bundle, each as the next version of its model.
 
         The bundle is untrusted: every field is validated and every blob verified
@@ -117,13 +126,17 @@ class UpkeepMethods:
         version equal to one already here (bytes, arch, arguments) is not made
         twice; the records say which are new (`is_new`). Aliases are not carried.
         Through a team server, the bundle is streamed to it, which imports it so.
+        With trusted keys (`trusted_keys`, the registry's), a bundle is refused
+        unless one of them signed each of its versions, before a blob is read.
 
         Raises:
             BundleError: the bundle is damaged or holds what a registry never writes.
             NotFoundError: the file does not exist.
+            SignatureError: trusted keys are set and a version is not signed by one.
 
         Example:
             >>> [(v.ref, v.is_new) for v in reg.import_bundle("models.tar")]
             [('vgg16@v1', True)]
         """
-        return self._publisher.import_bundle(source, self._progress)
+        trusted = self.trusted_keys(trusted_keys)
+        return self._publisher.import_bundle(source, self._progress, trusted)

@@ -17,13 +17,13 @@ import hashlib
 import os
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from registry import files, folders, wire
-from registry.errors import CheckpointError, NotFoundError, UnsafeCheckpointError
+from registry.errors import CheckpointError, NotFoundError, SignatureError, UnsafeCheckpointError
 from registry.publishing import options_json
 from registry.records import FolderFile, ModelVersion
 from registry.remote import Client
@@ -31,6 +31,7 @@ from registry.remote import Client
 if TYPE_CHECKING:
     from registry.progress_bars import Progress
     from registry.pushing import PushOptions
+    from registry.signing import TrustedKey
 
 PUSH_TIMEOUT_S = 3600.0  # the server reads, checks and digests the weights before answering
 UPLOAD_CHUNK = 1 << 20
@@ -61,6 +62,8 @@ class ServerPublisher:
             else:
                 root, listed = path.parent, [replace(self._file(path), path=path.name)]
                 body["file"] = _entry(listed[0])
+            if options.sign is not None:  # signed here: the server only stores the signature
+                body["signature"] = _signature(path, listed, arch, options)
             for attempt in (1, 2):
                 self._send(root, listed, progress)
                 try:
@@ -73,14 +76,34 @@ class ServerPublisher:
         return self._version("/api/push", answer)
 
     def import_bundle(
-        self, source: str | os.PathLike[str] | BinaryIO, progress: Progress
+        self,
+        source: str | os.PathLike[str] | BinaryIO,
+        progress: Progress,
+        trusted: Sequence[TrustedKey] = (),
     ) -> list[ModelVersion]:
-        """Stream a bundle to the server, which verifies and records it as a local import does."""
+        """Stream a bundle to the server, which verifies and records it as a local import does.
+
+        With trusted keys, the bundle's manifest is read here first and refused
+        unless one of them signed each version, before a byte is sent.
+        """
+        if trusted and not isinstance(source, (str, os.PathLike)):
+            raise SignatureError(
+                "the bundle", "cannot have its signatures checked here before the server "
+                "reads it", "import a bundle file, not standard input, through a server",
+            )  # fmt: skip
         if isinstance(source, (str, os.PathLike)):
             try:
                 stream: BinaryIO = open(source, "rb")  # noqa: SIM115 -- closed below
             except FileNotFoundError:
                 raise NotFoundError(f"file {str(source)!r}") from None
+            if trusted:
+                from registry.bundles import archive, exchange
+
+                try:
+                    listed = archive.manifest_entries(stream, str(source))
+                    exchange.check_signatures(listed, trusted)
+                finally:
+                    stream.seek(0)
         else:
             stream = source
         try:
@@ -166,6 +189,30 @@ class ServerPublisher:
         except (KeyError, TypeError, ValueError):
             raise self.client.unexpected(path, "an answer the registry does not write") from None
         return replace(version, is_new=answer.get("is_new") is True)
+
+
+def _signature(
+    path: Path, listed: list[FolderFile], arch: str | None, options: PushOptions
+) -> dict[str, Any]:
+    """The signature of what the server will record for this push, made with the client's
+    key: the name the push gives, the arch and arguments it names, the files' digests."""
+    from registry import folder_push, hf, pushing, signing
+
+    assert options.sign is not None
+    if path.is_dir():
+        kind = folders.kind(path, folders.scan(path))
+        name = options.name or folder_push.default_name(kind, path, options)
+        files = {f.path: f.sha256 for f in listed}
+        if arch is None and kind == "transformers":  # what the server reads from config.json
+            config = folders.config(path)
+            arch = hf.arch_of(config if isinstance(config, dict) else {})
+    else:
+        if arch is None:
+            raise CheckpointError("a file's push needs its arch")
+        name = options.name or pushing.default_name(arch)
+        files = {signing.SINGLE_FILE: listed[0].sha256}
+    claims = signing.Claims(name, arch or "", dict(options.arch_args), files, None)
+    return signing.sign(options.sign, claims)
 
 
 def _entry(file: FolderFile) -> dict[str, Any]:

@@ -112,6 +112,7 @@ def version(data: Any, *, numbered: bool = True) -> ModelVersion:
         parent=None if parent is None else str(_numbered(typed(parent, str, "parent"), "parent")),
         check_input=check_input,
         files=folder,
+        signature=typed(data.get("signature"), (dict, _NULL), "signature"),
     )
 
 
@@ -357,6 +358,8 @@ def push_request(data: Any) -> tuple[dict[str, Any], FolderFile | None, tuple[Fo
     options["trust_pickle"] = typed(data.get("trust_pickle", False), bool, "trust_pickle")
     shape = typed(data.get("check_input"), (list, _NULL), "check_input")
     options["check_input"] = None if shape is None else _shape(shape, "check_input")
+    # A signature the client made: checked against what the push records, then stored.
+    options["signature"] = typed(data.get("signature"), (dict, _NULL), "signature")
     if len(repr((options["arch_args"], options["tags"], options["description"]))) > MAX_ARGS_TEXT:
         raise ValueError(f"the push's arguments, tags and description exceed {MAX_ARGS_TEXT}")
     single = data.get("file")

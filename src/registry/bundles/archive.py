@@ -26,7 +26,7 @@ import hashlib
 import json
 import tarfile
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import IO, Any, BinaryIO
 
@@ -174,24 +174,23 @@ class _Checked:
 
 
 def read(
-    source: IO[bytes], store: Store, stack: ExitStack, shown_as: str
+    source: IO[bytes],
+    store: Store,
+    stack: ExitStack,
+    shown_as: str,
+    vet: Callable[[list[Entry]], None] = lambda _entries: None,
 ) -> tuple[list[Entry], dict[str, BlobWriting]]:
     """Validate a bundle and write its blobs as uncommitted writers held open by `stack`.
 
     Raises BundleError, naming `shown_as`, for anything a registry would not
     have written; the writers are discarded when `stack` closes uncommitted.
+    `vet` sees the manifest's entries before any blob is read, and may refuse them.
     """
-    try:
+    with _bundle_errors(shown_as):
         tar = stack.enter_context(tarfile.open(fileobj=source, mode="r|"))  # noqa: SIM115
         members = iter(tar)
-        first = next(members, None)
-        if first is None or first.name != MANIFEST or not first.isreg():
-            raise BundleError(
-                f"{shown_as} is not a registry bundle: {MANIFEST} does not come first"
-            )
-        if first.size > MAX_MANIFEST_BYTES:
-            raise BundleError(f"{shown_as}: {MANIFEST} is {first.size:,} bytes, too large")
-        entries = _entries(_read_member(tar, first), shown_as)
+        entries = _manifest(tar, members, shown_as)
+        vet(entries)
         sizes = _sizes(entries, shown_as)
         needed = {digest for entry in entries for digest in entry.digests}
         writers: dict[str, BlobWriting] = {}
@@ -205,14 +204,39 @@ def read(
                     f"its manifest says {sizes[digest]:,}"
                 )
             writers[digest] = _write_blob(tar, member, digest, store, stack, shown_as)
-    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
-        if isinstance(exc, RegistryError):
-            raise
-        raise BundleError(f"{shown_as} is not a readable tar file: {exc}") from None
     missing = sorted(needed - set(writers))
     if missing:
         raise BundleError(f"{shown_as} lacks blob {missing[0]}, which its manifest needs")
     return entries, writers
+
+
+def manifest_entries(source: IO[bytes], shown_as: str) -> list[Entry]:
+    """A bundle's manifest alone, validated as `read` validates it; no blob is read."""
+    with _bundle_errors(shown_as), tarfile.open(fileobj=source, mode="r|") as tar:
+        return _manifest(tar, iter(tar), shown_as)
+
+
+@contextmanager
+def _bundle_errors(shown_as: str) -> Iterator[None]:
+    """A tar file that cannot be read, as one BundleError naming `shown_as`."""
+    try:
+        yield
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        if isinstance(exc, RegistryError):
+            raise
+        raise BundleError(f"{shown_as} is not a readable tar file: {exc}") from None
+
+
+def _manifest(
+    tar: tarfile.TarFile, members: Iterator[tarfile.TarInfo], shown_as: str
+) -> list[Entry]:
+    """The entries of the manifest, which must be the bundle's first member."""
+    first = next(members, None)
+    if first is None or first.name != MANIFEST or not first.isreg():
+        raise BundleError(f"{shown_as} is not a registry bundle: {MANIFEST} does not come first")
+    if first.size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{shown_as}: {MANIFEST} is {first.size:,} bytes, too large")
+    return _entries(_read_member(tar, first), shown_as)
 
 
 def _sizes(entries: list[Entry], shown_as: str) -> dict[str, int]:
@@ -343,6 +367,7 @@ def _fields(version: ModelVersion) -> dict[str, Any]:
         "torch_version": version.torch_version,
         "extension": version.extension,
         "details": version.details,
+        "signature": version.signature,
     }
 
 

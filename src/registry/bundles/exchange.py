@@ -13,16 +13,18 @@ folder version's from its verified files, one shard at a time).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from registry import faults, files, refs
+from registry import faults, files, refs, signing
 from registry.bundles import archive
 from registry.catalogs import Catalog, Recording
 from registry.errors import BundleError, CheckpointError, NotFoundError
 from registry.records import Fingerprint, ModelVersion, NewVersion, TensorInfo
+from registry.signing import TrustedKey
 from registry.stores import BlobWriting, Store
 
 
@@ -63,9 +65,11 @@ def import_(
     store: Store,
     source: str | os.PathLike[str] | BinaryIO,
     check_name: Callable[[str], None] | None = None,
+    trusted: Sequence[TrustedKey] = (),
 ) -> list[ModelVersion]:
     """Record a bundle's versions; see `Registry.import_bundle`. `check_name` refuses
-    (raises) a model the importer may not write, before anything is recorded."""
+    (raises) a model the importer may not write, before anything is recorded; with
+    `trusted` keys, a version none of them signed is refused before a blob is read."""
     with contextlib.ExitStack() as stack:
         if isinstance(source, (str, os.PathLike)):
             shown_as = str(source)
@@ -77,7 +81,8 @@ def import_(
                 raise BundleError(f"cannot read {shown_as}: {exc.strerror}") from None
         else:
             shown_as, stream = "the bundle", source
-        entries, writers = archive.read(_crashing(stream), store, stack, shown_as)
+        vet = functools.partial(check_signatures, trusted=trusted)
+        entries, writers = archive.read(_crashing(stream), store, stack, shown_as, vet)
         if check_name is not None:
             for name in dict.fromkeys(e.name for e in entries):
                 check_name(name)
@@ -107,6 +112,24 @@ def import_(
                 )
             faults.crash_point("import-commit")  # blobs placed, the versions not yet committed
     return [imported[e.source_ref] for e in entries]
+
+
+def check_signatures(entries: Sequence[archive.Entry], trusted: Sequence[TrustedKey]) -> None:
+    """With trusted keys, refuse the bundle unless one of them signed each of its versions
+    exactly as the bundle describes it."""
+    if not trusted:
+        return
+    for entry in entries:
+        fields = entry.fields
+        files = {f.path: f.sha256 for f in entry.files} if entry.files is not None else None
+        claims = signing.Claims(
+            entry.name,
+            fields["arch"],
+            fields["arch_args"],
+            files if files is not None else {signing.SINGLE_FILE: fields["blob_sha256"]},
+            fields["weights_sha256"],
+        )
+        signing.check(fields["signature"], claims, trusted, f"{entry.source_ref} in the bundle")
 
 
 def _crashing(stream: BinaryIO) -> BinaryIO:

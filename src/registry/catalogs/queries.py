@@ -225,7 +225,9 @@ def add_version(
     Returns the version and whether it is new. Identical means the same
     bytes, arch and arguments under the same model name; an identical version
     keeps its manifest, and its parent and fingerprint if it has them, else
-    gains those given. The caller has claimed the version's blobs already.
+    gains those given, and a signature given replaces its own (a re-push with
+    `--sign` signs a version again: key rotation). The caller has claimed the
+    version's blobs already.
     """
     now = version.created_at
     model = lock_model(s, name, now)
@@ -260,6 +262,8 @@ def add_version(
             model.size += sum(f.size for f in files)
         else:
             model.size += s.scalar(select(Blob.size).where(Blob.sha256 == row.blob_sha256)) or 0
+    elif version.signature is not None:
+        row.signature = version.signature
     if parent is not None and s.get(Lineage, (model.id, row.version)) is None:
         _link(s, model, row, *parent)
     if fingerprint is not None and s.get(Fingerprint, row.id) is None:
@@ -525,6 +529,7 @@ def _record(name: str, v: Mapping[Any, Any], related: Mapping[Any, Any]) -> Mode
         parent=f"{parent[0][0]}@v{parent[0][1]}" if parent else None,
         check_input=tuple(check_input) if check_input is not None else None,
         files=files,
+        signature=v["signature"],
     )
 
 

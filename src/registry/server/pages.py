@@ -122,6 +122,7 @@ class Pages:
             except NotFoundError:
                 parent_problem = f"its parent {version.parent} was deleted"
         fields = version.to_json()
+        del fields["signature"]  # pages of base64; `signed_by` names the key
         return self._render(
             request,
             "version.html",

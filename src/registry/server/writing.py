@@ -144,8 +144,9 @@ class WriteApi:
                 "a registry server never unpickles what a client sends; push the weights "
                 "(a state_dict or a .safetensors file) instead"
             )
+        signature = fields.pop("signature")
         options = PushOptions(**fields)
-        version = await _threaded(self._push, who, options, single, files)
+        version = await _threaded(self._push, who, options, single, files, signature)
         body = {**version.to_json(), "is_new": version.is_new}
         return JSONResponse(body, status_code=201 if version.is_new else 200)
 
@@ -155,6 +156,7 @@ class WriteApi:
         options: PushOptions,
         single: FolderFile | None,
         files: tuple[FolderFile, ...],
+        signature: dict[str, Any] | None,
     ) -> ModelVersion:
         def check_name(name: str) -> None:
             who.require("write", name, "push to")
@@ -165,9 +167,10 @@ class WriteApi:
         with audit.acting_as(who.principal.name):
             if single is not None:
                 stored = self._stored(single)
-                return self.publisher.push(stored, options, silent, ForClient(check_name))
+                client = ForClient(check_name, signature=signature)
+                return self.publisher.push(stored, options, silent, client)
             with self._staged(files) as folder:
-                sent = ForClient(check_name, {f.path: f.sha256 for f in files})
+                sent = ForClient(check_name, {f.path: f.sha256 for f in files}, signature)
                 return self.publisher.push(folder, options, silent, sent)
 
     def _stored(self, file: FolderFile) -> Stored:
@@ -224,7 +227,9 @@ class WriteApi:
 
             def run() -> list[ModelVersion]:
                 with audit.acting_as(who.principal.name):
-                    return self.publisher.import_bundle(spool, progress_bars.silent, check_name)
+                    return self.publisher.import_bundle(
+                        spool, progress_bars.silent, check_name=check_name
+                    )
 
             versions = await _threaded(run)
         finally:

@@ -1,0 +1,432 @@
+"""Signed versions (SPEC "Signed versions"): key pairs, signing a version, checking a signature.
+
+A signed version keeps one JSON document with it (`versions.signature`):
+
+    signed_by   the key's fingerprint: the hex SHA-256 of its public key's PEM
+                (what model_signing calls the key's "hint")
+    public_key  that PEM, to say who signed; never trusted because it is there
+    files       an OpenSSF model signing bundle: a Sigstore bundle (v0.3) whose DSSE
+                envelope holds an in-toto statement listing each file's SHA-256, as
+                `model_signing` writes it; `pull --with-signature` writes it out
+    version     the registry's own DSSE envelope, over the name, arch, arguments,
+                files and safe weights copy: what binds the arch to the files
+
+Both envelopes are signed by the one key: ECDSA on P-256 (what `registry keys
+generate` makes), P-384 or P-521, the curves model_signing verifies. A loading
+machine trusts keys, never documents: `check` picks the trusted key the
+document names, verifies both envelopes with it and compares what they list
+with the version about to be read, whose every byte the read then verifies
+against those digests. Everything read here is somebody else's data: a
+document that does not parse is refused like one that does not verify.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from registry.errors import KeyFileError, SignatureError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from registry.records import FolderFile, ModelVersion, NewVersion
+
+TRUSTED_KEYS_ENV = "REGISTRY_TRUSTED_KEYS"
+
+BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+PAYLOAD_TYPE = "application/vnd.in-toto+json"
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+FILES_PREDICATE = "https://model_signing/signature/v1.0"  # model_signing 1.x reads this
+VERSION_PREDICATE = "https://github.com/torch-registry/signed-version/v1"
+# What model_signing ignores in a folder by default, recorded as it records it.
+IGNORED_PATHS = [".git", ".gitattributes", ".github", ".gitignore"]
+SINGLE_FILE = "."  # model_signing's name for the one file of a single-file model
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What a signature vouches for: a version as its reads will use it."""
+
+    name: str
+    arch: str
+    arch_args: Mapping[str, Any]
+    files: Mapping[str, str]  # "." for a single file, else each relative path: its SHA-256
+    weights: str | None  # the safe copy of a trusted pickle's weights, what its loads read
+
+    @classmethod
+    def of(cls, version: ModelVersion) -> Claims:
+        """What a recorded version (the catalog's, a server's, a bundle's) claims."""
+        return cls._made(version.name, version.arch, version.arch_args, version.sha256,
+                         version.files, version.weights_sha256)  # fmt: skip
+
+    @classmethod
+    def of_new(cls, new: NewVersion) -> Claims:
+        """What a version about to be recorded will claim."""
+        return cls._made(new.name, new.arch, new.arch_args, new.blob_sha256, new.files,
+                         new.weights_sha256)  # fmt: skip
+
+    @classmethod
+    def _made(
+        cls,
+        name: str,
+        arch: str,
+        arch_args: Mapping[str, Any],
+        sha256: str,
+        files: Iterable[FolderFile] | None,
+        weights: str | None,
+    ) -> Claims:
+        listed = {SINGLE_FILE: sha256} if files is None else {f.path: f.sha256 for f in files}
+        return cls(name, arch, dict(arch_args), listed, weights)
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    """A public key the loading side trusts, by its fingerprint."""
+
+    fingerprint: str
+    key: ec.EllipticCurvePublicKey
+    path: str
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    private: Path
+    public: Path
+    fingerprint: str
+
+
+def generate(folder: str | os.PathLike[str]) -> KeyPair:
+    """Write a new ECDSA P-256 key pair into `folder`: private.pem (readable by its owner
+    alone, unencrypted) and public.pem. Keys already there are never overwritten."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    target = Path(folder).expanduser()
+    private, public = target / "private.pem", target / "public.pem"
+    for path in (private, public):
+        if path.exists():
+            raise KeyFileError(str(path), "exists already; keys are never overwritten")
+    key = ec.generate_private_key(ec.SECP256R1())
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        private_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(private_pem)
+        public.write_bytes(_public_pem(key.public_key()))
+    except OSError as exc:
+        raise KeyFileError(str(target), f"cannot write it: {exc.strerror or exc}") from None
+    return KeyPair(private, public, fingerprint(key.public_key()))
+
+
+def fingerprint(key: ec.EllipticCurvePublicKey) -> str:
+    return hashlib.sha256(_public_pem(key)).hexdigest()
+
+
+def load_trusted(paths: Iterable[str | os.PathLike[str]]) -> tuple[TrustedKey, ...]:
+    """The public keys in these PEM files (a private key's file gives its public half)."""
+    found = {}
+    for path in paths:
+        key = _load_key(Path(path).expanduser(), private=False)
+        found[fingerprint(key)] = TrustedKey(fingerprint(key), key, str(path))
+    return tuple(found.values())
+
+
+def trusted_from_environment() -> tuple[TrustedKey, ...]:
+    """The keys REGISTRY_TRUSTED_KEYS names: PEM files, separated by commas or colons."""
+    listed = os.environ.get(TRUSTED_KEYS_ENV, "").replace(os.pathsep, ",").split(",")
+    return load_trusted(p.strip() for p in listed if p.strip())
+
+
+def check_signing_key(key_path: str | os.PathLike[str]) -> None:
+    """KeyFileError unless `key_path` holds a private key this registry signs with."""
+    _load_key(Path(key_path).expanduser(), private=True)
+
+
+def sign(key_path: str | os.PathLike[str], claims: Claims) -> dict[str, Any]:
+    """The signature document of `claims`, signed by the private key at `key_path`."""
+    key = _load_key(Path(key_path).expanduser(), private=True)
+    public = key.public_key()
+    names = sorted(claims.files)
+    files_statement = {
+        "_type": STATEMENT_TYPE,
+        "subject": [{"name": claims.name, "digest": {"sha256": _root(claims.files)}}],
+        "predicateType": FILES_PREDICATE,
+        "predicate": {
+            "serialization": {
+                "method": "files",
+                "hash_type": "sha256",
+                "allow_symlinks": False,
+                "ignore_paths": IGNORED_PATHS,
+            },
+            "resources": [
+                {"name": n, "algorithm": "sha256", "digest": claims.files[n]} for n in names
+            ],
+        },
+    }
+    version_statement = {
+        "_type": STATEMENT_TYPE,
+        "subject": [{"name": claims.name, "digest": {"sha256": _root(claims.files)}}],
+        "predicateType": VERSION_PREDICATE,
+        "predicate": {
+            "arch": claims.arch,
+            "arch_args": dict(claims.arch_args),
+            "files": dict(claims.files),
+            "weights": claims.weights,
+        },
+    }
+    return {
+        "signed_by": fingerprint(public),
+        "public_key": _public_pem(public).decode(),
+        "files": {
+            "mediaType": BUNDLE_MEDIA_TYPE,
+            "verificationMaterial": {
+                "publicKey": {"hint": fingerprint(public)},
+                "tlogEntries": [],
+            },
+            "dsseEnvelope": _envelope(key, files_statement),
+        },
+        "version": _envelope(key, version_statement),
+    }
+
+
+def signed_by(document: Any) -> str | None:
+    """The fingerprint a signature document names (not checked), or None."""
+    found = document.get("signed_by") if isinstance(document, Mapping) else None
+    return found if isinstance(found, str) else None
+
+
+def check(document: Any, claims: Claims, trusted: Iterable[TrustedKey], ref: str) -> TrustedKey:
+    """The trusted key that signed exactly `claims`; SignatureError otherwise."""
+    if document is None:
+        raise SignatureError(
+            ref,
+            "is not signed",
+            "only versions signed by a trusted key are read (REGISTRY_TRUSTED_KEYS, "
+            "--trusted-key, trusted_keys=)",
+        )
+    by = signed_by(document)
+    key = next((k for k in trusted if k.fingerprint == by), None)
+    if key is None:
+        raise SignatureError(
+            ref,
+            f"is signed by key {_short(by)}, which is not trusted here",
+            "add its public key to REGISTRY_TRUSTED_KEYS or --trusted-key if you trust it",
+        )
+    _check_with(document, claims, key.key, ref, _short(by))
+    return key
+
+
+def check_own(document: Any, claims: Claims, ref: str) -> str:
+    """With no trusted keys: that the document verifies with the key it names, and vouches
+    for `claims`; its fingerprint. This says the signature is whole, not who to trust."""
+    if document is None:
+        raise SignatureError(ref, "is not signed")
+    by = signed_by(document)
+    try:
+        key = _public_from_pem(str(document["public_key"]).encode())
+    except (KeyError, TypeError, ValueError):
+        raise SignatureError(ref, "has a malformed signature") from None
+    if fingerprint(key) != by:
+        raise SignatureError(ref, f"has a signature whose key is not {_short(by)}")
+    _check_with(document, claims, key, ref, _short(by))
+    return str(by)
+
+
+def bundle_text(document: Mapping[str, Any]) -> str:
+    """The model_signing signature file of a signed version (`pull --with-signature`)."""
+    return json.dumps(document["files"], indent=2) + "\n"
+
+
+# -- the checks ----------------------------------------------------------------------------
+
+
+def verified_files(bundle: Any, key: ec.EllipticCurvePublicKey) -> dict[str, str]:
+    """The files a model signing bundle lists (path, or "." for a single file: SHA-256), once
+    its signature verifies with `key`; ValueError (BadSignature) for any other bundle."""
+    if bundle["mediaType"] != BUNDLE_MEDIA_TYPE:
+        raise ValueError("not a Sigstore bundle v0.3")
+    statement = _opened(bundle["dsseEnvelope"], key, FILES_PREDICATE)
+    resources = statement["predicate"]["resources"]
+    listed = {r["name"]: r["digest"] for r in resources if r["algorithm"] == "sha256"}
+    if len(listed) != len(resources):
+        raise ValueError("a file is hashed by another algorithm than SHA-256")
+    if statement["subject"][0]["digest"]["sha256"] != _root(listed):
+        raise ValueError("its subject is not the digest of its files")
+    return listed
+
+
+class BadSignature(ValueError):
+    """An envelope whose signature does not verify with the key."""
+
+
+def _check_with(
+    document: Any, claims: Claims, key: ec.EllipticCurvePublicKey, ref: str, by: str
+) -> None:
+    try:
+        listed = verified_files(document["files"], key)
+        version = _opened(document["version"], key, VERSION_PREDICATE)
+        subject, predicate = version["subject"][0], version["predicate"]
+        if predicate["files"] != listed or subject["digest"]["sha256"] != _root(listed):
+            raise ValueError("the two envelopes list different files")
+    except BadSignature:
+        raise SignatureError(
+            ref,
+            f"has a signature that does not verify with key {by}",
+            "the catalog, store, bundle or server may have been tampered with",
+        ) from None
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        raise SignatureError(ref, "has a malformed signature") from None
+    for what, signed, actual in (
+        ("its name", subject["name"], claims.name),
+        ("its files", listed, dict(claims.files)),
+        ("its arch", predicate["arch"], claims.arch),
+        ("its arguments", predicate["arch_args"], dict(claims.arch_args)),
+        ("its weights", predicate["weights"], claims.weights),
+    ):
+        if signed != actual:
+            raise _differs(ref, what, by)
+
+
+def _differs(ref: str, what: str, by: str) -> SignatureError:
+    return SignatureError(
+        ref,
+        f"differs from what key {by} signed: {what}",
+        "the catalog, store, bundle or server may have been tampered with",
+    )
+
+
+def _envelope(key: ec.EllipticCurvePrivateKey, statement: Mapping[str, Any]) -> dict[str, Any]:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    payload = json.dumps(statement, indent=2, sort_keys=True).encode()
+    signature = key.sign(_pae(payload), ec.ECDSA(_hash_for(key.curve)))
+    return {
+        "payload": base64.b64encode(payload).decode(),
+        "payloadType": PAYLOAD_TYPE,
+        "signatures": [{"sig": base64.b64encode(signature).decode(), "keyid": ""}],
+    }
+
+
+def _opened(envelope: Any, key: ec.EllipticCurvePublicKey, predicate: str) -> dict[str, Any]:
+    """The statement an envelope holds, once its signature verifies with `key`."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if envelope["payloadType"] != PAYLOAD_TYPE:
+        raise ValueError("payload type")
+    try:
+        payload = base64.b64decode(envelope["payload"], validate=True)
+        signatures = [base64.b64decode(s["sig"], validate=True) for s in envelope["signatures"]]
+    except binascii.Error:
+        raise ValueError("base64") from None
+    if len(signatures) != 1:
+        raise ValueError("one signature")
+    try:
+        key.verify(signatures[0], _pae(payload), ec.ECDSA(_hash_for(key.curve)))
+    except InvalidSignature:
+        raise BadSignature("the signature does not verify with the key") from None
+    statement = json.loads(payload)
+    if statement["_type"] != STATEMENT_TYPE or statement["predicateType"] != predicate:
+        raise ValueError("statement type")
+    return dict(statement)
+
+
+def _pae(payload: bytes) -> bytes:
+    """DSSE's pre-authentication encoding: what an envelope's signature covers."""
+    kind = PAYLOAD_TYPE.encode()
+    return b"DSSEv1 %d %s %d %s" % (len(kind), kind, len(payload), payload)
+
+
+def _root(files: Mapping[str, str]) -> str:
+    """model_signing's subject digest: the SHA-256 of the files' digests in path order."""
+    return hashlib.sha256(b"".join(bytes.fromhex(files[n]) for n in sorted(files))).hexdigest()
+
+
+def _short(fingerprint: str | None) -> str:
+    return (fingerprint or "?")[:16]
+
+
+# -- keys ----------------------------------------------------------------------------------
+
+
+def _hash_for(curve: ec.EllipticCurve) -> Any:
+    from cryptography.hazmat.primitives import hashes
+
+    algorithms: dict[int, type[hashes.HashAlgorithm]] = {
+        256: hashes.SHA256,
+        384: hashes.SHA384,
+        521: hashes.SHA512,
+    }
+    return algorithms[curve.key_size]()
+
+
+def _public_pem(key: ec.EllipticCurvePublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _public_from_pem(pem: bytes) -> ec.EllipticCurvePublicKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = serialization.load_pem_public_key(pem)
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.key_size not in (256, 384, 521):
+        raise ValueError("not a P-256, P-384 or P-521 key")
+    return key
+
+
+def _load_key(path: Path, private: bool) -> Any:
+    """The key in a PEM file: a private key, or (not `private`) a public one, also when the
+    file holds the private key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        pem = path.read_bytes()
+    except FileNotFoundError:
+        raise KeyFileError(str(path), "no such file") from None
+    except OSError as exc:
+        raise KeyFileError(str(path), f"cannot read it: {exc.strerror or exc}") from None
+    if b"PRIVATE KEY-----" in pem:
+        try:
+            key: Any = serialization.load_pem_private_key(pem, password=None)
+        except TypeError:
+            raise KeyFileError(str(path), "is encrypted; use an unencrypted key file") from None
+        except ValueError:
+            raise KeyFileError(str(path), "is not a PEM private key") from None
+        if not private:
+            key = key.public_key()
+    elif private:
+        raise KeyFileError(str(path), "is not a private key (sign with private.pem)")
+    else:
+        try:
+            key = serialization.load_pem_public_key(pem)
+        except ValueError:
+            raise KeyFileError(str(path), "is not a PEM public key") from None
+    public = key.public_key() if private else key
+    if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.key_size not in (
+        256,
+        384,
+        521,
+    ):
+        raise KeyFileError(
+            str(path),
+            "is not an ECDSA key on P-256, P-384 or P-521, the keys model signing verifies",
+        )
+    return key
