@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, TINY_CLI, Server, outputs_equal, tiny, tiny_file
+from helpers import TINY, TINY_CLI, Server, outputs_equal, same_tensors, tiny, tiny_file
 from sqlalchemy import text
 from test_s3 import aws, bucket, endpoint  # noqa: F401  -- fixtures: moto's S3 server, a bucket
 
 from registry import Registry
-from registry.errors import KeyFileError, SignatureError
+from registry.errors import IntegrityError, InvalidReferenceError, KeyFileError, SignatureError
 from registry.signing import generate
 
 KEYS = ("alice", "bob")
@@ -453,3 +453,100 @@ def test_a_signature_travels_with_an_s3_store_to_a_machine_with_a_cold_cache(
     assert not (tmp_path / "v2.pt").exists()
     other.close()
     pusher.close()
+
+
+# -- what else a trusted read must not take from the catalog ----------------------------------
+
+
+def test_a_blob_swapped_with_its_blake3_in_the_catalog_is_refused(
+    reg: Registry, keys: dict[str, Path], tmp_path: Path
+) -> None:
+    """Reads verify by the BLAKE3 the catalog records; a trusted read by the one signed."""
+    from registry.digests import blake3_of
+
+    version = reg.push(tiny_file(tmp_path, 0), name="net", sign=keys["alice"], **TINY)
+    evil = tiny_file(tmp_path, 1)
+    blob = reg.store.path(version.sha256)  # type: ignore[attr-defined]
+    blob.chmod(0o644)
+    blob.write_bytes(evil.read_bytes())
+    sql(reg, "UPDATE blobs SET blake3 = :b WHERE sha256 = :d", b=blake3_of(evil), d=version.sha256)
+    with pytest.raises(IntegrityError):
+        reg.state_dict("net@v1", trusted_keys=[keys["alice.pub"]])
+    with pytest.raises(IntegrityError):
+        reg.pull("net@v1", tmp_path / "out.pt", trusted_keys=[keys["alice.pub"]])
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_an_sql_edit_of_which_weights_a_file_holds_is_refused(
+    reg: Registry, keys: dict[str, Path], tmp_path: Path
+) -> None:
+    """The key of a training checkpoint (and a stripped prefix) pick the weights a read
+    takes from the same bytes: they are signed with the version."""
+    path = tmp_path / "two.pt"
+    torch.save({"a": tiny(0).state_dict(), "b": tiny(1).state_dict()}, path)
+    reg.push(path, name="net", key="a", sign=keys["alice"], **TINY)
+    trusted = [keys["alice.pub"]]
+    assert same_tensors(reg.state_dict("net@v1", trusted_keys=trusted), tiny(0).state_dict())
+    details = dict(reg.get("net@v1").details, key="b")
+    sql(reg, "UPDATE versions SET details = :d", d=json.dumps(details))
+    with pytest.raises(SignatureError, match="signed: its details"):
+        reg.state_dict("net@v1", trusted_keys=trusted)
+
+
+def test_arguments_of_another_json_type_are_refused(reg: Registry, keys: dict[str, Path]) -> None:
+    reg.push(tiny(0), name="net", sign=keys["alice"], **TINY)
+    args = json.dumps({"width": 4.0, "num_classes": 5})  # 4 == 4.0 in Python, not in JSON
+    sql(reg, "UPDATE versions SET arch_args = :a", a=args)
+    with pytest.raises(SignatureError, match="signed: its arguments"):
+        reg.load("net@v1", trusted_keys=[keys["alice.pub"]])
+
+
+def test_a_catalog_extension_that_names_a_path_is_refused_by_pull(
+    reg: Registry, tmp_path: Path
+) -> None:
+    reg.push(tiny(0), name="net", **TINY)
+    sql(reg, "UPDATE versions SET extension = '/../../escaped.pt'")
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    with pytest.raises(InvalidReferenceError, match="extension"):
+        reg.pull("net@v1", tmp_path / "deep" / "er" / "")
+    assert not (tmp_path / "escaped.pt").exists()
+
+
+def test_a_malformed_signature_in_the_catalog_is_no_signature_and_never_a_traceback(
+    reg: Registry, keys: dict[str, Path], tmp_path: Path
+) -> None:
+    reg.push(tiny(0), name="net", sign=keys["alice"], **TINY)
+    deep: dict[str, object] = {}
+    for _ in range(700):
+        deep = {"x": deep}
+    for junk in (deep, {"signed_by": "\x1b[31mteam"}, [1, 2]):
+        sql(reg, "UPDATE versions SET signature = :s", s=json.dumps(junk))
+        version = reg.get("net@v1")
+        assert version.signature is None and version.to_json()["signed_by"] is None
+        with pytest.raises(SignatureError, match="is not signed"):
+            reg.load("net@v1", trusted_keys=[keys["alice.pub"]])
+    # Whole, signed by the key it names, but not of a version: one line, not a KeyError.
+    from registry import signing
+
+    claims = signing.Claims.of(reg.get("net@v1"))
+    document = signing.sign(keys["bob"], claims)
+    document["version"] = signing._envelope(  # a statement that lacks the arch
+        signing._load_key(keys["bob"], private=True),
+        {"_type": signing.STATEMENT_TYPE, "predicateType": signing.VERSION_PREDICATE,
+         "subject": [{"name": "net", "digest": {"sha256": signing._root(claims.files)}}],
+         "predicate": {"files": dict(claims.files), "blake3": {}}},
+    )  # fmt: skip
+    with pytest.raises(SignatureError, match="has a malformed signature"):
+        signing.check_own(document, claims, "net@v1")
+
+
+def test_key_settings_that_would_trust_nothing_are_refused(
+    reg: Registry, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg.push(tiny(0), name="net", **TINY)
+    monkeypatch.setenv("REGISTRY_TRUSTED_KEYS", " , ")
+    with pytest.raises(KeyFileError, match="names no key file"):
+        reg.load("net@v1")
+    monkeypatch.delenv("REGISTRY_TRUSTED_KEYS")
+    with pytest.raises(KeyFileError, match=r"is a private key: trust its public\.pem"):
+        reg.load("net@v1", trusted_keys=[keys["alice"]])

@@ -333,10 +333,10 @@ class Registry(UpkeepMethods, TeamMethods, SignatureMethods):
             >>> reg.pull("vgg16@v1", "weights/")
             PosixPath('weights/vgg16-v1.pth')
         """
-        version, verify = self._readable(ref, trusted_keys, verify)
+        version, verify, reads = self._readable(ref, trusted_keys, verify)
         if with_signature:
             signed(version)  # refused before anything is written
-        path = self._reads.pull(version, destination, verify, format)
+        path = reads.pull(version, destination, verify, format)
         if with_signature:
             self._write_signature(version, path)
         return path
@@ -361,8 +361,8 @@ class Registry(UpkeepMethods, TeamMethods, SignatureMethods):
             >>> reg.write_to("vgg16@v1", sys.stdout.buffer).ref
             'vgg16@v1'
         """
-        version, verify = self._readable(ref, trusted_keys, verify)
-        self._reads.write_to(version, sink, verify)
+        version, verify, reads = self._readable(ref, trusted_keys, verify)
+        reads.write_to(version, sink, verify)
         return version
 
     def local_file(self, ref: str, verify: bool = True) -> Path:
@@ -380,7 +380,8 @@ class Registry(UpkeepMethods, TeamMethods, SignatureMethods):
             >>> reg.local_file("vgg16@v1")
             PosixPath('/home/me/.local/share/registry/blobs/sha256/39/3979...')
         """
-        return self._reads.local_file(self.get(ref), verify)
+        version, verify, reads = self._readable(ref, None, verify)
+        return reads.local_file(version, verify)
 
     def state_dict(
         self, ref: str, verify: bool = True, trusted_keys: KeyFiles | None = None
@@ -396,8 +397,8 @@ class Registry(UpkeepMethods, TeamMethods, SignatureMethods):
             >>> reg.state_dict("vgg16@v1")["classifier.6.bias"].shape
             torch.Size([1000])
         """
-        version, verify = self._readable(ref, trusted_keys, verify)
-        return self._reads.state_dict(version, verify)
+        version, verify, reads = self._readable(ref, trusted_keys, verify)
+        return reads.state_dict(version, verify)
 
     def load(
         self,
@@ -439,16 +440,16 @@ class Registry(UpkeepMethods, TeamMethods, SignatureMethods):
             >>> model = reg.load("vgg16@production", device="cuda")
             >>> model = reg.load("net@v1", arch=Net)   # Net defined in this notebook
         """
-        version, verify = self._readable(ref, trusted_keys, verify)
+        version, verify, reads = self._readable(ref, trusted_keys, verify)
         if merge and version.format != "peft":
             raise CheckpointError(f"merge is for a PEFT adapter; {version.ref} is not one")
         recorded = self._fingerprint(version) if check else None
         if version.format == "peft":
-            model = self._adapted(version, verify, trust_arch, merge, trusted_keys)
+            model = self._adapted(version, verify, trust_arch, merge, trusted_keys, reads)
         elif version.format == "transformers" and arch is None:
-            model = self._reads.transformers_model(version, verify, trust_arch)
+            model = reads.transformers_model(version, verify, trust_arch)
         else:
-            model = self._reads.model(version, self._arch(version, trust_arch, arch), verify)
+            model = reads.model(version, self._arch(version, trust_arch, arch), verify)
         if recorded is not None:
             result = behaviour.verdict(version, recorded, model)
             if not result.matches:
@@ -492,6 +493,7 @@ class Registry(UpkeepMethods, TeamMethods, SignatureMethods):
         trust_arch: bool,
         merge: bool,
         trusted_keys: KeyFiles | None,
+        reads: Reads,
     ) -> nn.Module:
         """A PEFT adapter's base, rebuilt from its version, with the adapter applied or merged."""
         if version.parent is None:
@@ -504,7 +506,7 @@ class Registry(UpkeepMethods, TeamMethods, SignatureMethods):
             raise NotFoundError(
                 f"{version.parent}, the base of adapter {version.ref},", "it was deleted"
             ) from None
-        return self._reads.adapted(version, base, verify, merge)
+        return reads.adapted(version, base, verify, merge)
 
     # -- what changed, and whether it still computes the same -------------------
 

@@ -123,7 +123,9 @@ def run(
             parent=checked.parent,
             files=tuple(stored),
         )
-        new = signed(new, options, for_client)
+        checks = [(w.finish(), w.check) for w in writers] + [(k.file.sha256, k.check) for k in kept]
+        blake3 = {digest: check.blake3 for digest, check in checks if check.blake3}
+        new = signed(catalog, new, options, for_client, blake3)
         writers.append(listing)
         for writer in writers:
             writer.publish()  # before the transaction: an upload holds no catalog lock

@@ -114,18 +114,27 @@ def validate(catalog: Catalog, options: PushOptions) -> Validated:
     return Validated(tags, aliases, tuple(shape) if shape is not None else None, parent)
 
 
-def signed(new: NewVersion, options: PushOptions, for_client: ForClient | None) -> NewVersion:
-    """`new` with its signature, when the push was asked to sign it, or its client signed it
-    before sending: a server stores that only if it vouches for what it records."""
+def signed(
+    catalog: Catalog,
+    new: NewVersion,
+    options: PushOptions,
+    for_client: ForClient | None,
+    blake3: Mapping[str, str],
+) -> NewVersion:
+    """`new` with its signature, when the push was asked to sign it (`blake3`: each blob's
+    BLAKE3 by SHA-256, signed with it), or its client signed it: a server stores that only
+    if it vouches for exactly what the server records."""
     from registry import signing
 
+    given = for_client.signature if for_client is not None else None
+    if options.sign is None and given is None:
+        return new
+    base = catalog.get(new.parent).sha256 if new.format == "peft" and new.parent else None
+    claims = signing.Claims.of_new(new, base)
     if options.sign is not None:
-        return replace(new, signature=signing.sign(options.sign, signing.Claims.of_new(new)))
-    if for_client is not None and for_client.signature is not None:
-        claims = signing.Claims.of_new(new)
-        signing.check_own(for_client.signature, claims, f"{new.name} as pushed")
-        return replace(new, signature=for_client.signature)
-    return new
+        return replace(new, signature=signing.sign(options.sign, claims, blake3))
+    signing.check_own(given, claims, f"{new.name} as pushed")  # its shape too
+    return replace(new, signature=given)
 
 
 def run(
@@ -219,7 +228,10 @@ def run(
             checkpoints.save_safetensors(weights.state_dict, safe_copy)
             new = replace(new, weights_sha256=safe_copy.finish())
             writers.append(safe_copy)
-        new = signed(new, options, for_client)
+        blake3 = {w.finish(): w.check.blake3 for w in writers if w.check.blake3}
+        if isinstance(source, Stored) and source.check.blake3:
+            blake3[source.sha256] = source.check.blake3
+        new = signed(catalog, new, options, for_client, blake3)
         for writer in writers:
             writer.publish()  # before the transaction: an upload holds no catalog lock
         with catalog.recording() as recording:
@@ -293,7 +305,7 @@ def _identical(
         files=None,
         signature=None,  # kept unless the client signed it again
     )
-    again = signed(again, options, for_client)
+    again = signed(catalog, again, options, for_client, {})
     with catalog.recording() as recording:
         recording.keep(stored.sha256, stored.size, stored.check)
         return recording.add(again)

@@ -18,7 +18,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from registry import files, folder_pull, folders, manifests, shards
+from registry import files, folder_pull, folders, manifests, refs, shards
+from registry.digests import Check
 from registry.errors import (
     CheckpointError,
     IntegrityError,
@@ -54,8 +55,27 @@ class WeightsFile:
 class Reads:
     """Reads of the blobs of versions already looked up in `catalog`, from `store`."""
 
-    def __init__(self, catalog: Catalog, store: Store, progress: Progress) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        store: Store,
+        progress: Progress,
+        signed: Mapping[str, str] | None = None,
+    ) -> None:
         self.catalog, self.store, self.progress = catalog, store, progress
+        self._signed = signed
+
+    def trusting(self, blake3: Mapping[str, str]) -> Reads:
+        """These reads, verifying each blob against the BLAKE3 a trusted signature gives it
+        (by SHA-256), else against its SHA-256: never against the catalog's unsigned digests."""
+        return Reads(self.catalog, self.store, self.progress, dict(blake3))
+
+    def verification(self, digest: str) -> Check | None:
+        """What a read verifies the blob against: see `trusting`, else the catalog's digests."""
+        if self._signed is None:
+            return self.catalog.verification(digest)
+        found = self._signed.get(digest)
+        return Check(blake3=found) if found else None
 
     def pull(
         self,
@@ -75,6 +95,8 @@ class Reads:
             return folder_pull.write_folder(self, version, target, verify)
         single_file(version, "pull")
         extension = version.extension if format == "original" else ".safetensors"
+        if not refs.is_extension(extension):  # the catalog's data must not name a path
+            raise InvalidReferenceError(extension, "extension", f"{version.ref} records it")
         filename = f"{version.name.rsplit('/', 1)[-1]}-v{version.version}{extension}"
         target = Path(destination) if destination is not None else Path(filename)
         if target.is_dir() or str(destination).endswith(os.sep):
@@ -134,7 +156,7 @@ class Reads:
         single_file(version, "local_file")
         path = self.store.local_path(version.sha256, version.ref)
         if verify:
-            check = self.catalog.verification(version.sha256)
+            check = self.verification(version.sha256)
             self.store.verify(version.sha256, version.ref, check)
         return path
 
@@ -296,7 +318,7 @@ class Reads:
         if not verify:
             yield
             return
-        check = self.catalog.verification(digest)
+        check = self.verification(digest)
         with ThreadPoolExecutor(1, "registry-verify") as pool:
             verifying = pool.submit(self.store.verify, digest, ref, check)
             try:
@@ -332,7 +354,7 @@ class Reads:
 
     def blake3_check(self, digest: str, ref: str) -> files.Blake3Check | None:
         """How a copy of a blob is verified: by its BLAKE3 when recorded, else None (SHA-256)."""
-        check = self.catalog.verification(digest)
+        check = self.verification(digest)
         if check is None or not check.blake3:
             return None
         return files.Blake3Check(check.blake3, lambda: self.store.hash(digest, ref))
@@ -381,7 +403,7 @@ class Reads:
         if not verify:
             yield local
             return
-        checks = [self.catalog.verification(digest) for _path, digest, _ref in blobs]
+        checks = [self.verification(digest) for _path, digest, _ref in blobs]
 
         def verify_each() -> None:  # in turn: each hash uses every core already
             for (_path, digest, ref), check in zip(blobs, checks, strict=True):

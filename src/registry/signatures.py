@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry import files, signing
-from registry.errors import SignatureError
+from registry.errors import NotFoundError, SignatureError
 
 if TYPE_CHECKING:
+    from registry.reads import Reads
     from registry.records import ModelVersion
 
 KeyFiles = Sequence[str | os.PathLike[str]]
@@ -49,6 +50,7 @@ class SignatureMethods:
     """Signed-version methods of `Registry` (SPEC "Signed versions")."""
 
     _trusted_key_files: KeyFiles | None
+    _reads: Reads
 
     if TYPE_CHECKING:  # Registry's own
 
@@ -76,15 +78,26 @@ class SignatureMethods:
 
     def _readable(
         self, ref: str, trusted_keys: KeyFiles | None, verify: bool
-    ) -> tuple[ModelVersion, bool]:
-        """The version `ref` names, once any trusted key checked its signature, and whether
-        to verify its bytes (always, when a signature was insisted on)."""
+    ) -> tuple[ModelVersion, bool, Reads]:
+        """The version `ref` names, once any trusted key checked its signature; whether to
+        verify its bytes (always, when a signature was insisted on), and the reads to do
+        it with (against the digests signed, never the catalog's others)."""
         version = self.get(ref)
         trusted = self.trusted_keys(trusted_keys)
         if not trusted:
-            return version, verify
-        signing.check(version.signature, signing.Claims.of(version), trusted, version.ref)
-        return version, True
+            return version, verify, self._reads
+        claims = signing.Claims.of(version, self._base(version))
+        found = signing.check(version.signature, claims, trusted, version.ref)
+        return version, True, self._reads.trusting(found.blake3)
+
+    def _base(self, version: ModelVersion) -> str | None:
+        """The digest of the version a PEFT adapter applies to, which its signature names."""
+        if version.format != "peft" or version.parent is None:
+            return None
+        try:
+            return self.get(version.parent).sha256
+        except NotFoundError:  # deleted: no base can match what was signed
+            return None
 
     def verify_signatures(
         self, ref: str | None = None, trusted_keys: KeyFiles | None = None
@@ -107,7 +120,7 @@ class SignatureMethods:
         """
         trusted = self.trusted_keys(trusted_keys)
         versions = [self.get(ref)] if ref is not None else self.search()
-        return [_checked(v, trusted) for v in versions]
+        return [_checked(v, self._base(v), trusted) for v in versions]
 
     def _write_signature(self, version: ModelVersion, pulled: Path) -> Path:
         """Write `version`'s model signing bundle beside its pulled file or folder."""
@@ -130,9 +143,11 @@ def signature_path(pulled: Path, folder: bool) -> Path:
     return pulled.parent / f"{pulled.name}.sig" if folder else pulled.with_suffix(".sig")
 
 
-def _checked(version: ModelVersion, trusted: Iterable[signing.TrustedKey]) -> SignatureCheck:
+def _checked(
+    version: ModelVersion, base: str | None, trusted: Iterable[signing.TrustedKey]
+) -> SignatureCheck:
     keys = tuple(trusted)
-    claims = signing.Claims.of(version)
+    claims = signing.Claims.of(version, base)
     by = version.signed_by
     try:
         if keys:

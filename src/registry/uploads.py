@@ -26,7 +26,7 @@ from registry import files, folders, wire
 from registry.errors import CheckpointError, NotFoundError, SignatureError, UnsafeCheckpointError
 from registry.publishing import options_json
 from registry.records import FolderFile, ModelVersion
-from registry.remote import Client
+from registry.remote import Client, ref_path
 
 if TYPE_CHECKING:
     from registry.progress_bars import Progress
@@ -62,8 +62,6 @@ class ServerPublisher:
             else:
                 root, listed = path.parent, [replace(self._file(path), path=path.name)]
                 body["file"] = _entry(listed[0])
-            if options.sign is not None:  # signed here: the server only stores the signature
-                body["signature"] = _signature(path, listed, arch, options)
             for attempt in (1, 2):
                 self._send(root, listed, progress)
                 try:
@@ -73,7 +71,25 @@ class ServerPublisher:
                     # A gc on the server took a blob sent but not yet pushed: send it again.
                     if attempt == 2 or "send it first" not in str(exc):
                         raise
+            version = self._version("/api/push", answer)
+            if options.sign is None:
+                return version
+            # Signed here, with the key that never leaves this machine, over what the server
+            # recorded (its arch, details, name); the same push again hands the server the
+            # signature, which it checks against its record and stores.
+            body["signature"] = self._signature(version, options.sign)
+            answer = self.client.send("POST", "/api/push", "", body, timeout=PUSH_TIMEOUT_S)
         return self._version("/api/push", answer)
+
+    def _signature(self, version: ModelVersion, key: str | os.PathLike[str]) -> dict[str, Any]:
+        from registry import signing
+
+        base = None
+        if version.format == "peft" and version.parent is not None:
+            path = f"/api/refs/{ref_path(version.parent)}"
+            base = self._version(path, self.client.get(path, version.parent)).sha256
+        claims = signing.Claims.of(version, base)
+        return signing.sign(key, claims)
 
     def import_bundle(
         self,
@@ -86,26 +102,15 @@ class ServerPublisher:
         With trusted keys, the bundle's manifest is read here first and refused
         unless one of them signed each version, before a byte is sent.
         """
-        if trusted and not isinstance(source, (str, os.PathLike)):
-            raise SignatureError(
-                "the bundle", "cannot have its signatures checked here before the server "
-                "reads it", "import a bundle file, not standard input, through a server",
-            )  # fmt: skip
         if isinstance(source, (str, os.PathLike)):
             try:
                 stream: BinaryIO = open(source, "rb")  # noqa: SIM115 -- closed below
             except FileNotFoundError:
                 raise NotFoundError(f"file {str(source)!r}") from None
-            if trusted:
-                from registry.bundles import archive, exchange
-
-                try:
-                    listed = archive.manifest_entries(stream, str(source))
-                    exchange.check_signatures(listed, trusted)
-                finally:
-                    stream.seek(0)
         else:
             stream = source
+        if trusted:
+            self._check_signatures(source, stream, trusted)
         try:
             answer = self.client.send(
                 "POST", "/api/import", content=_chunks(stream, None), timeout=PUSH_TIMEOUT_S
@@ -119,6 +124,27 @@ class ServerPublisher:
         return [self._version(path, each) for each in answer]
 
     # -- internals -------------------------------------------------------------------------
+
+    def _check_signatures(
+        self, source: Any, stream: BinaryIO, trusted: Sequence[TrustedKey]
+    ) -> None:
+        """Refuse a bundle unless trusted keys signed each of its versions, from its manifest
+        read here before a byte is sent; then rewind it for the upload."""
+        from registry.bundles import archive, exchange
+
+        try:
+            if not stream.seekable():
+                raise SignatureError(
+                    "the bundle", "cannot have its signatures checked here before the server "
+                    "reads it", "import a bundle file, not a pipe, through a server",
+                )  # fmt: skip
+            listed = archive.manifest_entries(stream, str(source))
+            exchange.check_signatures(listed, trusted)
+            stream.seek(0)
+        except BaseException:
+            if stream is not source:
+                stream.close()
+            raise
 
     def _as_file(self, source: Any, options: PushOptions, scratch: Path) -> tuple[Path, str | None]:
         """The file or folder to send, and the arch as the server reads it (a name)."""
@@ -189,30 +215,6 @@ class ServerPublisher:
         except (KeyError, TypeError, ValueError):
             raise self.client.unexpected(path, "an answer the registry does not write") from None
         return replace(version, is_new=answer.get("is_new") is True)
-
-
-def _signature(
-    path: Path, listed: list[FolderFile], arch: str | None, options: PushOptions
-) -> dict[str, Any]:
-    """The signature of what the server will record for this push, made with the client's
-    key: the name the push gives, the arch and arguments it names, the files' digests."""
-    from registry import folder_push, hf, pushing, signing
-
-    assert options.sign is not None
-    if path.is_dir():
-        kind = folders.kind(path, folders.scan(path))
-        name = options.name or folder_push.default_name(kind, path, options)
-        files = {f.path: f.sha256 for f in listed}
-        if arch is None and kind == "transformers":  # what the server reads from config.json
-            config = folders.config(path)
-            arch = hf.arch_of(config if isinstance(config, dict) else {})
-    else:
-        if arch is None:
-            raise CheckpointError("a file's push needs its arch")
-        name = options.name or pushing.default_name(arch)
-        files = {signing.SINGLE_FILE: listed[0].sha256}
-    claims = signing.Claims(name, arch or "", dict(options.arch_args), files, None)
-    return signing.sign(options.sign, claims)
 
 
 def _entry(file: FolderFile) -> dict[str, Any]:

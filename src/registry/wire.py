@@ -112,8 +112,21 @@ def version(data: Any, *, numbered: bool = True) -> ModelVersion:
         parent=None if parent is None else str(_numbered(typed(parent, str, "parent"), "parent")),
         check_input=check_input,
         files=folder,
-        signature=typed(data.get("signature"), (dict, _NULL), "signature"),
+        signature=_signature(data.get("signature")),
     )
+
+
+def _signature(value: Any) -> dict[str, Any] | None:
+    """A signature document as `signing` writes it (its shape only: readers that trust a
+    key check what it says), or null."""
+    from registry import signing
+
+    if value is None:
+        return None
+    found = signing.well_formed(value)
+    if found is None:
+        raise ValueError("signature is not a signature document a registry writes")
+    return found
 
 
 def _files(value: Any, sha256: str) -> tuple[FolderFile, ...]:
@@ -359,7 +372,7 @@ def push_request(data: Any) -> tuple[dict[str, Any], FolderFile | None, tuple[Fo
     shape = typed(data.get("check_input"), (list, _NULL), "check_input")
     options["check_input"] = None if shape is None else _shape(shape, "check_input")
     # A signature the client made: checked against what the push records, then stored.
-    options["signature"] = typed(data.get("signature"), (dict, _NULL), "signature")
+    options["signature"] = _signature(data.get("signature"))
     if len(repr((options["arch_args"], options["tags"], options["description"]))) > MAX_ARGS_TEXT:
         raise ValueError(f"the push's arguments, tags and description exceed {MAX_ARGS_TEXT}")
     single = data.get("file")

@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from registry import refs
+from registry import refs, signing
 from registry.digests import CHUNK_SIZE, Check
 from registry.errors import AmbiguousReferenceError, InvalidReferenceError, NotFoundError
 from registry.records import FolderFile, ModelSummary, ModelVersion, TensorInfo
@@ -529,7 +529,7 @@ def _record(name: str, v: Mapping[Any, Any], related: Mapping[Any, Any]) -> Mode
         parent=f"{parent[0][0]}@v{parent[0][1]}" if parent else None,
         check_input=tuple(check_input) if check_input is not None else None,
         files=files,
-        signature=v["signature"],
+        signature=None if v["signature"] is None else signing.well_formed(v["signature"]),
     )
 
 

@@ -30,6 +30,7 @@ from registry.errors import (
     NotFoundError,
     ReadOnlyError,
     RegistryError,
+    SignatureError,
 )
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ STATUSES: tuple[tuple[type[RegistryError], int], ...] = (
     (CheckpointError, 422),
     (CheckInputError, 422),
     (BundleError, 422),
+    (SignatureError, 422),  # a client's signature that does not vouch for what is recorded
     (ReadOnlyError, 405),
     (ConfigurationError, 503),
 )
