@@ -196,6 +196,13 @@ def test_no_secret_in_any_output_of_any_command(
     t.run(*base, "db", "current", ok=True)
     t.run(*base, "push", str(w1), "--name", "lin", *LINEAR, "--check-input", "1,4", ok=True)
     t.run(*base, "push", str(w2), "--name", "lin", *LINEAR, "--parent", "lin@v1", ok=True)
+    t.run("keys", "generate", "keys", ok=True)
+    t.run(*base, "push", str(w1), "--name", "signed", *LINEAR, "--sign", "keys/private.pem",
+          ok=True)  # fmt: skip
+    trusting = ["--trusted-key", "keys/public.pem"]
+    t.run(*base, "verify", "signed@v1", "--signature", *trusting, ok=True)
+    t.run(*base, "pull", "signed@v1", "-o", "signed.pth", "--with-signature", *trusting, ok=True)
+    t.run(*base, "load", "lin@v1", *trusting, ok=False)  # unsigned
     t.run(*base, "ls", ok=True)
     t.run(*base, "ls", "lin", "--json", ok=True)
     t.run(*base, "show", "lin@v2", ok=True)
@@ -279,6 +286,8 @@ def test_no_secret_in_any_output_of_any_command(
         t.run(*remote, "push", str(w1), *LINEAR, env=good, ok=False)  # a read token
         write = {"REGISTRY_TOKEN": writer}
         t.run(*remote, "push", str(w2), "--name", "lin", *LINEAR, env=write, ok=True)
+        t.run(*remote, "push", str(w2), "--name", "lin", *LINEAR, "--sign", "keys/private.pem",
+              env=write, ok=True)  # fmt: skip
         t.run(*remote, "describe", "lin@v1", "Through the server.", env=write, ok=True)
         t.run(*remote, "log", "lin", env=write, ok=True)
         t.run(*remote, "rm", "lin@v1", env=write, ok=False)  # write is not admin
