@@ -160,6 +160,11 @@ def test_re_pushing_with_another_key_signs_the_version_again(
     again = reg.push(tiny(0), name="net", sign=keys["bob"], **TINY)
     assert (again.ref, again.is_new) == (first.ref, False)
     assert again.signed_by != first.signed_by
+    said = [e.details for e in reversed(reg.log("net"))]  # the log says who signed, each time
+    assert said == [
+        {"new": True, "signed_by": first.signed_by},
+        {"new": False, "signed_by": again.signed_by},
+    ]
     reg.load("net@v1", trusted_keys=[keys["bob.pub"]])
     with pytest.raises(SignatureError, match="not trusted"):
         reg.load("net@v1", trusted_keys=[keys["alice.pub"]])

@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import fields, replace
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from registry import db, refs
 from registry.catalogs import queries, team
@@ -298,7 +298,10 @@ class SqlRecording:
             new.files,
         )
         s.flush()
-        team.record_change(s, self._action, record.ref, record, {"new": is_new})
+        said: dict[str, Any] = {"new": is_new}
+        if new.signature is not None:  # a re-push that signs again says by whom, in the log
+            said["signed_by"] = record.signed_by
+        team.record_change(s, self._action, record.ref, record, said)
         return replace(record, is_new=is_new)
 
     def find(self, name: str, sha256: str) -> str | None:
