@@ -508,7 +508,7 @@ def apply_adapter(base: nn.Module, files: Mapping[str, Path], merge: bool) -> nn
     data = adapter_config(files)
     state = {k.removeprefix(_PEFT_PREFIX): v for k, v in _adapter_weights(files).items()}
     with _one_line("reading adapter_config.json", CheckpointError):
-        config = LoraConfig.from_peft_type(**data)  # type: ignore[no-untyped-call]
+        config = LoraConfig.from_peft_type(**data)  # type: ignore[no-untyped-call, unused-ignore]  # typed in peft 0.22
         config.inference_mode = True
     with _one_line(f"applying the adapter to arch {arch!r}", CheckpointError), _offline():
         model = inject_adapter_in_model(
