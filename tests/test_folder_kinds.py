@@ -183,3 +183,31 @@ def test_a_dcp_folder_loads_its_model_entry_without_a_process_group(
     assert same(reg.load(version.ref), model)
     with pytest.raises(ArchitectureError, match="--arch"):
         reg.push(tmp_path / "step-1")
+
+
+def test_a_signed_adapter_is_read_only_on_the_base_it_was_signed_with(
+    local: Registry, tmp_path: Path
+) -> None:
+    """The catalog's lineage picks an adapter's base; a trusted read takes only the signed
+    one (issue 25), even when the other base is signed by the same key."""
+    from sqlalchemy import text
+
+    from registry import SignatureError
+    from registry.signing import generate
+
+    pair = generate(tmp_path / "keys")
+    first = llama(tmp_path / "llama", seed=0)
+    llama(tmp_path / "llama2", seed=1)
+    lora(first, tmp_path / "lora")
+    local.push(tmp_path / "llama", name="base", sign=pair.private)
+    local.push(tmp_path / "llama2", name="base", sign=pair.private)
+    local.push(tmp_path / "lora", parent="base@v1", sign=pair.private)
+    trusted = [pair.public]
+    expected = local.load("lora@v1")
+    assert torch.equal(local.load("lora@v1", trusted_keys=trusted)(IDS).logits,
+                       expected(IDS).logits)  # fmt: skip
+    with local.engine.begin() as conn:  # the catalog's writer moves the adapter to base@v2
+        conn.execute(text("UPDATE lineage SET parent_version = 2"))
+    assert local.get("lora@v1").parent == "base@v2"
+    with pytest.raises(SignatureError, match="signed: the base it adapts"):
+        local.load("lora@v1", trusted_keys=trusted)
