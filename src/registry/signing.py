@@ -8,16 +8,18 @@ A signed version keeps one JSON document with it (`versions.signature`):
     files       an OpenSSF model signing bundle: a Sigstore bundle (v0.3) whose DSSE
                 envelope holds an in-toto statement listing each file's SHA-256, as
                 `model_signing` writes it; `pull --with-signature` writes it out
-    version     the registry's own DSSE envelope, over the name, arch, arguments,
-                files and safe weights copy: what binds the arch to the files
+    version     the registry's own DSSE envelope, over everything a read decides by
+                (`Claims`: the name, arch, arguments, format, details, extension,
+                safe weights copy, an adapter's base) and each blob's BLAKE3
 
 Both envelopes are signed by the one key: ECDSA on P-256 (what `registry keys
 generate` makes), P-384 or P-521, the curves model_signing verifies. A loading
 machine trusts keys, never documents: `check` picks the trusted key the
 document names, verifies both envelopes with it and compares what they list
 with the version about to be read, whose every byte the read then verifies
-against those digests. Everything read here is somebody else's data: a
-document that does not parse is refused like one that does not verify.
+against the digests signed (by their BLAKE3, else their SHA-256), never the
+catalog's. Everything read here is somebody else's data: a document of any
+other shape is no signature, one that does not verify is refused.
 """
 
 from __future__ import annotations
