@@ -133,6 +133,9 @@ class Writable(Protocol):
     def flush(self) -> None: ...
 
 
+BATCH = 4 << 20  # what a VerifyingSink hashes and writes at once, of pieces smaller than 1 MiB
+
+
 class VerifyingSink:
     """A stream written to `sink`, each chunk hashed on another thread while the next comes.
 
@@ -159,27 +162,48 @@ class VerifyingSink:
         else:
             self._named, self._expected, self._hasher = "", digest, hashlib.sha256()
         self._hashing: Future[Any] | None = None
+        self._pending: list[bytes] = []  # small pieces, gathered into one batch
+        self._pending_size = 0
         self.size = 0
 
     def write(self, data: bytes | memoryview) -> int:
         chunk = data if isinstance(data, bytes) else bytes(data)  # the hashing thread reads it
-        self._wait()
-        self._hashing = hash_pool().submit(self._hasher.update, chunk)
-        self._sink.write(chunk)
         self.size += len(chunk)
         self._progress(len(chunk))
+        if not self._pending and len(chunk) >= BATCH // 4:
+            self._send(chunk)
+            return len(chunk)
+        # An HTTP client hands on 64 KiB at a time: hashing and writing each on its own
+        # costs a thread's turn per piece, so they go in batches of BATCH.
+        self._pending.append(chunk)
+        self._pending_size += len(chunk)
+        if self._pending_size >= BATCH:
+            self._drain()
         return len(chunk)
 
     def flush(self) -> None:
+        self._drain()
         self._sink.flush()
 
     def check(self) -> None:
         """Raise IntegrityError unless the bytes written were the blob's."""
+        self._drain()
         self._wait()
         self._sink.flush()
         actual = self._hasher.hexdigest()
         if actual != self._expected:  # a bare digest is SHA-256 (errors._named)
             raise IntegrityError(self._ref, self._named + self._expected, self._named + actual)
+
+    def _drain(self) -> None:
+        if self._pending:
+            batch = b"".join(self._pending)
+            self._pending, self._pending_size = [], 0
+            self._send(batch)
+
+    def _send(self, chunk: bytes) -> None:
+        self._wait()
+        self._hashing = hash_pool().submit(self._hasher.update, chunk)
+        self._sink.write(chunk)
 
     def _wait(self) -> None:
         if self._hashing is not None:
