@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from registry.cli import _print, cli
+from registry.cli import _print, cli, json_option
 
 if TYPE_CHECKING:
     from registry.api import Registry
@@ -21,7 +21,7 @@ def keys() -> None:
 
 @keys.command()
 @click.argument("folder", type=click.Path(file_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@json_option
 def generate(folder: str, as_json: bool) -> None:
     """Write a new ECDSA P-256 key pair into FOLDER: private.pem (yours alone) and public.pem.
 

@@ -120,21 +120,10 @@ def check_signatures(entries: Sequence[archive.Entry], trusted: Sequence[Trusted
     if not trusted:
         return
     for entry in entries:
-        fields = entry.fields
-        files = {f.path: f.sha256 for f in entry.files} if entry.files is not None else None
-        peft = fields["format"] == "peft"
-        claims = signing.Claims(
-            entry.name,
-            fields["arch"],
-            fields["arch_args"],
-            files if files is not None else {signing.SINGLE_FILE: fields["blob_sha256"]},
-            fields["weights_sha256"],
-            fields["format"],
-            fields["extension"],
-            fields["details"],
-            entry.parent[1] if peft and entry.parent is not None else None,
-        )
-        signing.check(fields["signature"], claims, trusted, f"{entry.source_ref} in the bundle")
+        new = NewVersion(name=entry.name, **entry.fields, files=entry.files)  # as import records it
+        base = entry.parent[1] if entry.parent is not None else None
+        claims = signing.Claims.of_new(new, base)
+        signing.check(new.signature, claims, trusted, f"{entry.source_ref} in the bundle")
 
 
 def _crashing(stream: BinaryIO) -> BinaryIO:
