@@ -205,8 +205,8 @@ def test_debug_shows_the_traceback(run, monkeypatch: pytest.MonkeyPatch) -> None
 def test_db_current_and_upgrade(run) -> None:
     assert run("db", "current") == (0, "none\n", "")
     code, out, _ = run("db", "upgrade")
-    assert code == 0 and out.endswith("at revision 0008\n")
-    assert run("db", "current") == (0, "0008\n", "")
+    assert code == 0 and out.endswith("at revision 0009\n")
+    assert run("db", "current") == (0, "0009\n", "")
 
 
 def test_every_command_has_help() -> None:
@@ -351,7 +351,7 @@ def test_every_result_printing_command_speaks_json(run, small_file: Path) -> Non
     assert parsed["alias"]["aliases"] == ["production"]
     assert parsed["tag"]["tags"] == {"k": "v"}
     assert parsed["verify"] == []
-    assert parsed["db current"] == {"revision": "0008"}
+    assert parsed["db current"] == {"revision": "0009"}
     assert parsed["rm"]["ref"] == ref
 
 

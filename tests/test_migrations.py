@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from helpers import LINEAR_ARGS, linear_file
 from sqlalchemy import inspect, text
 
 from registry import Registry, SchemaOutOfDateError, db
@@ -90,3 +93,33 @@ def test_catalog_from_a_newer_registry_is_refused(database_url: str) -> None:
     engine.dispose()
     with pytest.raises(SchemaOutOfDateError, match="revision f00dcafe, newer than this registry"):
         Registry(database_url=database_url).models()
+
+
+def test_version_sizes_are_filled_in_from_blobs_and_folder_files(
+    database_url: str, tmp_path: Path
+) -> None:
+    """0009 moves a version's size onto its row: a catalog made before it lists the same sizes."""
+    reg = Registry(home=tmp_path / "home", database_url=database_url)
+    single = reg.push(linear_file(tmp_path, seed=1), arch="torch.nn:Linear", arch_args=LINEAR_ARGS)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"hidden_size": 4}')
+    (folder / "README.md").write_text("a folder of files, no weights\n")
+    shards = reg.push(folder)
+    files_total = sum(p.stat().st_size for p in folder.iterdir())
+    assert (single.size, shards.size) == (linear_file(tmp_path, seed=1).stat().st_size, files_total)
+    reg.engine.dispose()
+
+    engine = db.open_engine(database_url)
+    db.downgrade(engine, "0008")
+    db.upgrade(engine)
+    with engine.connect() as conn:
+        stored = dict(conn.execute(text("SELECT version, size FROM versions")).all())
+    engine.dispose()
+    assert stored == {single.version: single.size, shards.version: files_total}
+    reg = Registry(home=tmp_path / "home", database_url=database_url)
+    assert [reg.get(v.ref).size for v in (single, shards)] == [single.size, files_total]
+    assert {m.name: m.size for m in reg.models()} == {
+        single.name: single.size,
+        shards.name: files_total,
+    }

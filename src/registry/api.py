@@ -140,7 +140,7 @@ class Registry(UpkeepMethods, TeamMethods, SignatureMethods):
 
         Example:
             >>> reg.schema_revision()
-            '0008'
+            '0009'
         """
         return self.catalog.schema_revision()
 
@@ -153,7 +153,7 @@ class Registry(UpkeepMethods, TeamMethods, SignatureMethods):
 
         Example:
             >>> reg.upgrade()
-            '0008'
+            '0009'
         """
         return self.catalog.upgrade()
 

@@ -31,7 +31,7 @@ from registry.errors import (
 
 # The newest migration; tests/test_migrations.py checks it is Alembic's head.
 # Kept here so that opening a catalog never has to load the migration scripts.
-SCHEMA_HEAD = "0008"
+SCHEMA_HEAD = "0009"
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 _MIGRATION_LOCK_KEY = 0x7265_6769  # pg_advisory_xact_lock key: "regi"

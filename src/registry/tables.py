@@ -1,6 +1,6 @@
 """The catalog's tables, as SQLAlchemy 2 declarative classes (a "model" elsewhere is an nn.Module).
 
-    models ──< versions >── blobs        a version's signature is a column (0008)
+    models ──< versions >── blobs        a version's signature (0008) and size (0009) are columns
                  │  ├──< tags
                  │  ├──< tensors            the tensor manifest, in state_dict order
                  │  ╰──── fingerprints      a behaviour check's recorded output
@@ -104,6 +104,8 @@ class Version(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON)
     # Its signature document (`registry.signing`), null when unsigned (0008).
     signature: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # What its record reports: a folder's files' total, else its blob's (0009).
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class VersionFile(Base):

@@ -244,6 +244,11 @@ def add_version(
         model.last_version += 1
         version.model_id = model.id
         version.version = model.last_version
+        if files is not None:  # a folder's size is its files', not its file list's
+            version.size = sum(f.size for f in files)
+        else:
+            blob_size = select(Blob.size).where(Blob.sha256 == version.blob_sha256)
+            version.size = s.scalars(blob_size).one()
         s.add(version)
         s.flush()
         row = version
@@ -258,10 +263,7 @@ def add_version(
         model.latest_version = row.version
         when = utc(row.created_at)
         model.updated_at = max(utc(model.updated_at), when) if model.updated_at else when
-        if files is not None:  # a folder's size is its files', not its file list's
-            model.size += sum(f.size for f in files)
-        else:
-            model.size += s.scalar(select(Blob.size).where(Blob.sha256 == row.blob_sha256)) or 0
+        model.size += row.size
     elif version.signature is not None:
         row.signature = version.signature
     if parent is not None and s.get(Lineage, (model.id, row.version)) is None:
@@ -386,24 +388,16 @@ def delete_version(s: Session, version: Version) -> None:
     locked = select(Model).where(Model.id == version.model_id).with_for_update()
     model = s.scalars(locked.execution_options(populate_existing=True)).one()
     s.execute(delete(Version).where(Version.id == version.id))
-    is_folder = exists().where(VersionFile.version_id == Version.id)
-    count, latest, updated, single_files = s.execute(
+    count, latest, updated, size = s.execute(
         select(
             func.count(Version.id),
             func.max(Version.version),
             func.max(Version.created_at),
-            func.coalesce(func.sum(Blob.size).filter(~is_folder), 0),
-        )
-        .join(Blob, Blob.sha256 == Version.blob_sha256)
-        .where(Version.model_id == model.id)
+            func.coalesce(func.sum(Version.size), 0),
+        ).where(Version.model_id == model.id)
     ).one()
-    folders = s.scalar(
-        select(func.coalesce(func.sum(VersionFile.size), 0))
-        .join(Version, Version.id == VersionFile.version_id)
-        .where(Version.model_id == model.id)
-    )
     model.num_versions, model.latest_version, model.updated_at = count, latest, updated
-    model.size = int(single_files) + int(folders or 0)
+    model.size = int(size)
 
 
 def search(
@@ -512,7 +506,7 @@ def _record(name: str, v: Mapping[Any, Any], related: Mapping[Any, Any]) -> Mode
         name=name,
         version=v["version"],
         sha256=v["blob_sha256"],
-        size=sum(f.size for f in files) if files is not None else related["size"],
+        size=v["size"],
         format=v["format"],
         arch=v["arch"],
         arch_args=dict(v["arch_args"]),
@@ -535,7 +529,7 @@ def _record(name: str, v: Mapping[Any, Any], related: Mapping[Any, Any]) -> Mode
 
 @functools.cache
 def _related(dialect: str) -> tuple[ColumnElement[Any], ...]:
-    """A version's blob size, parent, check input, tags, aliases and files, as its columns.
+    """A version's parent, check input, tags, aliases and files, as its columns.
 
     Each is a subquery correlated to `versions`, so a statement gains no join
     for them to plan (PostgreSQL took longer to plan such a join than to run
@@ -543,7 +537,7 @@ def _related(dialect: str) -> tuple[ColumnElement[Any], ...]:
     columns, so these come as one JSON array of rows each.
     """
     v = _versions.c
-    blobs, fingerprints = Blob.__table__.c, Fingerprint.__table__.c
+    fingerprints = Fingerprint.__table__.c
     lineage, parents = Lineage.__table__.c, _models.alias("parent_models").c
     # Aliased: a reference to an alias joins `aliases` itself, which the subquery must not see.
     tags = Tag.__table__.alias("version_tags").c
@@ -551,7 +545,6 @@ def _related(dialect: str) -> tuple[ColumnElement[Any], ...]:
     files = VersionFile.__table__.alias("folder_files").c
     linked = (lineage.model_id == v.model_id) & (lineage.version == v.version)
     return (
-        select(blobs.size).where(blobs.sha256 == v.blob_sha256).scalar_subquery().label("size"),
         _gathered(
             dialect,
             (parents.name, lineage.parent_version),
