@@ -153,6 +153,7 @@ def fill(url: str, models: int, per_model: int) -> float:
                         "model_id": k // per_model + 1,
                         "version": k % per_model + 1,
                         "blob_sha256": d,
+                        "size": 44_800_000 + k,  # its blob's, as a push keeps it (schema 0009)
                         "created_at": t,
                     }
                     for k, d, t in zip(ids, digests, times, strict=True)

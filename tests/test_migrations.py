@@ -114,9 +114,10 @@ def test_version_sizes_are_filled_in_from_blobs_and_folder_files(
     db.downgrade(engine, "0008")
     db.upgrade(engine)
     with engine.connect() as conn:
-        stored = dict(conn.execute(text("SELECT version, size FROM versions")).all())
+        rows = "SELECT m.name, v.size FROM versions v JOIN models m ON m.id = v.model_id"
+        stored = dict(conn.execute(text(rows)).all())
     engine.dispose()
-    assert stored == {single.version: single.size, shards.version: files_total}
+    assert stored == {single.name: single.size, shards.name: files_total}
     reg = Registry(home=tmp_path / "home", database_url=database_url)
     assert [reg.get(v.ref).size for v in (single, shards)] == [single.size, files_total]
     assert {m.name: m.size for m in reg.models()} == {

@@ -105,7 +105,7 @@ class Version(Base):
     # Its signature document (`registry.signing`), null when unsigned (0008).
     signature: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # What its record reports: a folder's files' total, else its blob's (0009).
-    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    size: Mapped[int] = mapped_column(BigInteger)
 
 
 class VersionFile(Base):
